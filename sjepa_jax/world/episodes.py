@@ -3,6 +3,7 @@
 Shapes: V = views, T = frames per episode, H = W = image size.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -29,6 +30,7 @@ def observe(state: scene.WorldState, views: views_lib.View, size: int,
   return jax.vmap(render)(views, keys)
 
 
+@functools.partial(jax.jit, static_argnames=("length", "size"))
 def sample_episode(key: jax.Array, views: views_lib.View, length: int,
                    size: int = 64) -> Episode:
   """A random episode of ``length`` frames from the stacked ``views``; pure in ``key``."""

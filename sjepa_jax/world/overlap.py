@@ -7,6 +7,8 @@ eye to the point rather than reading B's depth image, so grazing surfaces are no
 mis-scored by pixel quantisation. Overlap is not symmetric.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -31,6 +33,7 @@ def visible_from(state: scene.WorldState, view: views_lib.View, size: int,
   return inside & unoccluded.reshape(inside.shape)
 
 
+@functools.partial(jax.jit, static_argnames="size")
 def overlap(state: scene.WorldState, view_a: views_lib.View, view_b: views_lib.View,
             size: int = 64) -> jax.Array:
   """Fraction of A's surface pixels whose surface point B also sees; in [0, 1]."""
@@ -42,6 +45,7 @@ def overlap(state: scene.WorldState, view_a: views_lib.View, view_b: views_lib.V
   return jnp.sum(shared) / jnp.maximum(jnp.sum(surface), 1)
 
 
+@functools.partial(jax.jit, static_argnames="size")
 def overlap_matrix(states: scene.WorldState, views: views_lib.View,
                    size: int = 64) -> jax.Array:
   """Mean overlap over a batch of states for every ordered pair of stacked views, (V, V).

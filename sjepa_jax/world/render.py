@@ -8,6 +8,7 @@ Lambert plus ambient from one directional light; each view adds fog, tint and no
 Shapes: P = primitives of one kind, H = W = image size.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -168,6 +169,7 @@ def _sky(d: jax.Array) -> jax.Array:
   return (1 - up) * jnp.asarray([0.78, 0.84, 0.9]) + up * jnp.asarray([0.35, 0.5, 0.8])
 
 
+@functools.partial(jax.jit, static_argnames="size")
 def render(state: scene.WorldState, view: views_lib.View, size: int = 64,
            key: jax.Array | None = None) -> Frame:
   """Renders ``state`` from ``view`` as a size x size frame.

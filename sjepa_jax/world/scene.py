@@ -65,6 +65,7 @@ def _random_colour(key: jax.Array, n: int) -> jax.Array:
   return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
+@jax.jit
 def random_state(key: jax.Array) -> WorldState:
   """A random initial state: random classes, colours, positions and drift."""
   k_shape, k_size, k_col, k_pos, k_dir, k_speed = jax.random.split(key, 6)
@@ -80,6 +81,7 @@ def random_state(key: jax.Array) -> WorldState:
   return WorldState(pos, vel, shape, size, _random_colour(k_col, n))
 
 
+@jax.jit
 def step(state: WorldState, action: jax.Array) -> WorldState:
   """Advances the world one step; ``action`` (2,) pushes the focal object.
 
@@ -104,6 +106,7 @@ def random_actions(key: jax.Array, length: int) -> jax.Array:
   return jax.random.uniform(key, (length, 2), minval=-MAX_PUSH, maxval=MAX_PUSH)
 
 
+@jax.jit
 def rollout(state: WorldState, actions: jax.Array) -> WorldState:
   """States s_0 .. s_T under actions a_0 .. a_{T-1}: leaves gain a leading T+1 axis."""
   def body(s, a):
