@@ -69,17 +69,19 @@ def _static_prims() -> dict[str, Prims]:
 _STATIC = _static_prims()
 
 
-def scene_prims(state: scene.WorldState) -> dict[str, Prims]:
-  """All primitives of a state, by kind: the static landmarks plus the movable objects."""
+def movable_prims(state: scene.WorldState) -> dict[str, Prims]:
+  """The movable objects, once in every kind, valid only in the kind of their shape."""
   ext = scene.half_extents(state.shape, state.size)
   centre = jnp.concatenate([state.pos, ext[:, 2:]], -1)  # objects rest on the ground
   ids = jnp.arange(scene.NUM_OBJECTS, dtype=jnp.int32)
   kind_of_shape = {"sphere": (0,), "cylinder": (2,), "box": (1, 3)}
-  prims = {}
-  for kind, shapes in kind_of_shape.items():
-    mine = Prims(centre, ext, state.colour, ids, jnp.isin(state.shape, jnp.asarray(shapes)))
-    prims[kind] = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), _STATIC[kind], mine)
-  return prims
+  return {kind: Prims(centre, ext, state.colour, ids, jnp.isin(state.shape, jnp.asarray(s)))
+          for kind, s in kind_of_shape.items()}
+
+
+def scene_prims(state: scene.WorldState) -> dict[str, Prims]:
+  """All primitives of a state, by kind: the static landmarks plus the movable objects."""
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), _STATIC, movable_prims(state))
 
 
 def _hit_sphere(o, d, p: Prims):
@@ -142,8 +144,8 @@ def ground_colour(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.where(in_arena[..., None], arena, out)
 
 
-def cast(prims: dict[str, Prims], o: jax.Array, d: jax.Array):
-  """Nearest surface along one ray: (distance, unit normal, albedo, object id)."""
+def _nearest(prims: dict[str, Prims], o: jax.Array, d: jax.Array):
+  """Nearest hit among primitives: (distance, normal, albedo, object id); inf if none."""
   ts, normals, colours, ids = [], [], [], []
   for kind, p in prims.items():
     t, n = _HIT[kind](o, d, p)
@@ -151,16 +153,36 @@ def cast(prims: dict[str, Prims], o: jax.Array, d: jax.Array):
     normals.append(n)
     colours.append(p.colour)
     ids.append(p.obj)
-  t_ground = jnp.where(d[2] < -1e-9, -o[2] / jnp.minimum(d[2], -1e-9), jnp.inf)
-  hit = o + t_ground * d
-  in_ground = (jnp.abs(hit[0]) <= GROUND_HALF) & (jnp.abs(hit[1]) <= GROUND_HALF)
-  ts.append(jnp.where(in_ground, t_ground, jnp.inf)[None])
-  normals.append(jnp.asarray([[0.0, 0.0, 1.0]]))
-  colours.append(ground_colour(hit[0], hit[1])[None])
-  ids.append(jnp.asarray([GROUND_ID], jnp.int32))
   t, n, c, i = (jnp.concatenate(x) for x in (ts, normals, colours, ids))
   k = jnp.argmin(t)
-  return t[k], n[k], c[k], jnp.where(jnp.isfinite(t[k]), i[k], SKY_ID)
+  return t[k], n[k], c[k], i[k]
+
+
+def _ground(o: jax.Array, d: jax.Array):
+  """The ground plane's hit, in the same form as ``_nearest``."""
+  t = jnp.where(d[2] < -1e-9, -o[2] / jnp.minimum(d[2], -1e-9), jnp.inf)
+  x, y = o[0] + t * d[0], o[1] + t * d[1]
+  t = jnp.where((jnp.abs(x) <= GROUND_HALF) & (jnp.abs(y) <= GROUND_HALF), t, jnp.inf)
+  return t, jnp.asarray([0.0, 0.0, 1.0]), ground_colour(x, y), jnp.int32(GROUND_ID)
+
+
+def _closer(a, b):
+  """The nearer of two hits (single rays or batches of rays)."""
+  near = a[0] <= b[0]
+  pick = lambda x, y: jnp.where(near.reshape(near.shape + (1,) * (x.ndim - near.ndim)), x, y)
+  return jax.tree.map(pick, a, b)
+
+
+def static_hits(o: jax.Array, d: jax.Array):
+  """Nearest static surface (landmarks or ground) along rays d (..., 3) from o."""
+  one = lambda di: _closer(_nearest(_STATIC, o, di), _ground(o, di))
+  return jax.vmap(one)(d.reshape(-1, 3))
+
+
+def cast(prims: dict[str, Prims], o: jax.Array, d: jax.Array):
+  """Nearest surface along one ray: (distance, unit normal, albedo, object id)."""
+  t, n, c, i = _closer(_nearest(prims, o, d), _ground(o, d))
+  return t, n, c, jnp.where(jnp.isfinite(t), i, SKY_ID)
 
 
 def _sky(d: jax.Array) -> jax.Array:
@@ -182,8 +204,12 @@ def render(state: scene.WorldState, view: views_lib.View, size: int = 64,
   """
   d = views_lib.pixel_rays(view, size).reshape(-1, 3)
   o = jnp.asarray(view.eye)
-  prims = scene_prims(state)
-  t, n, albedo, obj = jax.vmap(lambda di: cast(prims, o, di))(d)
+  # Cameras and landmarks never move: the static hits depend on the view alone, so under
+  # vmap over states they are computed once per view, and each state only adds its objects.
+  movable = movable_prims(state)
+  hits = _closer(jax.vmap(lambda di: _nearest(movable, o, di))(d), static_hits(o, d))
+  t, n, albedo, obj = hits
+  obj = jnp.where(jnp.isfinite(t), obj, SKY_ID)
   n = jnp.where((jnp.sum(n * d, -1) > 0)[:, None], -n, n)  # light the side the ray sees
   shade = _AMBIENT + (1 - _AMBIENT) * jnp.maximum(n @ _LIGHT, 0.0)
   fog = jnp.exp(-view.fog_density * jnp.where(jnp.isfinite(t), t, 0.0))[:, None]
@@ -193,3 +219,10 @@ def render(state: scene.WorldState, view: views_lib.View, size: int = 64,
     rgb += view.noise_std * jax.random.normal(key, rgb.shape)
   rgb = jnp.clip(rgb, 0.0, 1.0).reshape(size, size, 3)
   return Frame(rgb, t.reshape(size, size), obj.reshape(size, size))
+
+
+@functools.partial(jax.jit, static_argnames="size")
+def focal_pixels(states: scene.WorldState, views: views_lib.View, size: int = 64) -> jax.Array:
+  """Pixels showing the focal object, for a batch of states x stacked views: (S, V) int32."""
+  count = lambda s, v: jnp.sum(render(s, v, size).obj == 0)
+  return jax.lax.map(lambda s: jax.vmap(count, (None, 0))(s, views), states)
