@@ -13,13 +13,14 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import common
 from sjepa_jax import world
 from sjepa_jax.world import dataset
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory to write the dataset into.",
                                 required=True)
-_VIEWS = flags.DEFINE_string("views", "mountain,forest,drone,river",
-                             f"Comma-separated views; valid: {','.join(sorted(world.VIEWS))}.")
+_VIEWS = common.define_views_flag("views", "mountain,forest,drone,river",
+                                  "Comma-separated views to write.")
 _LENGTH = flags.DEFINE_integer("episode_length", 8, "Frames per episode (>= 2).")
 _SIZE = flags.DEFINE_integer("image_size", 64, "Image height and width in pixels.")
 _TRAIN = flags.DEFINE_integer("num_train", 1000, "Episodes in the train split.")

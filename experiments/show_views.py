@@ -14,14 +14,15 @@ import jax
 import matplotlib
 import numpy as np
 
+from experiments import common
 from sjepa_jax import world
 from sjepa_jax.world import render
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-_VIEWS = flags.DEFINE_string("views", "mountain,forest,drone,river",
-                             f"Comma-separated views; valid: {','.join(sorted(world.VIEWS))}.")
+_VIEWS = common.define_views_flag("views", "mountain,forest,drone,river",
+                                  "Comma-separated views to show.")
 _OUT = flags.DEFINE_string("out", "views.png", "Where to write the PNG grid.")
 _ROWS = flags.DEFINE_integer("rows", 4, "Random states shown, one per row.")
 _SIZE = flags.DEFINE_integer("size", 64, "Image height and width in pixels.")

@@ -1,0 +1,23 @@
+"""Flag helpers shared by the entry points."""
+
+from absl import flags
+
+from sjepa_jax import world
+
+
+def define_views_flag(name: str, default: str | None, help_text: str) -> flags.FlagHolder:
+  """A comma-separated list of view names, checked at parse time (unknown, duplicate)."""
+  holder = flags.DEFINE_string(
+      name, default, f"{help_text} Valid views: {','.join(sorted(world.VIEWS))}.")
+
+  def check(value):
+    if value is None:
+      return True
+    try:
+      world.parse_views(value)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from e
+    return True
+
+  flags.register_validator(name, check)
+  return holder
