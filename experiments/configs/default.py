@@ -1,0 +1,57 @@
+r"""Default agents: patch-mixer encoder, D = 128, online stop-gradient target + VICReg.
+
+  python -m experiments.train --views=mountain,forest --workdir=/tmp/sjepa
+
+Trains one agent per view; see the README for the time it takes and the probe accuracy
+it reaches on this machine.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.num_train_steps = 3000  # every duration below is in steps
+  c.log_every = 100
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.max_steps_per_run = -1  # > 0: stop (checkpointed) after this many steps; rerun resumes
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = "mixer"  # mixer | vit | cnn
+  c.model.dim = 128
+  c.model.patch = 8
+  c.model.width = 128
+  c.model.depth = 2
+  c.model.predictor_hidden = 256
+  c.model.predictor_depth = 2
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.target = "online"  # online (stop-gradient) | ema
+  c.objective.ema_decay = 0.996
+  c.objective.regularizer = "vicreg"  # vicreg | sigreg | none
+  c.objective.prediction_weight = 1.0
+  c.objective.variance_weight = 1.0
+  c.objective.covariance_weight = 0.04
+  c.objective.sigreg_weight = 0.05
+  c.objective.sigreg_directions = 256
+
+  c.data = ml_collections.ConfigDict()
+  c.data.batch_size = 64
+  c.data.frames = 3  # frames per sample: frames - 1 prediction steps
+  c.data.image_size = 64
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 200
+  c.optim.final_lr_fraction = 0.05
+  c.optim.weight_decay = 1e-4
+  c.optim.grad_clip = 1.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.probe_train = 4000  # paired held-out states for the end-of-training probe
+  c.eval.probe_test = 1000
+  c.eval.alignment_pairs = 512  # fixed paired states for the running cross-agent CKA
+  c.eval.probe_steps = 500
+  c.eval.seed = 1234  # the evaluation states are the same for every run and seed
+  return c

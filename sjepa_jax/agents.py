@@ -1,0 +1,168 @@
+"""Agents: state with a leading agent axis, initialisation, and one agent's train step.
+
+``train_step`` is written for one agent and trained for many with
+``jax.jit(jax.vmap(train_step, in_axes=(0, 0, 0, None)))``: every agent renders its own
+batch from its own view with its own key, so nothing passes between agents. Keys are
+``fold_in(agent_key, step)``, so a resumed run continues exactly and keys are never saved.
+An agent's key depends only on the seed and its view's name, so an agent trains the same
+whether it is trained alone or beside others.
+
+Shapes: A = agents, B = batch, L = frames per sample, D = latent size.
+"""
+
+import zlib
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sjepa_jax import checkpointing
+from sjepa_jax import data
+from sjepa_jax import losses
+from sjepa_jax import models
+from sjepa_jax import world
+
+PyTree = Any
+TARGETS = ("ema", "online")
+REGULARIZERS = ("vicreg", "sigreg", "none")
+
+
+class AgentState(NamedTuple):
+  """Everything one agent learns (leaves gain a leading agent axis when stacked)."""
+  params: PyTree  # online encoder and predictor
+  target: PyTree  # EMA copy of the encoder's params (unused when the target is 'online')
+  opt_state: optax.OptState
+
+
+def agent_keys(seed: int, views: Sequence[str]) -> jax.Array:
+  """One key per view, a function of (seed, view name) only: (A,) keys."""
+  root = jax.random.key(seed)
+  return jnp.stack([jax.random.fold_in(root, zlib.crc32(v.encode())) for v in views])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay over the run, after global-norm clipping."""
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o.lr, min(o.warmup_steps, config.num_train_steps - 1), config.num_train_steps,
+      end_value=o.lr * o.final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                     optax.adamw(schedule, weight_decay=o.weight_decay))
+
+
+def init_agent(key: jax.Array, config: ml_collections.ConfigDict) -> AgentState:
+  """A fresh agent: random networks, EMA target equal to the encoder, fresh optimizer."""
+  model = models.make_model(config)
+  size = config.data.image_size
+  obs = jnp.zeros((1, size, size, 3))
+  params = model.init(jax.random.fold_in(key, 0), obs, jnp.zeros((1, 2)))["params"]
+  target = jax.tree.map(jnp.copy, params["encoder"])  # own buffers: the state is donated
+  return AgentState(params, target, make_optimizer(config).init(params))
+
+
+def init_agents(config: ml_collections.ConfigDict, views: Sequence[str],
+                seed: int) -> AgentState:
+  """Stacked fresh agents, one per view: leaves have a leading axis of length A."""
+  init = jax.jit(jax.vmap(lambda k: init_agent(k, config)))
+  return init(agent_keys(seed, views))
+
+
+def encode(config: ml_collections.ConfigDict, encoder_params: PyTree,
+           obs: jax.Array) -> jax.Array:
+  """Latents of observations (..., H, W, 3) -> (..., D) with one agent's encoder params."""
+  model = models.make_model(config)
+  lead = obs.shape[:-3]
+  z = model.apply({"params": {"encoder": encoder_params}}, obs.reshape((-1,) + obs.shape[-3:]),
+                  method=models.WorldModel.encode)
+  return z.reshape(lead + z.shape[-1:])
+
+
+def loss_fn(params: PyTree, target: PyTree, batch: data.Batch, key: jax.Array,
+            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """JEPA loss of one agent on its batch: multi-step latent prediction plus a regulariser."""
+  model = models.make_model(config)
+  o = config.objective
+  z_BxLxD = encode(config, params["encoder"], batch.obs)
+  # Stop-gradient: the target is not trained through, whether EMA copy or online encoder.
+  target_z = z_BxLxD if o.target == "online" else encode(config, target, batch.obs)
+  target_z = jax.lax.stop_gradient(target_z)
+  z_hat, pred = z_BxLxD[:, 0], 0.0
+  for t in range(batch.actions.shape[1]):  # roll the predictor out from the first frame
+    z_hat = model.apply({"params": params}, z_hat, batch.actions[:, t],
+                        method=models.WorldModel.predict)
+    pred += losses.prediction_loss(z_hat, target_z[:, t + 1]) / batch.actions.shape[1]
+  z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
+  metrics = {"prediction": pred, "embedding_std": losses.embedding_std(z_flat),
+             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0]))}
+  loss = o.prediction_weight * pred
+  if o.regularizer == "vicreg":
+    metrics["vicreg_variance"] = losses.vicreg_variance(z_flat)
+    metrics["vicreg_covariance"] = losses.vicreg_covariance(z_flat)
+    loss += o.variance_weight * metrics["vicreg_variance"]
+    loss += o.covariance_weight * metrics["vicreg_covariance"]
+  elif o.regularizer == "sigreg":
+    metrics["sigreg"] = losses.sigreg(z_flat, key, o.sigreg_directions)
+    loss += o.sigreg_weight * metrics["sigreg"]
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def train_step(state: AgentState, view: world.View, key: jax.Array, step: jax.Array,
+               config: ml_collections.ConfigDict, batch_sharding: Any = None
+               ) -> tuple[AgentState, dict[str, jax.Array]]:
+  """One optimisation step of one agent on a fresh batch rendered from its view.
+
+  ``batch_sharding``, when given, constrains the batch's leading axis to be split over
+  devices (for runs with more devices than agents).
+  """
+  step_key = jax.random.fold_in(key, step)
+  data_key, loss_key = jax.random.split(step_key)
+  d = config.data
+  batch = data.world_batch(data_key, view, d.batch_size, d.frames, d.image_size)
+  if batch_sharding is not None:  # spread the batch over devices; statistics stay global
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(
+      state.params, state.target, batch, loss_key, config)
+  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = config.objective.ema_decay
+  target = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, state.target,
+                        params["encoder"])
+  metrics["grad_norm"] = optax.global_norm(grads)
+  return AgentState(params, target, opt_state), metrics
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects unknown choices in ``config`` with the valid ones named."""
+  o = config.objective
+  if o.target not in TARGETS:
+    raise ValueError(f"Unknown objective.target {o.target!r}; valid: {', '.join(TARGETS)}.")
+  if o.regularizer not in REGULARIZERS:
+    raise ValueError(f"Unknown objective.regularizer {o.regularizer!r}; valid: "
+                     f"{', '.join(REGULARIZERS)}.")
+  if config.model.encoder not in models.ENCODERS:
+    raise ValueError(f"Unknown model.encoder {config.model.encoder!r}; valid: "
+                     f"{', '.join(models.ENCODERS)}.")
+  if config.data.frames < 2:
+    raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
+
+
+def load_agent(workdir: str, view: str, step: int | None = None
+               ) -> tuple[PyTree, ml_collections.ConfigDict]:
+  """One agent's parameters from a training run, by view name, and the run's config.
+
+  Works for runs of one view or several: the checkpoint records which views it holds.
+  Use ``encode(config, params["encoder"], obs)`` to get the agent's latents.
+  """
+  meta, step = checkpointing.read_meta(workdir, step)
+  if view not in meta["views"]:
+    raise ValueError(f"No agent for view {view!r} in {workdir!r}; it holds "
+                     f"{', '.join(meta['views'])}.")
+  config = ml_collections.ConfigDict(meta["config"])
+  abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta["seed"]))
+  mngr = checkpointing.manager(workdir)
+  state, _ = checkpointing.restore(mngr, abstract, step)
+  mngr.close()
+  return jax.tree.map(lambda x: x[meta["views"].index(view)], state.params), config

@@ -1,0 +1,79 @@
+"""JEPA objectives: latent prediction, VICReg variance/covariance, SIGReg, and diagnostics.
+
+Every batch statistic here is a mean over the batch axis of one agent's latents, so under
+``jax.vmap`` over agents each agent sees only its own statistics, and under ``jax.jit``
+with the batch sharded over devices the mean is the global one (XLA inserts the reduction).
+
+Shapes: B = batch, D = latent size, M = random directions, K = quadrature knots.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def prediction_loss(pred_BxD: jax.Array, target_BxD: jax.Array) -> jax.Array:
+  """Mean squared error between predicted and target latents, averaged over dims."""
+  return jnp.mean(jnp.sum((pred_BxD - target_BxD) ** 2, -1)) / pred_BxD.shape[-1]
+
+
+def vicreg_variance(z_BxD: jax.Array, gamma: float = 1.0, eps: float = 1e-4) -> jax.Array:
+  """Hinge on each dimension's standard deviation falling below ``gamma``.
+
+  References: VICReg, arXiv 2105.04906, eq. 1.
+  """
+  std = jnp.sqrt(jnp.var(z_BxD, axis=0) + eps)
+  return jnp.mean(jax.nn.relu(gamma - std))
+
+
+def vicreg_covariance(z_BxD: jax.Array) -> jax.Array:
+  """Sum of squared off-diagonal covariances, divided by D (VICReg, arXiv 2105.04906)."""
+  b, d = z_BxD.shape
+  zc = z_BxD - z_BxD.mean(0)
+  cov = zc.T @ zc / (b - 1)
+  off = cov - jnp.diag(jnp.diag(cov))
+  return jnp.sum(off**2) / d
+
+
+def sigreg(z_BxD: jax.Array, key: jax.Array, num_directions: int = 256,
+           num_knots: int = 17, t_max: float = 3.0) -> jax.Array:
+  """Sketched isotropic Gaussian regulariser: Epps-Pulley statistic on random 1D projections.
+
+  Projects the latents on ``num_directions`` random unit vectors and, for each projection,
+  measures the weighted squared distance between its empirical characteristic function and
+  that of a standard normal, integrated over t in [-t_max, t_max] by the trapezoidal rule.
+  Zero in expectation only when every projection is N(0, 1), i.e. the latents are isotropic
+  Gaussian: this pushes against collapse and anisotropy with one weight, no EMA.
+
+  References: LeJEPA, arXiv 2511.08544.
+  """
+  b, d = z_BxD.shape
+  dirs_DxM = jax.random.normal(key, (d, num_directions))
+  dirs_DxM /= jnp.linalg.norm(dirs_DxM, axis=0, keepdims=True)
+  h_BxM = z_BxD @ dirs_DxM
+  t_K = jnp.linspace(0.0, t_max, num_knots)
+  th = h_BxM[..., None] * t_K  # (B, M, K)
+  real, imag = jnp.cos(th).mean(0), jnp.sin(th).mean(0)  # empirical char. function (M, K)
+  gauss = jnp.exp(-0.5 * t_K**2)
+  err = ((real - gauss) ** 2 + imag**2) * gauss  # weight exp(-t^2/2)
+  # The integrand is even in t: integrate over [0, t_max] and double.
+  stat = 2 * jnp.trapezoid(err, t_K, axis=-1) * b
+  return jnp.mean(stat)
+
+
+def embedding_std(z_BxD: jax.Array) -> jax.Array:
+  """Mean over dimensions of each dimension's std across the batch (0 = collapse)."""
+  return jnp.mean(jnp.std(z_BxD, axis=0))
+
+
+def spectrum_stats(z_BxD: jax.Array) -> dict[str, jax.Array]:
+  """Effective rank (exp of the spectral entropy) and participation ratio of the latents.
+
+  Both are computed from the eigenvalues of the batch covariance; both lie in [1, D] and
+  count how many directions the latents really use (RankMe, arXiv 2210.02885).
+  """
+  zc = z_BxD - z_BxD.mean(0)
+  eig = jnp.maximum(jnp.linalg.eigvalsh(zc.T @ zc / z_BxD.shape[0]), 0.0)
+  p = eig / jnp.maximum(eig.sum(), 1e-12)
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  return {"effective_rank": jnp.exp(entropy),
+          "participation_ratio": eig.sum() ** 2 / jnp.maximum(jnp.sum(eig**2), 1e-24)}

@@ -1,0 +1,141 @@
+"""Encoders ``obs -> z`` and the action-conditioned predictor ``(z_t, a_t) -> z_{t+1}``.
+
+Every encoder is built from dense layers over patches, so an agent axis added by
+``jax.vmap`` becomes a batched matmul. A per-agent ``nn.Conv`` would instead become a
+grouped convolution, which XLA's CPU backend runs several times slower (DESIGN.md sec. 4);
+the CNN here extracts patches (no weights, so nothing per agent) and applies its kernel as
+one matmul, which computes the same convolution.
+
+Shapes: B = batch, H = W = image size, P = patches, C = width, D = latent size.
+"""
+
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+ENCODERS = ("mixer", "vit", "cnn")
+
+
+def patchify(obs_BxHxWx3: jax.Array, patch: int) -> jax.Array:
+  """Non-overlapping patch x patch tiles, flattened: (B, P, patch * patch * 3)."""
+  h, w = obs_BxHxWx3.shape[-3:-1]
+  if h % patch or w % patch:
+    raise ValueError(f"Image size {h}x{w} is not divisible by patch size {patch}.")
+  return einops.rearrange(obs_BxHxWx3, "... (h p) (w q) c -> ... (h w) (p q c)", p=patch, q=patch)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> Dense, back to the input width."""
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(x.shape[-1])(nn.gelu(nn.Dense(self.hidden)(x)))
+
+
+class MixerEncoder(nn.Module):
+  """MLP-Mixer over patches (arXiv 2105.01601), mean-pooled to D. The default encoder."""
+  dim: int
+  patch: int = 8
+  width: int = 128
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, obs):
+    x = nn.Dense(self.width)(patchify(obs, self.patch))
+    for _ in range(self.depth):
+      y = jnp.swapaxes(nn.LayerNorm()(x), -1, -2)
+      x = x + jnp.swapaxes(MlpBlock(2 * x.shape[-2])(y), -1, -2)  # mixes patches
+      x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))  # mixes channels
+    return nn.Dense(self.dim)(nn.LayerNorm()(x).mean(-2))
+
+
+class VitEncoder(nn.Module):
+  """A small ViT (arXiv 2010.11929): patch embedding, learned positions, pre-LN blocks."""
+  dim: int
+  patch: int = 8
+  width: int = 128
+  depth: int = 2
+  heads: int = 4
+
+  @nn.compact
+  def __call__(self, obs):
+    x = nn.Dense(self.width)(patchify(obs, self.patch))
+    x += self.param("pos", nn.initializers.normal(0.02), x.shape[-2:])
+    for _ in range(self.depth):
+      x = x + nn.MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x))
+      x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
+    return nn.Dense(self.dim)(nn.LayerNorm()(x).mean(-2))
+
+
+class MatmulConv(nn.Module):
+  """A stride-s, k x k, 'SAME' convolution computed as patch extraction plus one matmul."""
+  features: int
+  kernel: int = 3
+  stride: int = 2
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC):
+    cols = jax.lax.conv_general_dilated_patches(
+        x_BxHxWxC, (self.kernel, self.kernel), (self.stride, self.stride), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return nn.Dense(self.features)(cols)
+
+
+class CnnEncoder(nn.Module):
+  """Strided convolutions (as matmuls), global average pool, dense to D."""
+  dim: int
+  width: int = 32
+  depth: int = 4
+
+  @nn.compact
+  def __call__(self, obs):
+    x = obs
+    for i in range(self.depth):
+      x = nn.gelu(MatmulConv(self.width * 2 ** min(i, 2))(x))
+    return nn.Dense(self.dim)(x.mean((-3, -2)))
+
+
+class Predictor(nn.Module):
+  """Residual MLP: z_{t+1} = z_t + MLP([LN(z_t), a_t])."""
+  hidden: int = 256
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, z, action):
+    x = jnp.concatenate([nn.LayerNorm()(z), action], -1)
+    for _ in range(self.depth):
+      x = nn.gelu(nn.Dense(self.hidden)(x))
+    return z + nn.Dense(z.shape[-1])(x)
+
+
+class WorldModel(nn.Module):
+  """One agent's networks: ``encode`` (obs -> z) and ``predict`` ((z, a) -> z')."""
+  encoder: nn.Module
+  predictor: nn.Module
+
+  def __call__(self, obs, action):
+    return self.predict(self.encode(obs), action)
+
+  def encode(self, obs):
+    return self.encoder(obs)
+
+  def predict(self, z, action):
+    return self.predictor(z, action)
+
+
+def make_model(config: ml_collections.ConfigDict) -> WorldModel:
+  """The world model described by ``config.model``; unknown encoders list the valid ones."""
+  m = config.model
+  kinds: dict[str, Any] = {
+      "mixer": lambda: MixerEncoder(m.dim, m.patch, m.width, m.depth),
+      "vit": lambda: VitEncoder(m.dim, m.patch, m.width, m.depth),
+      "cnn": lambda: CnnEncoder(m.dim, m.width // 4, m.depth),
+  }
+  if m.encoder not in kinds:
+    raise ValueError(f"Unknown encoder {m.encoder!r}; valid encoders: {', '.join(ENCODERS)}.")
+  return WorldModel(kinds[m.encoder](), Predictor(m.predictor_hidden, m.predictor_depth))

@@ -1,0 +1,249 @@
+"""The training loop: A agents, one per view, trained independently in one jitted program.
+
+``train_and_evaluate(config, workdir, views, seed)`` trains, logs, checkpoints, resumes
+from the latest checkpoint, and ends with a linear probe of each agent's frozen latents
+beside the same probe on its untrained (random-init) encoder.
+
+Shapes: A = agents, N = evaluation states, D = latent size.
+"""
+
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sjepa_jax import agents
+from sjepa_jax import align
+from sjepa_jax import checkpointing
+from sjepa_jax import data
+from sjepa_jax import probes
+from sjepa_jax import world
+
+# Config keys that may change between a run and its resumption; any other change is an error.
+_RESUMABLE_CHANGES = ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                      "max_steps_per_run", "eval.")
+
+
+# --- Setup checks ------------------------------------------------------------------------
+
+def check_workdir(workdir: str) -> None:
+  """Creates ``workdir`` or fails with a clear message if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise PermissionError(f"Cannot create workdir {workdir!r}: {e.strerror}.") from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise PermissionError(f"Workdir {workdir!r} is not writable.")
+
+
+def check_resumable(meta: dict, config: ml_collections.ConfigDict, views: Sequence[str],
+                    seed: int, workdir: str) -> None:
+  """Refuses to resume a checkpoint made with other views, seed or model settings."""
+  if list(meta["views"]) != list(views) or meta.get("seed") != seed:
+    raise ValueError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seed "
+                     f"{meta.get('seed')}, not {list(views)} with seed {seed}; use another "
+                     "workdir or the same views and seed.")
+  old, new = _flatten(meta["config"]), _flatten(config.to_dict())
+  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                   and not k.startswith(_RESUMABLE_CHANGES))
+  if changed:
+    raise ValueError(f"Workdir {workdir!r} holds a run with other settings for {changed}; "
+                     "use another workdir to train with new settings.")
+
+
+# --- Devices -----------------------------------------------------------------------------
+
+def shardings(num_agents: int, batch_size: int):
+  """(agent-axis sharding, batch sharding) for the devices present; None when unsharded.
+
+  Agents are split over devices when their number divides evenly; otherwise each agent's
+  batch is split, and batch statistics (VICReg, SIGReg) stay global because they are plain
+  means under ``jit``.
+  """
+  n = jax.device_count()
+  if n == 1:
+    return None, None
+  mesh = jax.make_mesh((n,), ("devices",))
+  if num_agents % n == 0:
+    return jax.NamedSharding(mesh, jax.P("devices")), None
+  if batch_size % n == 0:
+    return jax.NamedSharding(mesh, jax.P()), jax.NamedSharding(mesh, jax.P("devices"))
+  raise ValueError(f"Cannot split {num_agents} agents or a batch of {batch_size} over {n} "
+                   f"devices: choose data.batch_size divisible by {n}, or a number of views "
+                   f"divisible by {n}.")
+
+
+def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding):
+  """The jitted step over all agents: (state, views, keys, step) -> (state, metrics)."""
+  step = jax.vmap(functools.partial(agents.train_step, config=config,
+                                    batch_sharding=batch_sharding), in_axes=(0, 0, 0, None))
+  if agent_sharding is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0,
+                 in_shardings=(agent_sharding,) * 3 + (None,),
+                 out_shardings=(agent_sharding, agent_sharding))
+
+
+# --- Evaluation --------------------------------------------------------------------------
+
+def encode_all(config: ml_collections.ConfigDict, state: agents.AgentState,
+               obs_AxNxHxWx3: jax.Array) -> jax.Array:
+  """Every agent's latents of its own view's observations, (A, N, D), in chunks."""
+  enc = jax.jit(jax.vmap(lambda p, o: agents.encode(config, p["encoder"], o)))
+  chunks = [enc(state.params, obs_AxNxHxWx3[:, i:i + 256])
+            for i in range(0, obs_AxNxHxWx3.shape[1], 256)]
+  return jnp.concatenate(chunks, axis=1)
+
+
+def alignment_scores(z_AxNxD: jax.Array, views: Sequence[str]) -> dict[str, float]:
+  """Unbiased linear CKA between every pair of agents on the paired set."""
+  scores = {}
+  for a in range(len(views)):
+    for b in range(a + 1, len(views)):
+      cka = float(align.linear_cka_unbiased(z_AxNxD[a], z_AxNxD[b]))
+      scores[f"align/{views[a]}_to_{views[b]}/cka"] = cka
+  return scores
+
+
+def probe_report(config: ml_collections.ConfigDict, state: agents.AgentState,
+                 initial: agents.AgentState, probe_set: data.PairedSet,
+                 views: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Held-out class accuracy and position R^2 of linear probes, trained vs random-init."""
+  n_train = config.eval.probe_train
+  labels = probe_set.labels["class"]
+  pos = probe_set.labels["position"]
+  report = {}
+  for name, s in (("trained", state), ("random_init", initial)):
+    z = encode_all(config, s, probe_set.obs)
+    for a, view in enumerate(views):
+      za = z[a]
+      clf = probes.fit_logistic(za[:n_train], labels[:n_train], world.NUM_CLASSES,
+                                steps=config.eval.probe_steps)
+      reg = probes.fit_ridge(za[:n_train], pos[:n_train])
+      report.setdefault(view, {})[f"{name}/class_acc"] = float(
+          probes.accuracy(clf, za[n_train:], labels[n_train:]))
+      report[view][f"{name}/position_r2"] = float(
+          probes.r2_score(probes.apply(reg, za[n_train:]), pos[n_train:]))
+  return report
+
+
+def check_finite(metrics: dict[str, np.ndarray], views: Sequence[str], first: int,
+                 last: int, latest_checkpoint: int | None) -> None:
+  """Raises if any agent's metric is NaN or inf, naming the steps, agent and checkpoint."""
+  for name, values in metrics.items():
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      raise FloatingPointError(
+          f"Non-finite {name} for agent {bad[0]} ({views[bad[0]]}) between steps {first} and "
+          f"{last}; training stopped. The last good checkpoint is step {latest_checkpoint}.")
+
+
+# --- The loop ----------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       views: Sequence[str] | str, seed: int = 0) -> dict[str, Any]:
+  """Trains one agent per view in ``workdir`` (resuming if it holds a checkpoint).
+
+  Returns the end-of-training probe report (also written to ``<workdir>/probe.json``).
+  """
+  # Setup.
+  agents.validate(config)
+  views = world.parse_views(views)
+  check_workdir(workdir)
+  agent_sharding, batch_sharding = shardings(len(views), config.data.batch_size)
+  stacked_views = world.stack_views(views)
+  keys = agents.agent_keys(seed, views)
+
+  # Model and checkpoint: resume from the latest checkpoint when there is one.
+  initial = agents.init_agents(config, views, seed)
+  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+  start = 0
+  if mngr.latest_step() is not None:
+    meta, _ = checkpointing.read_meta(workdir)
+    check_resumable(meta, config, views, seed, workdir)
+    state, start = checkpointing.restore(mngr, jax.eval_shape(lambda: initial))
+    logging.info("Resumed from step %d in %s.", start, workdir)
+  else:
+    state = jax.tree.map(jnp.copy, initial)
+  if agent_sharding is not None:
+    state, stacked_views, keys = jax.device_put((state, stacked_views, keys), agent_sharding)
+  step_fn = make_step(config, agent_sharding, batch_sharding)
+
+  # Evaluation data: fixed paired states, the same for every run.
+  e = config.eval
+  eval_key = jax.random.key(e.seed)
+  size = config.data.image_size
+  align_set = data.paired_set(jax.random.fold_in(eval_key, 0), stacked_views,
+                              e.alignment_pairs, size)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  total = config.num_train_steps
+  stop = total if config.max_steps_per_run <= 0 else min(total, start + config.max_steps_per_run)
+  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                             every_steps=config.log_every)
+  last_logged = start
+
+  # Loop.
+  with metric_writers.ensure_flushes(writer):
+    for step in range(start, stop):
+      state, metrics = step_fn(state, stacked_views, keys, step)
+      done = step + 1
+      progress(done)
+      if done % config.log_every == 0 or done == stop:
+        metrics = jax.device_get(metrics)
+        check_finite(metrics, views, last_logged, done, mngr.latest_step())
+        last_logged = done
+        scalars = {f"train/agent_{v}/{k}": float(m[a])
+                   for k, m in metrics.items() for a, v in enumerate(views)}
+        if len(views) > 1:
+          scalars.update(alignment_scores(encode_all(config, state, align_set.obs), views))
+        writer.write_scalars(done, scalars)
+      if done % config.checkpoint_every == 0 or done == stop:
+        _save_if_finite(mngr, done, state, config, views, seed)
+    mngr.wait_until_finished()
+
+    report = {}
+    if stop == total:
+      probe_set = data.paired_set(jax.random.fold_in(eval_key, 1), stacked_views,
+                                  e.probe_train + e.probe_test, size)
+      report = probe_report(config, state, initial, probe_set, views)
+      writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
+                                   for v, r in report.items() for k, x in r.items()})
+      with open(os.path.join(workdir, "probe.json"), "w") as f:
+        json.dump(report, f, indent=2)
+  mngr.close()
+  return report
+
+
+def _save_if_finite(mngr, step, state, config, views, seed) -> None:
+  """Saves a checkpoint only if every agent's parameters are finite."""
+  finite = jax.vmap(lambda p: jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(state.params)
+  finite = np.asarray(finite)
+  if not finite.all():
+    bad = int(np.flatnonzero(~finite)[0])
+    raise FloatingPointError(
+        f"Non-finite parameters for agent {bad} ({views[bad]}) at step {step}; not saved. "
+        f"The last good checkpoint is step {mngr.latest_step()}.")
+  checkpointing.save(mngr, step, state, config, views, seed)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
