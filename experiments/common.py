@@ -1,4 +1,6 @@
-"""Flag helpers shared by the entry points."""
+"""Flag and logging helpers shared by the entry points."""
+
+import logging
 
 from absl import flags
 
@@ -21,3 +23,15 @@ def define_views_flag(name: str, default: str | None, help_text: str) -> flags.F
 
   flags.register_validator(name, check)
   return holder
+
+
+class _DropLibraryInfo(logging.Filter):
+  """Drops INFO (and lower) records from Orbax, which logs every step of every save."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Keeps the run's own log lines readable: Orbax speaks only to warn."""
+  logging.getLogger("absl").addFilter(_DropLibraryInfo())

@@ -35,6 +35,7 @@ flags.register_multi_flags_validator(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  common.quiet_library_logs()
   if _MULTIHOST.value:
     jax.distributed.initialize()
   views = _VIEW.value or _VIEWS.value

@@ -49,7 +49,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       0.0, o.lr, min(o.warmup_steps, config.num_train_steps - 1), config.num_train_steps,
       end_value=o.lr * o.final_lr_fraction)
   return optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                     optax.adamw(schedule, weight_decay=o.weight_decay))
+                     optax.adamw(schedule, eps=o.eps, weight_decay=o.weight_decay))
 
 
 def init_agent(key: jax.Array, config: ml_collections.ConfigDict) -> AgentState:
@@ -130,7 +130,7 @@ def train_step(state: AgentState, view: world.View, key: jax.Array, step: jax.Ar
   decay = config.objective.ema_decay
   target = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, state.target,
                         params["encoder"])
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   return AgentState(params, target, opt_state), metrics
 
 

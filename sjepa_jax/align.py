@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.jit
 def linear_cka(x_NxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
   """Linear CKA, the plain (biased) estimator: in [0, 1], 1 for identical geometry.
 
@@ -29,6 +30,7 @@ def _hsic_unbiased(k_NxN: jax.Array, l_NxN: jax.Array) -> jax.Array:
           - 2 * kl.sum() / (n - 2)) / (n * (n - 3))
 
 
+@jax.jit
 def linear_cka_unbiased(x_NxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
   """Linear CKA from unbiased HSIC estimates: near 0 for independent features at any N >= 4.
 

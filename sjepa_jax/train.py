@@ -71,7 +71,8 @@ def shardings(num_agents: int, batch_size: int):
   n = jax.device_count()
   if n == 1:
     return None, None
-  mesh = jax.make_mesh((n,), ("devices",))
+  # Auto axes: XLA propagates shardings through the renderer's gathers on its own.
+  mesh = jax.make_mesh((n,), ("devices",), axis_types=(jax.sharding.AxisType.Auto,))
   if num_agents % n == 0:
     return jax.NamedSharding(mesh, jax.P("devices")), None
   if batch_size % n == 0:
@@ -94,13 +95,15 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding)
 
 # --- Evaluation --------------------------------------------------------------------------
 
-def encode_all(config: ml_collections.ConfigDict, state: agents.AgentState,
-               obs_AxNxHxWx3: jax.Array) -> jax.Array:
-  """Every agent's latents of its own view's observations, (A, N, D), in chunks."""
+def make_encoder(config: ml_collections.ConfigDict):
+  """Jitted ``(params, obs (A, N, H, W, 3)) -> (A, N, D)``: each agent on its own view."""
   enc = jax.jit(jax.vmap(lambda p, o: agents.encode(config, p["encoder"], o)))
-  chunks = [enc(state.params, obs_AxNxHxWx3[:, i:i + 256])
-            for i in range(0, obs_AxNxHxWx3.shape[1], 256)]
-  return jnp.concatenate(chunks, axis=1)
+
+  def encode_all(params, obs_AxNxHxWx3):
+    chunks = [enc(params, obs_AxNxHxWx3[:, i:i + 256])
+              for i in range(0, obs_AxNxHxWx3.shape[1], 256)]
+    return jnp.concatenate(chunks, axis=1)
+  return encode_all
 
 
 def alignment_scores(z_AxNxD: jax.Array, views: Sequence[str]) -> dict[str, float]:
@@ -113,7 +116,7 @@ def alignment_scores(z_AxNxD: jax.Array, views: Sequence[str]) -> dict[str, floa
   return scores
 
 
-def probe_report(config: ml_collections.ConfigDict, state: agents.AgentState,
+def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
                  initial: agents.AgentState, probe_set: data.PairedSet,
                  views: Sequence[str]) -> dict[str, dict[str, float]]:
   """Held-out class accuracy and position R^2 of linear probes, trained vs random-init."""
@@ -122,7 +125,7 @@ def probe_report(config: ml_collections.ConfigDict, state: agents.AgentState,
   pos = probe_set.labels["position"]
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
-    z = encode_all(config, s, probe_set.obs)
+    z = encode_all(s.params, probe_set.obs)
     for a, view in enumerate(views):
       za = z[a]
       clf = probes.fit_logistic(za[:n_train], labels[:n_train], world.NUM_CLASSES,
@@ -143,7 +146,7 @@ def check_finite(metrics: dict[str, np.ndarray], views: Sequence[str], first: in
     if bad.size:
       raise FloatingPointError(
           f"Non-finite {name} for agent {bad[0]} ({views[bad[0]]}) between steps {first} and "
-          f"{last}; training stopped. The last good checkpoint is step {latest_checkpoint}.")
+          f"{last}; training stopped. Last good checkpoint: {_step_or_none(latest_checkpoint)}.")
 
 
 # --- The loop ----------------------------------------------------------------------------
@@ -176,6 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if agent_sharding is not None:
     state, stacked_views, keys = jax.device_put((state, stacked_views, keys), agent_sharding)
   step_fn = make_step(config, agent_sharding, batch_sharding)
+  encode_all = make_encoder(config)
 
   # Evaluation data: fixed paired states, the same for every run.
   e = config.eval
@@ -206,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         scalars = {f"train/agent_{v}/{k}": float(m[a])
                    for k, m in metrics.items() for a, v in enumerate(views)}
         if len(views) > 1:
-          scalars.update(alignment_scores(encode_all(config, state, align_set.obs), views))
+          scalars.update(alignment_scores(encode_all(state.params, align_set.obs), views))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop:
         _save_if_finite(mngr, done, state, config, views, seed)
@@ -216,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if stop == total:
       probe_set = data.paired_set(jax.random.fold_in(eval_key, 1), stacked_views,
                                   e.probe_train + e.probe_test, size)
-      report = probe_report(config, state, initial, probe_set, views)
+      report = probe_report(config, encode_all, state, initial, probe_set, views)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
       with open(os.path.join(workdir, "probe.json"), "w") as f:
@@ -233,9 +237,13 @@ def _save_if_finite(mngr, step, state, config, views, seed) -> None:
   if not finite.all():
     bad = int(np.flatnonzero(~finite)[0])
     raise FloatingPointError(
-        f"Non-finite parameters for agent {bad} ({views[bad]}) at step {step}; not saved. "
-        f"The last good checkpoint is step {mngr.latest_step()}.")
+        f"Non-finite parameters for agent {bad} ({views[bad]}) at step {step}; not saved, "
+        f"training stopped. Last good checkpoint: {_step_or_none(mngr.latest_step())}.")
   checkpointing.save(mngr, step, state, config, views, seed)
+
+
+def _step_or_none(step: int | None) -> str:
+  return "none yet" if step is None else f"step {step}"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

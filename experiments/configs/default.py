@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 200
   c.optim.final_lr_fraction = 0.05
   c.optim.weight_decay = 1e-4
+  c.optim.eps = 1e-8  # Adam's epsilon
   c.optim.grad_clip = 1.0
 
   c.eval = ml_collections.ConfigDict()

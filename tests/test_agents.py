@@ -1,0 +1,86 @@
+"""The vmapped step: equal to training agents one by one, compiled once, keyed by view."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sjepa_jax import agents
+from sjepa_jax import world
+
+
+def _train(config, views, steps, seed=0):
+  state = agents.init_agents(config, views, seed)
+  step = jax.jit(jax.vmap(functools.partial(agents.train_step, config=config),
+                          in_axes=(0, 0, 0, None)))
+  stacked, keys = world.stack_views(views), agents.agent_keys(seed, views)
+  for i in range(steps):
+    state, metrics = step(state, stacked, keys, i)
+  return state, metrics
+
+
+@pytest.mark.parametrize("regularizer,target", [("vicreg", "online"), ("sigreg", "ema")])
+def test_vmapped_agents_equal_agents_trained_alone(config, regularizer, target):
+  config.objective.regularizer = regularizer
+  config.objective.target = target
+  # vmap batches matmuls differently, so results differ by float rounding (~1e-7); Adam's
+  # first steps divide by sqrt(v) and would blow that up for near-zero gradients.
+  config.optim.eps = 1e-3
+  together, metrics = _train(config, ["mountain", "forest"], steps=2)
+  chex.assert_tree_all_finite(metrics)
+  for a, view in enumerate(["mountain", "forest"]):
+    alone, _ = _train(config, [view], steps=2)
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[a], together),
+                                jax.tree.map(lambda x: x[0], alone), atol=1e-5, rtol=1e-5)
+
+
+def test_agents_differ_and_share_nothing(config):
+  state, _ = _train(config, ["mountain", "forest"], steps=1)
+  kernel = state.params["encoder"]["Dense_0"]["kernel"]
+  assert not np.allclose(kernel[0], kernel[1])  # own init keys
+  keys = agents.agent_keys(0, ["mountain", "forest"])
+  assert not np.array_equal(jax.random.key_data(keys[0]), jax.random.key_data(keys[1]))
+  np.testing.assert_array_equal(jax.random.key_data(agents.agent_keys(0, ["forest"])[0]),
+                                jax.random.key_data(keys[1]))  # a view's key is its own
+
+
+def test_step_compiles_once(config):
+  views = ["mountain", "forest"]
+  state = agents.init_agents(config, views, 0)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(state, stacked, keys, i):
+    return jax.vmap(functools.partial(agents.train_step, config=config),
+                    in_axes=(0, 0, 0, None))(state, stacked, keys, i)
+
+  stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
+  for i in range(3):
+    state, _ = step(state, stacked, keys, jnp.int32(i))
+
+
+def test_ema_target_follows_the_encoder(config):
+  config.objective.target = "ema"
+  config.objective.ema_decay = 0.5
+  state0 = agents.init_agents(config, ["drone"], 0)
+  state1, _ = _train(config, ["drone"], steps=1)
+  expected = jax.tree.map(lambda t, p: 0.5 * t + 0.5 * p, state0.target,
+                          state1.params["encoder"])
+  chex.assert_trees_all_close(state1.target, expected, atol=1e-6)
+
+
+def test_bad_objective_settings_are_clear_errors(config):
+  config.objective.regularizer = "barlow"
+  with pytest.raises(ValueError, match="'barlow'; valid: vicreg, sigreg, none"):
+    agents.validate(config)
+  config.objective.regularizer = "vicreg"
+  config.objective.target = "teacher"
+  with pytest.raises(ValueError, match="'teacher'; valid: ema, online"):
+    agents.validate(config)
+  config.objective.target = "online"
+  config.data.frames = 1
+  with pytest.raises(ValueError, match="frames must be at least 2"):
+    agents.validate(config)

@@ -1,0 +1,52 @@
+"""Objectives and diagnostics, checked on data with known statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sjepa_jax import losses
+
+KEY = jax.random.key(0)
+
+
+def test_vicreg_variance_penalises_collapse_only():
+  wide = 2.0 * jax.random.normal(KEY, (512, 16))
+  assert float(losses.vicreg_variance(wide)) == 0.0
+  collapsed = jnp.ones((512, 16)) + 1e-3 * jax.random.normal(KEY, (512, 16))
+  np.testing.assert_allclose(float(losses.vicreg_variance(collapsed)), 1.0, atol=0.02)
+
+
+def test_vicreg_covariance_is_zero_for_decorrelated_dims_and_grows_with_correlation():
+  z = jax.random.normal(KEY, (4096, 8))
+  assert float(losses.vicreg_covariance(z)) < 0.02
+  z_corr = z.at[:, 1].set(z[:, 0])  # cov(0, 1) = 1 twice in the off-diagonal sum
+  np.testing.assert_allclose(float(losses.vicreg_covariance(z_corr)), 2 / 8, atol=0.03)
+
+
+def test_sigreg_prefers_an_isotropic_standard_gaussian():
+  k1, k2 = jax.random.split(KEY)
+  gauss = jax.random.normal(k1, (1024, 32))
+  scores = {
+      "isotropic": losses.sigreg(gauss, k2),
+      "scaled": losses.sigreg(3.0 * gauss, k2),
+      "anisotropic": losses.sigreg(gauss * jnp.linspace(0.1, 3.0, 32), k2),
+      "collapsed": losses.sigreg(jnp.zeros((1024, 32)), k2),
+  }
+  scores = {k: float(v) for k, v in scores.items()}
+  assert scores["isotropic"] < 1.0
+  for name in ("scaled", "anisotropic", "collapsed"):
+    assert scores[name] > 5 * scores["isotropic"], scores
+
+
+def test_spectrum_stats_count_the_dimensions_in_use():
+  k = 5
+  z = jnp.zeros((4096, 32)).at[:, :k].set(jax.random.normal(KEY, (4096, k)))
+  stats = losses.spectrum_stats(z)
+  np.testing.assert_allclose(float(stats["participation_ratio"]), k, rtol=0.05)
+  np.testing.assert_allclose(float(stats["effective_rank"]), k, rtol=0.05)
+  assert float(losses.embedding_std(z)) < 1.0
+
+
+def test_prediction_loss_is_mean_squared_error_per_dim():
+  a, b = jnp.zeros((4, 8)), jnp.full((4, 8), 2.0)
+  np.testing.assert_allclose(float(losses.prediction_loss(a, b)), 4.0)

@@ -1,0 +1,58 @@
+"""Several devices (4 fake CPU devices, in a subprocess): sharded steps equal unsharded ones."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CHILD = r"""
+import functools, sys
+sys.path.insert(0, {root!r})
+import chex, jax, pytest
+from tests.conftest import tiny_config
+from sjepa_jax import agents, train, world
+assert jax.device_count() == 4, jax.devices()
+
+def run(views, config, sharded):
+  state = agents.init_agents(config, views, 0)
+  stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
+  if sharded:
+    agent_sh, batch_sh = train.shardings(len(views), config.data.batch_size)
+    if agent_sh is not None:
+      state, stacked, keys = jax.device_put((state, stacked, keys), agent_sh)
+    step = train.make_step(config, agent_sh, batch_sh)
+  else:
+    step = jax.jit(jax.vmap(functools.partial(agents.train_step, config=config),
+                            in_axes=(0, 0, 0, None)))
+  for i in range(2):
+    state, metrics = step(state, stacked, keys, i)
+  return state, metrics
+
+config = tiny_config()
+config.optim.eps = 1e-3  # see test_agents: keep Adam from amplifying float rounding
+# Four agents: one per device.
+views = ["mountain", "forest", "drone", "river"]
+sharded, _ = run(views, config, True)
+assert len(jax.tree.leaves(sharded)[0].sharding.device_set) == 4
+chex.assert_trees_all_close(sharded, run(views, config, False)[0], atol=1e-5, rtol=1e-5)
+# Two agents, batch of 8 split over 4 devices: VICReg statistics must stay global.
+views = ["mountain", "forest"]
+a, ma = run(views, config, True)
+b, mb = run(views, config, False)
+chex.assert_trees_all_close(ma, mb, atol=1e-5, rtol=1e-5)
+chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
+# Neither agents nor batch divisible by 4 devices.
+config.data.batch_size = 6
+with pytest.raises(ValueError, match="batch of 6 over 4 devices"):
+  train.shardings(2, 6)
+print("SHARDING OK")
+"""
+
+
+def test_sharded_training_equals_single_device_training():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _CHILD.format(root=ROOT)], env=env,
+                       capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0 and "SHARDING OK" in out.stdout, out.stderr[-4000:]

@@ -1,0 +1,151 @@
+"""The training loop end to end: resume exactly, survive a kill, stop on NaN, clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from sjepa_jax import agents
+from sjepa_jax import checkpointing
+from sjepa_jax import train
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VIEWS = ["mountain", "forest"]
+
+
+def _final_state(config, workdir, seed=0):
+  abstract = jax.eval_shape(lambda: agents.init_agents(config, VIEWS, seed))
+  mngr = checkpointing.manager(workdir)
+  state, step = checkpointing.restore(mngr, abstract)
+  mngr.close()
+  return state, step
+
+
+def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):
+  report = train.train_and_evaluate(config, str(tmp_path / "straight"), VIEWS)
+  assert set(report) == set(VIEWS)
+  assert 0.0 <= report["forest"]["trained/class_acc"] <= 1.0
+  config.max_steps_per_run = 2
+  split = str(tmp_path / "split")
+  assert train.train_and_evaluate(config, split, VIEWS) == {}  # stopped at step 2 of 4
+  assert _final_state(config, split)[1] == 2
+  train.train_and_evaluate(config, split, VIEWS)  # the same command again resumes
+  straight, step = _final_state(config, str(tmp_path / "straight"))
+  resumed, step_resumed = _final_state(config, split)
+  assert step == step_resumed == 4
+  chex.assert_trees_all_equal(straight, resumed)
+  assert os.path.exists(os.path.join(split, "probe.json"))
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.conftest import tiny_config
+from sjepa_jax import train
+c = tiny_config()
+c.num_train_steps, c.checkpoint_every, c.log_every = {steps}, {every}, {every}
+train.train_and_evaluate(c, {workdir!r}, {views!r})
+"""
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(config, tmp_path):
+  steps, every = 300, 100
+  config.num_train_steps, config.checkpoint_every, config.log_every = steps, every, every
+  killed = str(tmp_path / "killed")
+  child = subprocess.Popen(
+      [sys.executable, "-c", _CHILD.format(root=ROOT, steps=steps, every=every, workdir=killed,
+                                           views=VIEWS)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = os.path.join(killed, "checkpoints", str(every))
+  deadline = time.time() + 300
+  while not os.path.isdir(first) and child.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  child.send_signal(signal.SIGKILL)
+  child.wait()
+  assert os.path.isdir(first)
+  interrupted_at = _final_state(config, killed)[1]
+  assert interrupted_at < steps, "the child finished before it was killed"
+  train.train_and_evaluate(config, killed, VIEWS)
+  train.train_and_evaluate(config, str(tmp_path / "straight"), VIEWS)
+  chex.assert_trees_all_equal(_final_state(config, killed)[0],
+                              _final_state(config, str(tmp_path / "straight"))[0])
+
+
+def test_nan_stops_training_naming_step_and_agent_and_saves_nothing(config, tmp_path):
+  config.optim.lr = float("nan")
+  config.log_every = config.checkpoint_every = 1
+  # The loss at step 1 is computed before the NaN update, so the save-time check catches it.
+  with pytest.raises(FloatingPointError,
+                     match=r"agent 0 \(mountain\) at step 1.*Last good checkpoint: none yet"):
+    train.train_and_evaluate(config, str(tmp_path), VIEWS)
+  assert checkpointing.manager(str(tmp_path)).latest_step() is None
+
+
+def test_check_finite_names_the_bad_agent():
+  metrics = {"loss": np.asarray([0.5, np.nan])}
+  with pytest.raises(FloatingPointError,
+                     match=r"loss for agent 1 \(forest\) between steps 100 and 200.*: step 100"):
+    train.check_finite(metrics, VIEWS, 100, 200, 100)
+
+
+def test_bad_input_is_a_clear_error(config, tmp_path):
+  with pytest.raises(ValueError, match="Unknown view 'lake'"):
+    train.train_and_evaluate(config, str(tmp_path / "a"), ["mountain", "lake"])
+  with pytest.raises(ValueError, match="Duplicate views"):
+    train.train_and_evaluate(config, str(tmp_path / "a"), "forest,forest")
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(PermissionError, match="Cannot create workdir"):
+    train.train_and_evaluate(config, str(blocker / "run"), VIEWS)
+  config.max_steps_per_run = 2
+  train.train_and_evaluate(config, str(tmp_path / "b"), VIEWS)
+  with pytest.raises(ValueError, match="holds a run of views"):
+    train.train_and_evaluate(config, str(tmp_path / "b"), ["mountain", "drone"])
+  config.model.dim = 24
+  with pytest.raises(ValueError, match=r"other settings for \['model.dim'\]"):
+    train.train_and_evaluate(config, str(tmp_path / "b"), VIEWS)
+
+
+_TINY_FLAGS = [
+    "--config=experiments/configs/smoke.py", "--config.num_train_steps=4",
+    "--config.log_every=2", "--config.checkpoint_every=2", "--config.data.image_size=16",
+    "--config.model.patch=4", "--config.data.batch_size=8", "--config.eval.probe_train=48",
+    "--config.eval.probe_test=16", "--config.eval.alignment_pairs=16",
+    "--config.eval.probe_steps=10"]
+
+
+def test_train_command_end_to_end_then_load_one_agent_by_view(tmp_path):
+  workdir = str(tmp_path / "run")
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.train", "--views=mountain,forest",
+       f"--workdir={workdir}", *_TINY_FLAGS], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Linear probes on frozen latents" in out.stdout
+  assert set(json.load(open(os.path.join(workdir, "probe.json")))) == set(VIEWS)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  params, config = agents.load_agent(workdir, "forest")
+  state, _ = _final_state(config, workdir)
+  chex.assert_trees_all_equal(params, jax.tree.map(lambda x: x[1], state.params))
+  z = agents.encode(config, params["encoder"], np.zeros((2, 16, 16, 3), np.float32))
+  assert z.shape == (2, config.model.dim)
+  with pytest.raises(ValueError, match="No agent for view 'river'.*mountain, forest"):
+    agents.load_agent(workdir, "river")
+
+
+def test_train_command_rejects_bad_flags(tmp_path):
+  both = subprocess.run([sys.executable, "-m", "experiments.train", "--view=forest",
+                         "--views=mountain,forest", f"--workdir={tmp_path}"],
+                        cwd=ROOT, capture_output=True, text=True)
+  assert both.returncode != 0 and "exactly one of --view" in both.stderr
+  typo = subprocess.run([sys.executable, "-m", "experiments.train", "--view=forest",
+                         f"--workdir={tmp_path}", "--config.model.dimm=3"],
+                        cwd=ROOT, capture_output=True, text=True)
+  assert typo.returncode != 0 and "dimm" in typo.stderr
