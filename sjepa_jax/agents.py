@@ -145,6 +145,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.encoder not in models.ENCODERS:
     raise ValueError(f"Unknown model.encoder {config.model.encoder!r}; valid: "
                      f"{', '.join(models.ENCODERS)}.")
+  if config.model.pool not in models.POOLS:
+    raise ValueError(f"Unknown model.pool {config.model.pool!r}; valid: "
+                     f"{', '.join(models.POOLS)}.")
   if config.data.frames < 2:
     raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
 

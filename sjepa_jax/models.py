@@ -18,6 +18,20 @@ import jax.numpy as jnp
 import ml_collections
 
 ENCODERS = ("mixer", "vit", "cnn")
+POOLS = ("flatten", "mean")
+
+
+def pool_tokens(x_BxPxC: jax.Array, pool: str) -> jax.Array:
+  """Tokens to one vector: ``flatten`` keeps where each feature is, ``mean`` discards it.
+
+  A mean over patches is blind to position unless earlier layers write position into the
+  channels; flattening lets the final dense layer read position off the token index.
+  """
+  if pool == "flatten":
+    return x_BxPxC.reshape(x_BxPxC.shape[:-2] + (-1,))
+  if pool == "mean":
+    return x_BxPxC.mean(-2)
+  raise ValueError(f"Unknown pool {pool!r}; valid pools: {', '.join(POOLS)}.")
 
 
 def patchify(obs_BxHxWx3: jax.Array, patch: int) -> jax.Array:
@@ -43,6 +57,7 @@ class MixerEncoder(nn.Module):
   patch: int = 8
   width: int = 128
   depth: int = 2
+  pool: str = "flatten"
 
   @nn.compact
   def __call__(self, obs):
@@ -51,7 +66,7 @@ class MixerEncoder(nn.Module):
       y = jnp.swapaxes(nn.LayerNorm()(x), -1, -2)
       x = x + jnp.swapaxes(MlpBlock(2 * x.shape[-2])(y), -1, -2)  # mixes patches
       x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))  # mixes channels
-    return nn.Dense(self.dim)(nn.LayerNorm()(x).mean(-2))
+    return nn.Dense(self.dim)(pool_tokens(nn.LayerNorm()(x), self.pool))
 
 
 class VitEncoder(nn.Module):
@@ -60,6 +75,7 @@ class VitEncoder(nn.Module):
   patch: int = 8
   width: int = 128
   depth: int = 2
+  pool: str = "flatten"
   heads: int = 4
 
   @nn.compact
@@ -69,7 +85,7 @@ class VitEncoder(nn.Module):
     for _ in range(self.depth):
       x = x + nn.MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x))
       x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
-    return nn.Dense(self.dim)(nn.LayerNorm()(x).mean(-2))
+    return nn.Dense(self.dim)(pool_tokens(nn.LayerNorm()(x), self.pool))
 
 
 class MatmulConv(nn.Module):
@@ -87,17 +103,19 @@ class MatmulConv(nn.Module):
 
 
 class CnnEncoder(nn.Module):
-  """Strided convolutions (as matmuls), global average pool, dense to D."""
+  """Strided convolutions (as matmuls), then the feature map pooled and dense to D."""
   dim: int
   width: int = 32
   depth: int = 4
+  pool: str = "flatten"
 
   @nn.compact
   def __call__(self, obs):
     x = obs
     for i in range(self.depth):
       x = nn.gelu(MatmulConv(self.width * 2 ** min(i, 2))(x))
-    return nn.Dense(self.dim)(x.mean((-3, -2)))
+    tokens = x.reshape(x.shape[:-3] + (-1, x.shape[-1]))
+    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool))
 
 
 class Predictor(nn.Module):
@@ -132,9 +150,9 @@ def make_model(config: ml_collections.ConfigDict) -> WorldModel:
   """The world model described by ``config.model``; unknown encoders list the valid ones."""
   m = config.model
   kinds: dict[str, Any] = {
-      "mixer": lambda: MixerEncoder(m.dim, m.patch, m.width, m.depth),
-      "vit": lambda: VitEncoder(m.dim, m.patch, m.width, m.depth),
-      "cnn": lambda: CnnEncoder(m.dim, m.width // 4, m.depth),
+      "mixer": lambda: MixerEncoder(m.dim, m.patch, m.width, m.depth, m.pool),
+      "vit": lambda: VitEncoder(m.dim, m.patch, m.width, m.depth, m.pool),
+      "cnn": lambda: CnnEncoder(m.dim, m.width // 4, m.depth, m.pool),
   }
   if m.encoder not in kinds:
     raise ValueError(f"Unknown encoder {m.encoder!r}; valid encoders: {', '.join(ENCODERS)}.")

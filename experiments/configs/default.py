@@ -2,8 +2,8 @@ r"""Default agents: patch-mixer encoder, D = 128, online stop-gradient target + 
 
   python -m experiments.train --views=mountain,forest --workdir=/tmp/sjepa
 
-Trains one agent per view; see the README for the time it takes and the probe accuracy
-it reaches on this machine.
+Trains one agent per view for 600 steps: two agents take under 10 minutes on 2 CPU cores.
+The README gives the measured time and the probe accuracies it reaches.
 """
 
 import ml_collections
@@ -11,7 +11,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.num_train_steps = 3000  # every duration below is in steps
+  c.num_train_steps = 600  # every duration below is in steps
   c.log_every = 100
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.patch = 8
   c.model.width = 128
   c.model.depth = 2
+  c.model.pool = "flatten"  # flatten | mean (mean pooling discards where things are)
   c.model.predictor_hidden = 256
   c.model.predictor_depth = 2
 
@@ -43,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
-  c.optim.warmup_steps = 200
+  c.optim.warmup_steps = 100
   c.optim.final_lr_fraction = 0.05
   c.optim.weight_decay = 1e-4
   c.optim.eps = 1e-8  # Adam's epsilon
