@@ -27,6 +27,7 @@ from sjepa_jax import world
 PyTree = Any
 TARGETS = ("ema", "online")
 REGULARIZERS = ("vicreg", "sigreg", "none")
+AGENT_MAPS = ("vmap", "lax_map")
 
 
 class AgentState(NamedTuple):
@@ -145,6 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.encoder not in models.ENCODERS:
     raise ValueError(f"Unknown model.encoder {config.model.encoder!r}; valid: "
                      f"{', '.join(models.ENCODERS)}.")
+  if config.agent_map not in AGENT_MAPS:
+    raise ValueError(f"Unknown agent_map {config.agent_map!r}; valid: {', '.join(AGENT_MAPS)}.")
   if config.model.pool not in models.POOLS:
     raise ValueError(f"Unknown model.pool {config.model.pool!r}; valid: "
                      f"{', '.join(models.POOLS)}.")

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,6 +27,10 @@ from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import probes
 from sjepa_jax import world
+
+def _flatten(d: dict) -> dict:
+  return traverse_util.flatten_dict(d, sep=".")
+
 
 # Config keys that may change between a run and its resumption; any other change is an error.
 _RESUMABLE_CHANGES = ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -82,10 +87,24 @@ def shardings(num_agents: int, batch_size: int):
                    f"divisible by {n}.")
 
 
-def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding):
-  """The jitted step over all agents: (state, views, keys, step) -> (state, metrics)."""
-  step = jax.vmap(functools.partial(agents.train_step, config=config,
-                                    batch_sharding=batch_sharding), in_axes=(0, 0, 0, None))
+def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
+              num_agents: int = 2):
+  """The jitted step over all agents: (state, views, keys, step) -> (state, metrics).
+
+  One agent skips the vmap: XLA's CPU backend runs a batched matmul with a batch of one
+  about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). With
+  ``config.agent_map = "lax_map"`` agents run one after another inside the program, which
+  measured 1.3-3x faster than vmap on 2 CPU cores; vmap is the default for accelerators.
+  """
+  one = functools.partial(agents.train_step, config=config, batch_sharding=batch_sharding)
+  if num_agents == 1:
+    squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
+    expand = lambda t: jax.tree.map(lambda x: x[None], t)
+    step = lambda s, v, k, i: expand(one(squeeze(s), squeeze(v), k[0], i))
+  elif config.agent_map == "lax_map":  # agents one after another, inside one program
+    step = lambda s, v, k, i: jax.lax.map(lambda a: one(*a, i), (s, v, k))
+  else:
+    step = jax.vmap(one, in_axes=(0, 0, 0, None))
   if agent_sharding is None:
     return jax.jit(step, donate_argnums=0)
   return jax.jit(step, donate_argnums=0,
@@ -178,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = jax.tree.map(jnp.copy, initial)
   if agent_sharding is not None:
     state, stacked_views, keys = jax.device_put((state, stacked_views, keys), agent_sharding)
-  step_fn = make_step(config, agent_sharding, batch_sharding)
+  step_fn = make_step(config, agent_sharding, batch_sharding, len(views))
   encode_all = make_encoder(config)
 
   # Evaluation data: fixed paired states, the same for every run.
@@ -244,14 +263,3 @@ def _save_if_finite(mngr, step, state, config, views, seed) -> None:
 
 def _step_or_none(step: int | None) -> str:
   return "none yet" if step is None else f"step {step}"
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  """{"a": {"b": 1}} -> {"a.b": 1}."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out

@@ -84,3 +84,30 @@ def test_bad_objective_settings_are_clear_errors(config):
   config.data.frames = 1
   with pytest.raises(ValueError, match="frames must be at least 2"):
     agents.validate(config)
+
+
+def test_single_agent_step_equals_the_vmapped_step(config):
+  from sjepa_jax import train  # pylint: disable=g-import-not-at-top
+  config.optim.eps = 1e-3  # see test_vmapped_agents_equal_agents_trained_alone
+  views = ["forest"]
+  stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
+  plain = train.make_step(config, None, None, num_agents=1)
+  state, _ = plain(agents.init_agents(config, views, 0), stacked, keys, 0)
+  state, metrics = plain(state, stacked, keys, 1)
+  vmapped, vmetrics = _train(config, views, steps=2)
+  chex.assert_trees_all_close(state, vmapped, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(metrics, vmetrics, atol=1e-5, rtol=1e-5)
+
+
+def test_lax_map_over_agents_equals_vmap(config):
+  from sjepa_jax import train  # pylint: disable=g-import-not-at-top
+  config.optim.eps = 1e-3  # see test_vmapped_agents_equal_agents_trained_alone
+  views = ["mountain", "forest"]
+  stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
+  results = []
+  for agent_map in agents.AGENT_MAPS:
+    config.agent_map = agent_map
+    step = train.make_step(config, None, None, num_agents=2)
+    state, metrics = step(agents.init_agents(config, views, 0), stacked, keys, 0)
+    results.append(step(state, stacked, keys, 1))
+  chex.assert_trees_all_close(results[0], results[1], atol=1e-5, rtol=1e-5)

@@ -21,7 +21,7 @@ def run(views, config, sharded):
     agent_sh, batch_sh = train.shardings(len(views), config.data.batch_size)
     if agent_sh is not None:
       state, stacked, keys = jax.device_put((state, stacked, keys), agent_sh)
-    step = train.make_step(config, agent_sh, batch_sh)
+    step = train.make_step(config, agent_sh, batch_sh, len(views))
   else:
     step = jax.jit(jax.vmap(functools.partial(agents.train_step, config=config),
                             in_axes=(0, 0, 0, None)))
