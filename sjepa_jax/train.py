@@ -204,8 +204,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   e = config.eval
   eval_key = jax.random.key(e.seed)
   size = config.data.image_size
-  align_set = data.paired_set(jax.random.fold_in(eval_key, 0), stacked_views,
-                              e.alignment_pairs, size)
+  align_set = None  # cross-agent alignment needs two agents or more
+  if len(views) > 1:
+    align_set = data.paired_set(jax.random.fold_in(eval_key, 0), stacked_views,
+                                e.alignment_pairs, size)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
@@ -228,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last_logged = done
         scalars = {f"train/agent_{v}/{k}": float(m[a])
                    for k, m in metrics.items() for a, v in enumerate(views)}
-        if len(views) > 1:
+        if align_set is not None:
           scalars.update(alignment_scores(encode_all(state.params, align_set.obs), views))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop:
