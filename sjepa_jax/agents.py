@@ -25,6 +25,7 @@ from sjepa_jax import models
 from sjepa_jax import world
 
 PyTree = Any
+OBJECTIVES = ("jepa", "autoencoder")
 TARGETS = ("ema", "online")
 REGULARIZERS = ("vicreg", "sigreg", "none")
 AGENT_MAPS = ("vmap", "lax_map")
@@ -80,11 +81,27 @@ def encode(config: ml_collections.ConfigDict, encoder_params: PyTree,
   return z.reshape(lead + z.shape[-1:])
 
 
+def autoencoder_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections.ConfigDict
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Pixel reconstruction of every frame through the latent: the non-predictive control."""
+  model = models.make_model(config)
+  z_BxLxD = encode(config, params["encoder"], batch.obs)
+  recon = model.apply({"params": params}, z_BxLxD, method=models.WorldModel.decode)
+  loss = jnp.mean((recon - batch.obs) ** 2)
+  z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
+  metrics = {"reconstruction": loss, "embedding_std": losses.embedding_std(z_flat),
+             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0])), "loss": loss}
+  return loss, metrics
+
+
 def loss_fn(params: PyTree, target: PyTree, batch: data.Batch, key: jax.Array,
             config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """JEPA loss of one agent on its batch: multi-step latent prediction plus a regulariser."""
-  model = models.make_model(config)
+  """One agent's loss on its batch: by default (JEPA) multi-step latent prediction plus a
+  regulariser; with ``objective.kind = 'autoencoder'``, pixel reconstruction."""
   o = config.objective
+  if o.kind == "autoencoder":
+    return autoencoder_loss_fn(params, batch, config)
+  model = models.make_model(config)
   z_BxLxD = encode(config, params["encoder"], batch.obs)
   # Stop-gradient: the target is not trained through, whether EMA copy or online encoder.
   target_z = z_BxLxD if o.target == "online" else encode(config, target, batch.obs)
@@ -138,6 +155,8 @@ def train_step(state: AgentState, view: world.View, key: jax.Array, step: jax.Ar
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects unknown choices in ``config`` with the valid ones named."""
   o = config.objective
+  if o.kind not in OBJECTIVES:
+    raise ValueError(f"Unknown objective.kind {o.kind!r}; valid: {', '.join(OBJECTIVES)}.")
   if o.target not in TARGETS:
     raise ValueError(f"Unknown objective.target {o.target!r}; valid: {', '.join(TARGETS)}.")
   if o.regularizer not in REGULARIZERS:

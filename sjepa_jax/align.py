@@ -1,10 +1,191 @@
-"""Similarity between two agents' latent spaces.
+"""Linear maps between two agents' latent spaces, and how well they relate them.
 
-Shapes: N = paired examples (row i of X and row i of Y see the same world state), D = dims.
+Every map is fitted on paired latents (row i of X and row i of Y see the same world state)
+and must be scored on held-out pairs. Maps are affine: ``y ~ (x - x_mean) @ w + y_mean``.
+All functions are pure ``jnp`` (float32), jit-able and vmappable over agent pairs.
+
+Shapes: N = paired examples, D = source latent size, E = target latent size, M = agents,
+K = neighbours or rank.
 """
+
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+# Ridge strengths, relative to the mean eigenvalue of the centred source covariance; the
+# fit picks one on a validation split of the fitting pairs (never on the held-out pairs).
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+class LinearMap(NamedTuple):
+  """An affine map ``apply_map(m, x) = (x - x_mean) @ w + y_mean``."""
+  x_mean: jax.Array  # (D,)
+  y_mean: jax.Array  # (E,)
+  w: jax.Array  # (D, E)
+
+
+def apply_map(m: LinearMap, x_NxD: jax.Array) -> jax.Array:
+  """Maps source latents into the target space: (N, D) -> (N, E)."""
+  return (x_NxD - m.x_mean) @ m.w + m.y_mean
+
+
+def _centre(x_NxD, y_NxE):
+  return x_NxD.mean(0), y_NxE.mean(0), x_NxD - x_NxD.mean(0), y_NxE - y_NxE.mean(0)
+
+
+# --- Maps --------------------------------------------------------------------------------
+
+@jax.jit
+def fit_lstsq(x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
+  """Unregularised least squares (minimum-norm solution). Unstable when X is
+  ill-conditioned, as anisotropic latents are: prefer ``fit_ridge`` there."""
+  mx, my, x, y = _centre(x_NxD, y_NxE)
+  return LinearMap(mx, my, jnp.linalg.lstsq(x, y)[0])
+
+
+def _ridge_w(x, y, l2):
+  d = x.shape[1]
+  gram = x.T @ x
+  lam = l2 * jnp.trace(gram) / d  # relative strength: invariant to the latents' scale
+  return jnp.linalg.solve(gram + lam * jnp.eye(d), x.T @ y)
+
+
+@functools.partial(jax.jit, static_argnames="val_fraction")
+def fit_ridge(x_NxD: jax.Array, y_NxE: jax.Array, l2: float | None = None,
+              val_fraction: float = 0.2) -> LinearMap:
+  """Ridge regression; with ``l2=None`` the strength is chosen from ``RIDGE_GRID`` by R^2
+  on the last ``val_fraction`` of the fitting pairs, then refitted on all of them."""
+  mx, my, x, y = _centre(x_NxD, y_NxE)
+  if l2 is None:
+    n_fit = int(round(x.shape[0] * (1 - val_fraction)))
+    m_fit, mean_fit = x[:n_fit].mean(0), y[:n_fit].mean(0)
+    def val_r2(l):
+      w = _ridge_w(x[:n_fit] - m_fit, y[:n_fit] - mean_fit, l)
+      return r2_score((x[n_fit:] - m_fit) @ w + mean_fit, y[n_fit:])
+    grid = jnp.asarray(RIDGE_GRID)
+    l2 = grid[jnp.argmax(jax.vmap(val_r2)(grid))]
+  return LinearMap(mx, my, _ridge_w(x, y, l2))
+
+
+@functools.partial(jax.jit, static_argnames="rank")
+def fit_reduced_rank(x_NxD: jax.Array, y_NxE: jax.Array, rank: int,
+                     l2: float = 1e-3) -> LinearMap:
+  """Reduced-rank (ridge) regression: the ridge map restricted to the ``rank`` target
+  directions it predicts best (top principal directions of the fitted values).
+
+  References: Izenman, J. Multivariate Anal. 1975.
+  """
+  mx, my, x, y = _centre(x_NxD, y_NxE)
+  w = _ridge_w(x, y, l2)
+  v_ExK = jnp.linalg.svd(x @ w, full_matrices=False)[2][:rank].T
+  return LinearMap(mx, my, w @ v_ExK @ v_ExK.T)
+
+
+@jax.jit
+def fit_procrustes(x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
+  """Orthogonal map times one global scale, ``w = s * R`` with ``R R^T = I``: the best
+  isometry (up to scale) between the centred spaces. D may differ from E (then R has
+  orthonormal rows or columns).
+
+  References: Schoenemann, Psychometrika 1966.
+  """
+  mx, my, x, y = _centre(x_NxD, y_NxE)
+  u, sv, vt = jnp.linalg.svd(x.T @ y, full_matrices=False)
+  scale = sv.sum() / jnp.sum(x ** 2)
+  return LinearMap(mx, my, scale * (u @ vt))
+
+
+def _inv_sqrt_and_sqrt(c):
+  """C^{-1/2} and C^{1/2} of a symmetric positive definite matrix."""
+  evals, evecs = jnp.linalg.eigh(c)
+  root = jnp.sqrt(jnp.maximum(evals, 1e-12))
+  return (evecs / root) @ evecs.T, (evecs * root) @ evecs.T
+
+
+@functools.partial(jax.jit, static_argnames="rank")
+def fit_cca(x_NxD: jax.Array, y_NxE: jax.Array, rank: int | None = None,
+            l2: float = 1e-3) -> tuple[LinearMap, jax.Array]:
+  """Regularised CCA, and the map that predicts Y from X through the top ``rank`` canonical
+  pairs (all of them: the ridge map). Returns (map, canonical correlations, descending).
+
+  References: Hotelling, Biometrika 1936.
+  """
+  mx, my, x, y = _centre(x_NxD, y_NxE)
+  n, d = x.shape
+  e = y.shape[1]
+  cxx, cyy = x.T @ x / n, y.T @ y / n
+  cxx += l2 * jnp.trace(cxx) / d * jnp.eye(d)
+  cyy += l2 * jnp.trace(cyy) / e * jnp.eye(e)
+  wx, _ = _inv_sqrt_and_sqrt(cxx)
+  wy, cyy_sqrt = _inv_sqrt_and_sqrt(cyy)
+  u, rho, vt = jnp.linalg.svd(wx @ (x.T @ y / n) @ wy, full_matrices=False)
+  k = rho.shape[0] if rank is None else rank
+  # Y's canonical variates are best predicted by rho * X's; map them back to Y's space.
+  w = wx @ u[:, :k] @ jnp.diag(rho[:k]) @ vt[:k] @ cyy_sqrt
+  return LinearMap(mx, my, w), rho
+
+
+class SharedSpace(NamedTuple):
+  """Generalized Procrustes: agent m's latents enter the shared space as
+  ``(z - mean[m]) * scale[m] @ rotation[m]``."""
+  mean: jax.Array  # (M, D)
+  scale: jax.Array  # (M,)
+  rotation: jax.Array  # (M, D, D), orthogonal
+  consensus: jax.Array  # (N, D) the shared configuration of the fitting pairs
+
+
+@functools.partial(jax.jit, static_argnames="iters")
+def fit_generalized_procrustes(z_MxNxD: jax.Array, iters: int = 30) -> SharedSpace:
+  """Rotates and scales M agents' latents into one shared space (alternating Procrustes
+  to the running consensus, each agent normalised to unit size).
+
+  References: Gower, Psychometrika 1975.
+  """
+  mean = z_MxNxD.mean(1)
+  z = z_MxNxD - mean[:, None]
+  scale = 1.0 / jnp.sqrt(jnp.sum(z ** 2, axis=(1, 2)))
+  z = z * scale[:, None, None]
+
+  def rotations(consensus):
+    u, _, vt = jnp.linalg.svd(jnp.einsum("mnd,ne->mde", z, consensus))
+    return u @ vt
+
+  def body(_, consensus):
+    shared = jnp.einsum("mnd,mde->mne", z, rotations(consensus)).mean(0)
+    return shared / jnp.linalg.norm(shared)
+
+  consensus = jax.lax.fori_loop(0, iters, body, z[0])
+  return SharedSpace(mean, scale, rotations(consensus), consensus)
+
+
+def shared_space_map(space: SharedSpace, source: int, target: int) -> LinearMap:
+  """The map from agent ``source``'s latents to agent ``target``'s through the shared space."""
+  w = (space.scale[source] / space.scale[target]) * (
+      space.rotation[source] @ space.rotation[target].T)
+  return LinearMap(space.mean[source], space.mean[target], w)
+
+
+# --- Metrics -----------------------------------------------------------------------------
+
+def r2_score(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
+  """Coefficient of determination, pooled over output dimensions (variance-weighted)."""
+  ss_res = jnp.sum((y_NxE - pred_NxE) ** 2)
+  ss_tot = jnp.sum((y_NxE - y_NxE.mean(0)) ** 2)
+  return 1.0 - ss_res / ss_tot
+
+
+def relative_residual(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
+  """||Y - pred|| / ||Y - mean(Y)|| (Frobenius): 0 is perfect, 1 is predicting the mean."""
+  return jnp.linalg.norm(y_NxE - pred_NxE) / jnp.linalg.norm(y_NxE - y_NxE.mean(0))
+
+
+def singular_value_stats(w_DxE: jax.Array) -> dict[str, jax.Array]:
+  """Singular values of a map; an isometry (up to scale) has them all equal."""
+  s = jnp.linalg.svd(w_DxE, compute_uv=False)
+  return {"singular_values": s, "condition_number": s[0] / s[-1],
+          "singular_value_spread": s.std() / s.mean()}
 
 
 @jax.jit
@@ -44,3 +225,82 @@ def linear_cka_unbiased(x_NxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
   k, l = x @ x.T, y @ y.T
   hsic_xy = _hsic_unbiased(k, l)
   return hsic_xy / jnp.sqrt(jnp.maximum(_hsic_unbiased(k, k) * _hsic_unbiased(l, l), 1e-30))
+
+
+def _neighbours(z_NxD: jax.Array, k: int) -> jax.Array:
+  sq = jnp.sum(z_NxD ** 2, -1)
+  dist = sq[:, None] + sq[None, :] - 2 * z_NxD @ z_NxD.T
+  dist = jnp.where(jnp.eye(z_NxD.shape[0], dtype=bool), jnp.inf, dist)  # not oneself
+  return jax.lax.top_k(-dist, k)[1]
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def mutual_knn(x_NxD: jax.Array, y_NxE: jax.Array, k: int = 10) -> jax.Array:
+  """Mean fraction of each example's k nearest neighbours shared by both spaces: 1 when the
+  neighbourhoods agree, about k / N for unrelated spaces.
+
+  References: Huh et al., arXiv 2405.07987.
+  """
+  nx, ny = _neighbours(x_NxD, k), _neighbours(y_NxE, k)
+  shared = (nx[:, :, None] == ny[:, None, :]).any(-1).sum(-1)
+  return jnp.mean(shared / k)
+
+
+@jax.jit
+def retrieval_top1(mapped_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
+  """Fraction of mapped examples whose nearest target (Euclidean, among all N) is their own
+  pair: chance is 1 / N."""
+  sq = jnp.sum(y_NxE ** 2, -1)
+  dist = sq[None, :] - 2 * mapped_NxE @ y_NxE.T  # + |mapped|^2, constant per row
+  return jnp.mean(jnp.argmin(dist, -1) == jnp.arange(mapped_NxE.shape[0]))
+
+
+# --- One pair, all at once ---------------------------------------------------------------
+
+def fit_maps(x_NxD: jax.Array, y_NxE: jax.Array, rank: int = 16) -> dict[str, LinearMap]:
+  """Every map kind from the same fitting pairs, by name."""
+  return {"lstsq": fit_lstsq(x_NxD, y_NxE), "ridge": fit_ridge(x_NxD, y_NxE),
+          "reduced_rank": fit_reduced_rank(x_NxD, y_NxE, rank=rank),
+          "procrustes": fit_procrustes(x_NxD, y_NxE),
+          "cca": fit_cca(x_NxD, y_NxE, rank=rank)[0]}
+
+
+@functools.partial(jax.jit, static_argnames=("rank", "k"))
+def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test: jax.Array,
+                  rank: int = 16, k: int = 10) -> dict[str, jax.Array]:
+  """Fits every map X -> Y on the fitting pairs and scores it on the held-out pairs.
+
+  ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength chosen on a
+  validation split of the fitting pairs) minus R^2 of the scaled orthogonal map: near 0
+  when the spaces differ by a rotation and one scale. Vmap it to score many pairs at once.
+  """
+  maps = fit_maps(x_fit, y_fit, rank)
+  out = {}
+  for name, m in maps.items():
+    pred = apply_map(m, x_test)
+    out[f"r2_{name}"] = r2_score(pred, y_test)
+    out[f"residual_{name}"] = relative_residual(pred, y_test)
+  out["isometry_gap"] = out["r2_ridge"] - out["r2_procrustes"]
+  out.update(singular_value_stats(maps["ridge"].w))
+  out["canonical_correlations"] = fit_cca(x_fit, y_fit)[1]
+  out["cka"] = linear_cka(x_test, y_test)
+  out["cka_unbiased"] = linear_cka_unbiased(x_test, y_test)
+  out["mutual_knn"] = mutual_knn(x_test, y_test, k)
+  out["retrieval_top1_ridge"] = retrieval_top1(apply_map(maps["ridge"], x_test), y_test)
+  out["retrieval_top1_procrustes"] = retrieval_top1(apply_map(maps["procrustes"], x_test),
+                                                    y_test)
+  return out
+
+
+def r2_against_pairs(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test: jax.Array,
+                     sizes: tuple[int, ...]) -> dict[str, list[float]]:
+  """Held-out R^2 of the ridge and Procrustes maps fitted on the first n pairs, per n."""
+  curve = {"n": [], "r2_ridge": [], "r2_procrustes": []}
+  for n in sizes:
+    if n > x_fit.shape[0]:
+      raise ValueError(f"Cannot fit on {n} pairs: only {x_fit.shape[0]} fitting pairs.")
+    curve["n"].append(int(n))
+    for name, fit in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
+      m = fit(x_fit[:n], y_fit[:n])
+      curve[f"r2_{name}"].append(float(r2_score(apply_map(m, x_test), y_test)))
+  return curve

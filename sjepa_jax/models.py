@@ -131,13 +131,38 @@ class Predictor(nn.Module):
     return z + nn.Dense(z.shape[-1])(x)
 
 
+class PatchDecoder(nn.Module):
+  """Latent back to pixels: z -> one token per patch -> per-token MLP -> patch pixels."""
+  size: int
+  patch: int = 8
+  width: int = 128
+
+  @nn.compact
+  def __call__(self, z_BxD):
+    grid = self.size // self.patch
+    x = nn.Dense(grid * grid * self.width)(z_BxD)
+    x = x.reshape(z_BxD.shape[:-1] + (grid * grid, self.width))
+    x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
+    x = nn.Dense(self.patch * self.patch * 3)(nn.LayerNorm()(x))
+    return einops.rearrange(x, "... (h w) (p q c) -> ... (h p) (w q) c", h=grid, p=self.patch,
+                            q=self.patch)
+
+
 class WorldModel(nn.Module):
-  """One agent's networks: ``encode`` (obs -> z) and ``predict`` ((z, a) -> z')."""
+  """One agent's networks: ``encode`` (obs -> z), ``predict`` ((z, a) -> z') and, for the
+  autoencoder objective only, ``decode`` (z -> obs)."""
   encoder: nn.Module
   predictor: nn.Module
+  decoder: nn.Module | None = None
 
   def __call__(self, obs, action):
-    return self.predict(self.encode(obs), action)
+    z = self.encode(obs)
+    if self.decoder is not None:
+      self.decode(z)  # creates the decoder's parameters at init
+    return self.predict(z, action)
+
+  def decode(self, z):
+    return self.decoder(z)
 
   def encode(self, obs):
     return self.encoder(obs)
@@ -156,4 +181,8 @@ def make_model(config: ml_collections.ConfigDict) -> WorldModel:
   }
   if m.encoder not in kinds:
     raise ValueError(f"Unknown encoder {m.encoder!r}; valid encoders: {', '.join(ENCODERS)}.")
-  return WorldModel(kinds[m.encoder](), Predictor(m.predictor_hidden, m.predictor_depth))
+  decoder = None
+  if config.objective.kind == "autoencoder":
+    decoder = PatchDecoder(config.data.image_size, m.patch, m.width)
+  return WorldModel(kinds[m.encoder](), Predictor(m.predictor_hidden, m.predictor_depth),
+                    decoder)

@@ -1,4 +1,5 @@
-"""Probes on frozen latents: multinomial logistic regression (optax) and closed-form ridge.
+"""Probes on frozen latents: multinomial logistic regression (optax) and closed-form ridge,
+and zero-shot transfer of a probe to another agent through a linear map.
 
 Features are standardised with the training set's statistics, which the fitted probe
 carries, so a probe applies to new latents as they come.
@@ -11,6 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from sjepa_jax import align
 
 
 class LinearProbe(NamedTuple):
@@ -67,8 +70,8 @@ def accuracy(probe: LinearProbe, z_NxD: jax.Array, labels_N: jax.Array) -> jax.A
   return jnp.mean(jnp.argmax(apply(probe, z_NxD), -1) == labels_N)
 
 
-def r2_score(pred_NxK: jax.Array, y_NxK: jax.Array) -> jax.Array:
-  """Coefficient of determination, pooled over output dimensions."""
-  ss_res = jnp.sum((y_NxK - pred_NxK) ** 2)
-  ss_tot = jnp.sum((y_NxK - y_NxK.mean(0)) ** 2)
-  return 1.0 - ss_res / ss_tot
+def transfer(probe: LinearProbe, target_to_source: align.LinearMap,
+             z_target_NxE: jax.Array) -> jax.Array:
+  """Zero-shot transfer: the source agent's probe on the target agent's latents mapped into
+  the source's space. No gradient step touches the target; (N, C) outputs."""
+  return apply(probe, align.apply_map(target_to_source, z_target_NxE))

@@ -153,7 +153,7 @@ def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.Ag
       report.setdefault(view, {})[f"{name}/class_acc"] = float(
           probes.accuracy(clf, za[n_train:], labels[n_train:]))
       report[view][f"{name}/position_r2"] = float(
-          probes.r2_score(probes.apply(reg, za[n_train:]), pos[n_train:]))
+          align.r2_score(probes.apply(reg, za[n_train:]), pos[n_train:]))
   return report
 
 

@@ -72,7 +72,23 @@ def test_ema_target_follows_the_encoder(config):
   chex.assert_trees_all_close(state1.target, expected, atol=1e-6)
 
 
+def test_autoencoder_objective_learns_to_reconstruct(config):
+  config.objective.kind = "autoencoder"
+  config.num_train_steps = 12  # the learning-rate schedule spans the steps taken
+  config.optim.lr = 3e-3
+  state = agents.init_agents(config, ["mountain"], 0)
+  assert "decoder" in state.params  # JEPA agents have none
+  _, first = _train(config, ["mountain"], steps=1)
+  _, last = _train(config, ["mountain"], steps=12)
+  assert set(first) >= {"reconstruction", "embedding_std", "effective_rank"}
+  assert float(last["reconstruction"][0]) < 0.7 * float(first["reconstruction"][0])
+
+
 def test_bad_objective_settings_are_clear_errors(config):
+  config.objective.kind = "mae"
+  with pytest.raises(ValueError, match="'mae'; valid: jepa, autoencoder"):
+    agents.validate(config)
+  config.objective.kind = "jepa"
   config.objective.regularizer = "barlow"
   with pytest.raises(ValueError, match="'barlow'; valid: vicreg, sigreg, none"):
     agents.validate(config)

@@ -57,5 +57,128 @@ def test_ridge_recovers_a_planted_linear_map():
   w = jax.random.normal(k2, (12, 3))
   y = z @ w + 0.5
   probe = probes.fit_ridge(z[:400], y[:400], l2=1e-6)
-  np.testing.assert_allclose(float(probes.r2_score(probes.apply(probe, z[400:]), y[400:])),
+  np.testing.assert_allclose(float(align.r2_score(probes.apply(probe, z[400:]), y[400:])),
                              1.0, atol=1e-4)
+
+
+def _planted(key, n=600, d=16, noise=0.05, scale=2.5):
+  """X with anisotropic spectrum and Y = scale * X R + shift + noise, R a random rotation."""
+  k1, k2, k3 = jax.random.split(key, 3)
+  x = jax.random.normal(k1, (n, d)) * jnp.linspace(0.3, 2.0, d)
+  r = _rotation(k2, d)
+  y = scale * x @ r + 1.0 + noise * jax.random.normal(k3, (n, d))
+  return x, y, r
+
+
+def test_procrustes_recovers_a_planted_rotation_and_scale_under_noise():
+  x, y, r = _planted(KEY)
+  m = align.fit_procrustes(x[:400], y[:400])
+  np.testing.assert_allclose(m.w, 2.5 * r, atol=0.02)
+  assert float(align.r2_score(align.apply_map(m, x[400:]), y[400:])) > 0.999
+
+
+def test_every_map_recovers_a_planted_isometry_and_the_gap_is_near_zero():
+  x, y, _ = _planted(KEY)
+  out = align.evaluate_pair(x[:400], y[:400], x[400:], y[400:], rank=16, k=5)
+  for name in ("lstsq", "ridge", "reduced_rank", "procrustes", "cca"):
+    assert float(out[f"r2_{name}"]) > 0.995, name
+    assert float(out[f"residual_{name}"]) < 0.07, name
+  assert abs(float(out["isometry_gap"])) < 0.003
+  assert float(out["singular_value_spread"]) < 0.02  # an isometry: equal singular values
+  assert float(out["retrieval_top1_procrustes"]) > 0.95
+  assert float(out["mutual_knn"]) > 0.8
+  np.testing.assert_allclose(out["canonical_correlations"], 1.0, atol=0.03)
+
+
+def test_a_non_isometric_linear_map_opens_the_isometry_gap():
+  k1, k2 = jax.random.split(KEY)
+  x = jax.random.normal(k1, (600, 8))
+  w = jax.random.normal(k2, (8, 8)) @ jnp.diag(jnp.array([5.0, 3, 1, 1, 0.5, 0.3, 0.2, 0.1]))
+  y = x @ w
+  out = align.evaluate_pair(x[:400], y[:400], x[400:], y[400:], rank=8, k=5)
+  assert float(out["r2_ridge"]) > 0.99
+  assert float(out["isometry_gap"]) > 0.2
+  assert float(out["condition_number"]) > 10
+
+
+def test_unrelated_spaces_score_near_zero_held_out():
+  k1, k2 = jax.random.split(KEY)
+  x, y = jax.random.normal(k1, (600, 16)), jax.random.normal(k2, (600, 16))
+  out = align.evaluate_pair(x[:400], y[:400], x[400:], y[400:], rank=4, k=10)
+  assert float(out["r2_ridge"]) < 0.02
+  assert float(out["r2_procrustes"]) < 0.0  # an isometry of noise predicts worse than the mean
+  assert float(out["retrieval_top1_ridge"]) < 0.05
+  assert float(out["mutual_knn"]) < 0.15
+
+
+def test_ridge_picks_its_strength_on_fitting_pairs_and_beats_lstsq_with_few_pairs():
+  # Y depends on X's two strong directions; 30 near-null directions carry only noise, which
+  # unregularised least squares fits with huge weights.
+  k1, k2, k3 = jax.random.split(KEY, 3)
+  x = jax.random.normal(k1, (245, 32)) * jnp.concatenate([jnp.ones(2), 1e-4 * jnp.ones(30)])
+  y = x[:, :2] @ jax.random.normal(k2, (2, 4)) + jax.random.normal(k3, (245, 4))
+  fit, test = slice(0, 45), slice(45, None)
+  r2 = lambda m: float(align.r2_score(align.apply_map(m, x[test]), y[test]))
+  assert r2(align.fit_ridge(x[fit], y[fit])) > r2(align.fit_lstsq(x[fit], y[fit])) + 0.2
+
+
+def test_reduced_rank_keeps_the_planted_rank():
+  k1, k2, k3 = jax.random.split(KEY, 3)
+  x = jax.random.normal(k1, (500, 12))
+  w = jax.random.normal(k2, (12, 2)) @ jax.random.normal(k3, (2, 10))  # rank 2
+  m = align.fit_reduced_rank(x, x @ w, rank=2)
+  s = np.linalg.svd(np.asarray(m.w), compute_uv=False)
+  assert s[1] > 0.1 * s[0] and s[2] < 1e-4 * s[0]
+  np.testing.assert_allclose(m.w, w, atol=1e-2)
+
+
+def test_generalized_procrustes_recovers_planted_rotations_of_three_spaces():
+  keys = jax.random.split(KEY, 5)
+  shared = jax.random.normal(keys[0], (300, 10)) * jnp.linspace(0.5, 1.5, 10)
+  rots = [_rotation(k, 10) for k in keys[1:4]]
+  scales = [1.0, 3.0, 0.2]
+  z = jnp.stack([s * shared @ r.T + i for i, (s, r) in enumerate(zip(scales, rots))])
+  z += 0.01 * jax.random.normal(keys[4], z.shape)
+  space = align.fit_generalized_procrustes(z)
+  for a in range(3):
+    for b in range(3):
+      relative = space.rotation[a] @ space.rotation[b].T  # maps space a onto space b
+      np.testing.assert_allclose(relative, rots[a] @ rots[b].T, atol=0.01)
+      mapped = align.apply_map(align.shared_space_map(space, a, b), z[a])
+      assert float(align.r2_score(mapped, z[b])) > 0.99  # noise 0.01 on a space of scale 0.2
+
+
+def test_evaluate_pair_vmaps_over_pairs_as_a_loop_does():
+  pairs = [_planted(jax.random.fold_in(KEY, i), n=120, d=6, noise=0.5) for i in range(3)]
+  xs = jnp.stack([p[0] for p in pairs])
+  ys = jnp.stack([p[1] for p in pairs])
+  batched = jax.vmap(lambda x, y: align.evaluate_pair(x[:80], y[:80], x[80:], y[80:],
+                                                      rank=3, k=4))(xs, ys)
+  for i in range(3):
+    one = align.evaluate_pair(xs[i, :80], ys[i, :80], xs[i, 80:], ys[i, 80:], rank=3, k=4)
+    for name, value in one.items():
+      np.testing.assert_allclose(batched[name][i], value, rtol=2e-4, atol=2e-4, err_msg=name)
+
+
+def test_r2_against_pairs_rises_with_more_pairs_and_refuses_too_many():
+  x, y, _ = _planted(KEY, n=700, d=32, noise=1.5)
+  curve = align.r2_against_pairs(x[:500], y[:500], x[500:], y[500:], (40, 500))
+  assert curve["n"] == [40, 500]
+  assert curve["r2_ridge"][1] > curve["r2_ridge"][0]
+  with pytest.raises(ValueError, match="only 500 fitting pairs"):
+    align.r2_against_pairs(x[:500], y[:500], x[500:], y[500:], (600,))
+
+
+def test_transfer_through_the_planted_map_matches_the_native_probe():
+  k1, k2, k3 = jax.random.split(KEY, 3)
+  labels = jax.random.randint(k1, (600,), 0, 4)
+  z_src = 3.0 * jax.random.normal(k2, (4, 8))[labels] + jax.random.normal(k3, (600, 8))
+  r = _rotation(jax.random.fold_in(KEY, 9), 8)
+  z_tgt = 0.5 * z_src @ r  # the target agent sees the same states, rotated and scaled
+  probe = probes.fit_logistic(z_src[:400], labels[:400], 4, steps=300)
+  native = float(probes.accuracy(probe, z_src[400:], labels[400:]))
+  m = align.fit_procrustes(z_tgt[:400], z_src[:400])
+  hits = jnp.argmax(probes.transfer(probe, m, z_tgt[400:]), -1) == labels[400:]
+  assert float(hits.mean()) == pytest.approx(native, abs=0.01)
+  unmapped = float(probes.accuracy(probe, z_tgt[400:], labels[400:]))
+  assert unmapped < native - 0.2  # without the map the probe does not transfer

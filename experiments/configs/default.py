@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.predictor_depth = 2
 
   c.objective = ml_collections.ConfigDict()
+  # jepa: latent prediction + regulariser. autoencoder: pixel reconstruction with the same
+  # encoder and budget (a control for alignment studies: no prediction, no views' actions).
+  c.objective.kind = "jepa"
   c.objective.target = "online"  # online (stop-gradient) | ema
   c.objective.ema_decay = 0.996
   c.objective.regularizer = "vicreg"  # vicreg | sigreg | none
