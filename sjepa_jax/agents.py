@@ -174,6 +174,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
 
 
+def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+  """A saved run's config, with fields added since it was saved set to what it meant then
+  (runs saved before ``objective.kind`` existed were all JEPA runs)."""
+  config = ml_collections.ConfigDict(meta["config"])
+  if "kind" not in config.objective:
+    config.objective.kind = "jepa"
+  return config
+
+
 def load_agent(workdir: str, view: str, step: int | None = None
                ) -> tuple[PyTree, ml_collections.ConfigDict]:
   """One agent's parameters from a training run, by view name, and the run's config.
@@ -185,7 +194,7 @@ def load_agent(workdir: str, view: str, step: int | None = None
   if view not in meta["views"]:
     raise ValueError(f"No agent for view {view!r} in {workdir!r}; it holds "
                      f"{', '.join(meta['views'])}.")
-  config = ml_collections.ConfigDict(meta["config"])
+  config = config_from_meta(meta)
   abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta["seed"]))
   mngr = checkpointing.manager(workdir)
   state, _ = checkpointing.restore(mngr, abstract, step)

@@ -1,0 +1,128 @@
+"""PNG figures of a study's report (matplotlib, no display needed).
+
+Each function takes what ``study.run`` returns and writes one file; ``write_all`` writes
+them all into a directory and returns their paths.
+"""
+
+import os
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+_CONTROLS = ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencoder",
+             "same_view")
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _label(pair: dict) -> str:
+  return f"{pair['target']}->{pair['source']}"
+
+
+def alignment_scatter(report: dict, extras: dict, path: str) -> str:
+  """Held-out latents of the source agent against the target's latents mapped into its
+  space, on the source's top principal components: points on the diagonal are aligned."""
+  pairs = report["pairs"]
+  cols = extras["scatter"][(pairs[0]["source"], pairs[0]["target"])][0].shape[1]
+  fig, axes = plt.subplots(len(pairs), cols, figsize=(2.6 * cols, 2.4 * len(pairs)),
+                           squeeze=False)
+  for r, pair in enumerate(pairs):
+    true, mapped = extras["scatter"][(pair["source"], pair["target"])]
+    for c in range(cols):
+      ax = axes[r, c]
+      ax.scatter(true[:, c], mapped[:, c], s=3, alpha=0.5)
+      lim = np.abs(true[:, c]).max()
+      ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
+      ax.set_title(f"{_label(pair)} PC{c + 1}", fontsize=8)
+      if c == 0:
+        ax.set_ylabel("mapped", fontsize=8)
+      if r == len(pairs) - 1:
+        ax.set_xlabel("true", fontsize=8)
+  return _save(fig, path)
+
+
+def singular_values(report: dict, path: str) -> str:
+  """Singular values of each pair's ridge map, divided by their mean (an isometry is flat)."""
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for pair in report["pairs"]:
+    s = np.asarray(pair["singular_values"])
+    ax.semilogy(s / s.mean(), label=f"{_label(pair)} (cond {pair['condition_number']:.0e})")
+  ax.axhline(1.0, color="k", ls="--", lw=0.8)
+  ax.set_xlabel("index")
+  ax.set_ylabel("singular value / mean")
+  ax.legend(fontsize=6)
+  return _save(fig, path)
+
+
+def r2_against_pairs(report: dict, path: str) -> str:
+  """Held-out R^2 of the ridge (solid) and Procrustes (dashed) maps against fitting pairs."""
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for i, (name, curve) in enumerate(report["r2_vs_pairs"].items()):
+    color = f"C{i}"
+    ax.plot(curve["n"], curve["r2_ridge"], "-o", color=color, ms=3,
+            label=name.replace("_to_", "->"))
+    ax.plot(curve["n"], curve["r2_procrustes"], "--", color=color)
+  ax.set_xscale("log")
+  ax.set_xlabel("fitting pairs N")
+  ax.set_ylabel("held-out R^2 (solid ridge, dashed Procrustes)")
+  ax.legend(fontsize=6)
+  return _save(fig, path)
+
+
+def transfer_table(report: dict, path: str) -> str:
+  """The transfer table: per pair, native and transferred class accuracy and map R^2, and
+  each control's transferred accuracy and R^2."""
+  head = ["pair", "overlap", "R2 ridge", "R2 Procr.", "native", "transfer"]
+  head += [c.replace("_", " ") for c in _CONTROLS]
+  rows = []
+  for p in report["pairs"]:
+    row = [_label(p), f"{p['overlap']:.2f}", f"{p['r2_ridge']:.2f}",
+           f"{p['r2_procrustes']:.2f}", f"{p['native_acc']:.3f}", f"{p['transfer_acc']:.3f}"]
+    for c in _CONTROLS:
+      ctl = p["controls"].get(c)
+      row.append("-" if not ctl else
+                 f"{ctl['transfer_acc']:.3f} / {ctl.get('r2_ridge', ctl['r2_lstsq']):.2f}")
+    rows.append(row)
+  fig, ax = plt.subplots(figsize=(1.25 * len(head), 0.4 * len(rows) + 1.2))
+  ax.axis("off")
+  table = ax.table(cellText=rows, colLabels=head, loc="center")
+  table.auto_set_font_size(False)
+  table.set_fontsize(7)
+  ax.set_title(f"class accuracy (chance {report['chance_acc']:.3f}); controls: transfer acc "
+               "/ R^2", fontsize=8)
+  return _save(fig, path)
+
+
+def overlap_vs_alignment(report: dict, path: str) -> str:
+  """Alignment scores of every ordered view pair against the views' pixel overlap."""
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  pairs = report["pairs"]
+  x = [p["overlap"] for p in pairs]
+  for key, marker in (("r2_ridge", "o"), ("r2_procrustes", "s"), ("cka_unbiased", "^")):
+    ax.scatter(x, [p[key] for p in pairs], marker=marker, label=key)
+  for p in pairs:
+    ax.annotate(_label(p), (p["overlap"], p["r2_ridge"]), fontsize=6)
+  ax.set_xlabel("pixel overlap (source pixels the target also sees)")
+  ax.set_ylabel("held-out score")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def write_all(report: dict, extras: dict[str, Any], out_dir: str) -> list[str]:
+  """Writes every figure into ``out_dir``; returns the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  j = lambda name: os.path.join(out_dir, name)
+  return [alignment_scatter(report, extras, j("alignment_scatter.png")),
+          singular_values(report, j("singular_values.png")),
+          r2_against_pairs(report, j("r2_vs_pairs.png")),
+          transfer_table(report, j("transfer_table.png")),
+          overlap_vs_alignment(report, j("overlap_vs_alignment.png"))]

@@ -1,0 +1,341 @@
+"""The alignment and zero-shot probe-transfer study over trained agents, with its controls.
+
+``run(workdirs, n_fit, n_test, seed)`` loads every agent the training runs in
+``workdirs`` hold, renders the same held-out world states from each agent's view, and
+for every ordered pair of views (source A, target B):
+
+- fits maps from B's latents into A's space on ``n_fit`` pairs and scores them on
+  ``n_test`` other pairs (``align.evaluate_pair``);
+- trains A's probes (focal class: logistic; focal position: ridge) on A's latents of the
+  fitting states and applies them to B's mapped held-out latents with zero gradient steps
+  on B, beside B's own probe (``native``);
+- repeats all of it for the controls: random-init encoders of the same architecture,
+  maps fitted on shuffled pairs, the identity map, PCA of raw pixels to the same size,
+  autoencoder agents (runs with ``objective.kind = 'autoencoder'``) and, as a ceiling,
+  two JEPA agents on the same view (runs with another seed).
+
+Roles come from the runs' saved configs: the first JEPA agent of each view is the main
+agent; another JEPA agent on a view already taken is its same-view partner.
+
+Shapes: N = paired states (fitting then held out), D = latent size, V = views.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sjepa_jax import agents
+from sjepa_jax import align
+from sjepa_jax import checkpointing
+from sjepa_jax import data
+from sjepa_jax import probes
+from sjepa_jax import world
+
+PyTree = Any
+# Goals from DESIGN.md: what "an approximate linear isometry that transfers" must mean.
+# "Clearly worse" for a control: its map's held-out R^2 at least this far below.
+GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
+         "control_margin_min": 0.1}
+CONTROL_FIELDS = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "cka_unbiased",
+                  "native_acc", "transfer_acc", "native_position_r2", "transfer_position_r2")
+R2_CURVE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass
+class Agent:
+  """One trained agent, and the same architecture at initialisation (a control)."""
+  name: str
+  view: str
+  kind: str  # jepa | autoencoder
+  seed: int
+  workdir: str
+  config: ml_collections.ConfigDict
+  params: PyTree  # encoder parameters
+  initial: PyTree  # encoder parameters before training
+
+
+def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
+  """Every agent of the run in ``workdir``, at ``step`` (default: the latest checkpoint)."""
+  meta, step = checkpointing.read_meta(workdir, step)
+  config = agents.config_from_meta(meta)
+  views, seed = meta["views"], meta["seed"]
+  initial = agents.init_agents(config, views, seed)
+  mngr = checkpointing.manager(workdir)
+  state, _ = checkpointing.restore(mngr, jax.eval_shape(lambda: initial), step)
+  mngr.close()
+  take = lambda tree, a: jax.tree.map(lambda x: x[a], tree["encoder"])
+  return [Agent(view, view, config.objective.kind, seed, workdir, config,
+                take(state.params, a), take(initial.params, a))
+          for a, view in enumerate(views)]
+
+
+def assign_roles(all_agents: Sequence[Agent]) -> tuple[dict, dict, dict]:
+  """(main, same_view, autoencoder) agents by view; names made unique where needed."""
+  main, same_view, autoencoder = {}, {}, {}
+  for agent in all_agents:
+    if agent.kind == "autoencoder":
+      agent.name = f"{agent.view}_autoencoder"
+      autoencoder.setdefault(agent.view, agent)
+    elif agent.view not in main:
+      main[agent.view] = agent
+    elif agent.view not in same_view:
+      agent.name = f"{agent.view}_seed{agent.seed}"
+      same_view[agent.view] = agent
+  if len(main) < 2:
+    raise ValueError(f"Alignment needs JEPA agents on at least two views; the runs hold "
+                     f"{sorted(main) or 'none'}. Train more views (--views=mountain,forest) "
+                     "or pass several --workdirs.")
+  return main, same_view, autoencoder
+
+
+# --- Features ----------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames="config")
+def _encode_chunk(config, params, obs):
+  return agents.encode(config, params, obs)
+
+
+def encode(agent: Agent, params: PyTree, obs_NxHxWx3: jax.Array) -> jax.Array:
+  """Latents of many observations, in chunks that bound memory: (N, D)."""
+  config = ml_collections.FrozenConfigDict(agent.config)
+  return jnp.concatenate([_encode_chunk(config, params, obs_NxHxWx3[i:i + 256])
+                          for i in range(0, obs_NxHxWx3.shape[0], 256)])
+
+
+@functools.partial(jax.jit, static_argnames=("n_fit", "dim"))
+def pixel_pca(obs_NxHxWx3: jax.Array, n_fit: int, dim: int, key: jax.Array) -> jax.Array:
+  """Raw pixels projected on their top ``dim`` principal directions (fitted on the first
+  ``n_fit`` rows): the no-learning baseline. Randomised range finder with power iterations.
+
+  References: Halko, Martinsson and Tropp, arXiv 0909.4061.
+  """
+  x = obs_NxHxWx3.reshape(obs_NxHxWx3.shape[0], -1)
+  mean = x[:n_fit].mean(0)
+  fit = x[:n_fit] - mean
+  q = jax.random.normal(key, (x.shape[1], dim + 16))
+  for _ in range(4):
+    q = jnp.linalg.qr(fit.T @ jnp.linalg.qr(fit @ q)[0])[0]
+  components = jnp.linalg.svd(fit @ q, full_matrices=False)[2][:dim] @ q.T  # (dim, pixels)
+  return (x - mean) @ components.T
+
+
+@dataclasses.dataclass
+class Space:
+  """One set of features of the paired states, with its own probes already fitted."""
+  z: jax.Array  # (N, D): the first n_fit rows fit maps and probes, the rest are held out
+  class_probe: probes.LinearProbe
+  position_probe: probes.LinearProbe
+  native_acc: float
+  native_position_r2: float
+
+
+def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
+               probe_steps: int) -> Space:
+  """Fits the class and position probes on the fitting rows; scores them held out."""
+  cls, pos = labels["class"], labels["position"]
+  clf = probes.fit_logistic(z_NxD[:n_fit], cls[:n_fit], world.NUM_CLASSES, steps=probe_steps)
+  reg = probes.fit_ridge(z_NxD[:n_fit], pos[:n_fit])
+  return Space(z_NxD, clf, reg, float(probes.accuracy(clf, z_NxD[n_fit:], cls[n_fit:])),
+               float(align.r2_score(probes.apply(reg, z_NxD[n_fit:]), pos[n_fit:])))
+
+
+def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: int,
+            shuffle_key: jax.Array | None = None) -> dict[str, Any]:
+  """Maps target -> source, then transfers the source's probes to the target's latents.
+
+  With ``shuffle_key`` the maps are fitted on pairs shuffled at random (a null control).
+  """
+  x, y = target.z, source.z
+  x_fit = x[:n_fit]
+  if shuffle_key is not None:
+    x_fit = x_fit[jax.random.permutation(shuffle_key, n_fit)]
+  ev = align.evaluate_pair(x_fit, y[:n_fit], x[n_fit:], y[n_fit:])
+  out = {k: float(v) for k, v in ev.items() if jnp.ndim(v) == 0}
+  out["singular_values"] = np.asarray(ev["singular_values"]).tolist()
+  cls, pos = labels["class"][n_fit:], labels["position"][n_fit:]
+  out["native_acc"] = target.native_acc
+  out["source_acc"] = source.native_acc
+  out["native_position_r2"] = target.native_position_r2
+  for name, fit in (("", align.fit_ridge), ("_procrustes", align.fit_procrustes)):
+    m = fit(x_fit, y[:n_fit])
+    hits = jnp.argmax(probes.transfer(source.class_probe, m, x[n_fit:]), -1) == cls
+    out[f"transfer_acc{name}"] = float(hits.mean())
+    out[f"transfer_position_r2{name}"] = float(
+        align.r2_score(probes.transfer(source.position_probe, m, x[n_fit:]), pos))
+  return out
+
+
+def identity_control(source: Space, target: Space, labels: dict[str, jax.Array],
+                     n_fit: int) -> dict[str, float] | None:
+  """The source's probes applied to the target's latents as they are (no map)."""
+  if source.z.shape[1] != target.z.shape[1]:
+    return None
+  x, y = target.z[n_fit:], source.z[n_fit:]
+  return {"r2_lstsq": float(align.r2_score(x, y)),
+          "transfer_acc": float(probes.accuracy(source.class_probe, x, labels["class"][n_fit:])),
+          "transfer_position_r2": float(align.r2_score(
+              probes.apply(source.position_probe, x), labels["position"][n_fit:]))}
+
+
+def _pick(result: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
+  return {k: result[k] for k in CONTROL_FIELDS if k in result and k not in drop}
+
+
+# --- The study ---------------------------------------------------------------------------
+
+def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: int = 4321,
+        probe_steps: int = 500, step: int | None = None
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The study (see the module docstring) over the runs in ``workdirs``.
+
+  ``step`` picks a checkpoint of the first run (the others use their latest).
+  Returns (the JSON-ready report, arrays for the figures).
+  """
+  if n_fit < 8 or n_test < 8:
+    raise ValueError(f"Need at least 8 fitting and 8 held-out pairs, got n_fit={n_fit}, "
+                     f"n_test={n_test}.")
+  all_agents = [a for i, w in enumerate(workdirs)
+                for a in load_agents(w, step if i == 0 else None)]
+  main, same_view, autoencoder = assign_roles(all_agents)
+  views = list(main)
+  used = [*main.values(), *same_view.values(), *autoencoder.values()]
+  logging.info("Agents: %s", ", ".join(a.name for a in used))
+  key = jax.random.key(seed)
+  k_states, k_overlap, k_pca, k_shuffle = jax.random.split(key, 4)
+
+  # Data: the same N states from every view, at every image size an agent uses.
+  all_views = sorted({a.view for a in used}, key=list(world.VIEWS).index)
+  stacked = world.stack_views(all_views)
+  n = n_fit + n_test
+  obs, labels = {}, None
+  for size in sorted({a.config.data.image_size for a in used}):
+    paired = data.paired_set(k_states, stacked, n, size)
+    obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
+    labels = paired.labels  # the same states at every size
+  overlap_states = jax.vmap(world.random_state)(jax.random.split(k_overlap, 256))
+  overlap = np.asarray(world.overlap_matrix(overlap_states, world.stack_views(views)))
+
+  # Features and their native probes.
+  space = functools.partial(make_space, labels=labels, n_fit=n_fit, probe_steps=probe_steps)
+  agent_obs = lambda a: obs[(a.view, a.config.data.image_size)]
+  trained = {a.name: space(encode(a, a.params, agent_obs(a))) for a in used}
+  initial = {v: space(encode(a, a.initial, agent_obs(a))) for v, a in main.items()}
+  pca = {v: space(pixel_pca(agent_obs(a), n_fit, a.config.model.dim, k_pca))
+         for v, a in main.items()}
+
+  # Every ordered pair, with its controls.
+  shared = _shared_space_r2(main, trained, n_fit)
+  pairs, curves, scatter = [], {}, {}
+  for i, src in enumerate(views):
+    for j, tgt in enumerate(views):
+      if i == j:
+        continue
+      s, t = trained[main[src].name], trained[main[tgt].name]
+      result = {"source": src, "target": tgt, "overlap": float(overlap[i, j]),
+                "n_fit": n_fit, "n_test": n_test, **compare(s, t, labels, n_fit)}
+      if shared is not None:
+        result["r2_shared_space"] = shared[(src, tgt)]
+      controls = {
+          "random_init": _pick(compare(initial[src], initial[tgt], labels, n_fit)),
+          "shuffled_pairs": _pick(compare(s, t, labels, n_fit, jax.random.fold_in(
+              k_shuffle, i * len(views) + j)), drop=("cka_unbiased",)),  # needs no map
+          "identity": identity_control(s, t, labels, n_fit),
+          "pixel_pca": _pick(compare(pca[src], pca[tgt], labels, n_fit)),
+          "autoencoder": None,
+      }
+      if src in autoencoder and tgt in autoencoder:
+        controls["autoencoder"] = _pick(compare(trained[autoencoder[src].name],
+                                                trained[autoencoder[tgt].name], labels, n_fit))
+      if src in same_view:
+        controls["same_view"] = {"agents": [main[src].name, same_view[src].name], **_pick(
+            compare(s, trained[same_view[src].name], labels, n_fit))}
+      result["controls"] = controls
+      pairs.append(result)
+      sizes = tuple(m for m in R2_CURVE_SIZES if m < n_fit) + (n_fit,)
+      curves[f"{src}_to_{tgt}"] = align.r2_against_pairs(
+          t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
+      scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
+      logging.info("%s <- %s: R^2 ridge %.3f, Procrustes %.3f, transfer %.3f (native %.3f)",
+                   src, tgt, result["r2_ridge"], result["r2_procrustes"],
+                   result["transfer_acc"], result["native_acc"])
+
+  chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
+  return {
+      "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
+      "chance_acc": chance,
+      "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
+                          "workdir": a.workdir, "native_acc": trained[a.name].native_acc,
+                          "native_position_r2": trained[a.name].native_position_r2}
+                 for a in used},
+      "overlap": {"views": views, "matrix": overlap.tolist()},
+      "pairs": pairs, "r2_vs_pairs": curves, "summary": summarise(pairs, chance),
+  }, {"scatter": scatter}
+
+
+def principal_scatter(x_NxD: jax.Array, y_NxE: jax.Array, n_fit: int, components: int = 3,
+                      points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+  """Held-out target latents and the ridge-mapped source latents on the target's top
+  principal components: ((points, components) true, (points, components) mapped)."""
+  m = align.fit_ridge(x_NxD[:n_fit], y_NxE[:n_fit])
+  y_test = y_NxE[n_fit:][:points]
+  mapped = align.apply_map(m, x_NxD[n_fit:][:points])
+  mean = y_NxE[:n_fit].mean(0)
+  axes = jnp.linalg.svd(y_NxE[:n_fit] - mean, full_matrices=False)[2][:components].T
+  return np.asarray((y_test - mean) @ axes), np.asarray((mapped - mean) @ axes)
+
+
+def _shared_space_r2(main: dict, trained: dict, n_fit: int) -> dict | None:
+  """Held-out R^2 of every pair's map through one generalized-Procrustes space (V >= 3)."""
+  zs = [trained[a.name].z for a in main.values()]
+  if len(zs) < 3 or len({z.shape[1] for z in zs}) > 1:
+    return None
+  z = jnp.stack(zs)
+  space = align.fit_generalized_procrustes(z[:, :n_fit])
+  views = list(main)
+  return {(src, tgt): float(align.r2_score(
+      align.apply_map(align.shared_space_map(space, j, i), z[j, n_fit:]), z[i, n_fit:]))
+          for i, src in enumerate(views) for j, tgt in enumerate(views) if i != j}
+
+
+def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
+  """Means over ordered pairs of the headline figures and controls, and the goals' verdict.
+
+  ``transfer_fraction`` is transferred over native accuracy; near chance that ratio says
+  little, so ``transfer_fraction_above_chance`` divides what each gains over chance.
+  """
+  mean = lambda xs: float(np.mean(xs)) if xs else None
+  out = {k: mean([p[k] for p in pairs]) for k in (
+      "r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "cka_unbiased", "native_acc",
+      "transfer_acc", "transfer_acc_procrustes", "native_position_r2", "transfer_position_r2")}
+  out["transfer_fraction"] = out["transfer_acc"] / out["native_acc"]
+  out["transfer_fraction_above_chance"] = ((out["transfer_acc"] - chance_acc)
+                                           / max(out["native_acc"] - chance_acc, 1e-6))
+  out["controls"] = {}
+  for name in ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencoder",
+               "same_view"):
+    present = [p["controls"][name] for p in pairs if p["controls"].get(name)]
+    if present:
+      out["controls"][name] = {k: mean([c[k] for c in present if k in c])
+                               for k in present[0] if k != "agents"}
+  # How far each null control falls below the real result (the ceiling is not a null).
+  out["control_margins"] = {
+      name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c["r2_lstsq"]),
+             "transfer_acc": out["transfer_acc"] - c["transfer_acc"]}
+      for name, c in out["controls"].items() if name != "same_view"}
+  out["goals"] = dict(GOALS)
+  out["goals_met"] = {
+      "r2": out["r2_ridge"] >= GOALS["r2_min"],
+      "isometry_gap": out["isometry_gap"] <= GOALS["isometry_gap_max"],
+      "transfer": min(out["transfer_fraction"], out["transfer_fraction_above_chance"])
+                  >= GOALS["transfer_fraction_min"],
+      "controls_worse": all(m["r2"] >= GOALS["control_margin_min"]
+                            for m in out["control_margins"].values()),
+  }
+  return out
