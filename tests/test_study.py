@@ -1,0 +1,73 @@
+"""The alignment-and-transfer study end to end, with a planted twin as the answer."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sjepa_jax import study
+from sjepa_jax import train
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_pixel_pca_keeps_the_top_principal_variance():
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  low_rank = jax.random.normal(k1, (300, 5)) @ jax.random.normal(k2, (5, 48))
+  obs = (low_rank + 0.01 * jax.random.normal(k3, (300, 48))).reshape(300, 4, 4, 3)
+  feats = np.asarray(study.pixel_pca(obs, 200, 5, jax.random.key(1)))
+  x = np.asarray(obs).reshape(300, -1)[:200]
+  top = np.linalg.svd(x - x.mean(0), compute_uv=False)[:5] ** 2
+  np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(np.cov(feats[:200].T, bias=True)
+                                                        * 200))[::-1], top, rtol=1e-3)
+
+
+def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
+  config = tiny_config()
+  config.optim.eps = 1e-3  # so an agent trained alone equals its vmapped self to ~1e-6
+  main, twin, ae = (str(tmp_path / n) for n in ("main", "twin", "ae"))
+  train.train_and_evaluate(config, main, "mountain,forest,drone")
+  # An agent's keys depend only on the seed and its view: this is main's forest agent again.
+  train.train_and_evaluate(config, twin, "forest")
+  config.objective.kind = "autoencoder"
+  train.train_and_evaluate(config, ae, "mountain,forest")
+  with pytest.raises(ValueError, match="at least two views; the runs hold.*forest"):
+    study.run([twin], n_fit=16, n_test=16)
+
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.align_and_probe", f"--workdirs={main},{twin},{ae}",
+       "--pairs=96", "--test_pairs=48", "--probe_steps=20"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Controls, means over pairs" in out.stdout
+  report = json.load(open(os.path.join(main, "report.json")))
+  assert len(report["pairs"]) == 6  # ordered pairs of three views
+  assert sorted(os.listdir(os.path.join(main, "figures"))) == [
+      "alignment_scatter.png", "overlap_vs_alignment.png", "r2_vs_pairs.png",
+      "singular_values.png", "transfer_table.png"]
+  for p in report["pairs"]:
+    for field in ("source", "target", "overlap", "n_fit", "n_test", "r2_lstsq",
+                  "r2_procrustes", "isometry_gap", "cka_unbiased", "native_acc",
+                  "transfer_acc", "r2_shared_space"):
+      assert field in p, field
+    assert (p["n_fit"], p["n_test"]) == (96, 48)
+    assert 0.0 <= p["overlap"] <= 1.0
+    c = p["controls"]
+    assert {"random_init", "shuffled_pairs", "identity", "pixel_pca"} <= set(c)
+    assert c["shuffled_pairs"]["r2_ridge"] < 0.1  # a map of shuffled pairs predicts nothing
+    assert (c["autoencoder"] is None) == ("drone" in (p["source"], p["target"]))
+    assert ("same_view" in c) == (p["source"] == "forest")
+    if p["source"] == "forest":  # the twin: the map is the identity, transfer is lossless
+      twin_result = c["same_view"]
+      assert twin_result["agents"] == ["forest", "forest_seed0"]
+      assert twin_result["r2_ridge"] > 0.999 and twin_result["r2_procrustes"] > 0.999
+      assert abs(twin_result["isometry_gap"]) < 1e-3
+      assert twin_result["transfer_acc"] == pytest.approx(twin_result["native_acc"], abs=0.03)
+  assert report["r2_vs_pairs"]["mountain_to_forest"]["n"][-1] == 96
+  assert set(report["summary"]["goals_met"]) == {"r2", "isometry_gap", "transfer",
+                                                 "controls_worse"}
