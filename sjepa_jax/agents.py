@@ -98,11 +98,18 @@ def loss_fn(params: PyTree, target: PyTree, batch: data.Batch, key: jax.Array,
             config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One agent's loss on its batch: by default (JEPA) multi-step latent prediction plus a
   regulariser; with ``objective.kind = 'autoencoder'``, pixel reconstruction."""
-  o = config.objective
-  if o.kind == "autoencoder":
+  if config.objective.kind == "autoencoder":
     return autoencoder_loss_fn(params, batch, config)
-  model = models.make_model(config)
   z_BxLxD = encode(config, params["encoder"], batch.obs)
+  return jepa_loss(params, target, z_BxLxD, batch, key, config)
+
+
+def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Batch,
+              key: jax.Array, config: ml_collections.ConfigDict
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The JEPA loss given the online encoder's latents of the batch, ``z_BxLxD``."""
+  model = models.make_model(config)
+  o = config.objective
   # Stop-gradient: the target is not trained through, whether EMA copy or online encoder.
   target_z = z_BxLxD if o.target == "online" else encode(config, target, batch.obs)
   target_z = jax.lax.stop_gradient(target_z)
@@ -127,6 +134,17 @@ def loss_fn(params: PyTree, target: PyTree, batch: data.Batch, key: jax.Array,
   return loss, metrics
 
 
+def apply_gradients(state: AgentState, grads: PyTree, config: ml_collections.ConfigDict
+                    ) -> AgentState:
+  """The optimiser update of the online networks, then the EMA update of the target."""
+  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = config.objective.ema_decay
+  target = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, state.target,
+                        params["encoder"])
+  return AgentState(params, target, opt_state)
+
+
 def train_step(state: AgentState, view: world.View, key: jax.Array, step: jax.Array,
                config: ml_collections.ConfigDict, batch_sharding: Any = None
                ) -> tuple[AgentState, dict[str, jax.Array]]:
@@ -143,13 +161,8 @@ def train_step(state: AgentState, view: world.View, key: jax.Array, step: jax.Ar
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
   grads, metrics = jax.grad(loss_fn, has_aux=True)(
       state.params, state.target, batch, loss_key, config)
-  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  decay = config.objective.ema_decay
-  target = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, state.target,
-                        params["encoder"])
   metrics["grad_norm"] = optax.tree.norm(grads)
-  return AgentState(params, target, opt_state), metrics
+  return apply_gradients(state, grads, config), metrics
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
