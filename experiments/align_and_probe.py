@@ -10,7 +10,6 @@ adds the same-view ceiling. Writes ``report.json`` and PNG figures (``figures/``
 first workdir and prints a short table. See sjepa_jax/study.py for what is measured.
 """
 
-import json
 import os
 
 from absl import app
@@ -32,14 +31,6 @@ _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Adam steps of the logis
 flags.register_multi_flags_validator(
     ["workdir", "workdirs"], lambda f: (f["workdir"] is None) != (f["workdirs"] is None),
     message="Give exactly one of --workdir or --workdirs.")
-
-
-def write_json(obj, path: str) -> None:
-  """Writes JSON atomically: a crash leaves the previous file, never half of a new one."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 def print_table(report: dict) -> None:
@@ -70,7 +61,7 @@ def main(argv):
   report, extras = study.run(workdirs, _PAIRS.value, _TEST_PAIRS.value, _SEED.value,
                              _PROBE_STEPS.value, _STEP.value)
   out = workdirs[0]
-  write_json(report, os.path.join(out, "report.json"))
+  common.write_json(report, os.path.join(out, "report.json"))
   paths = figures.write_all(report, extras, os.path.join(out, "figures"))
   print_table(report)
   print(f"\nWrote {os.path.join(out, 'report.json')} and {len(paths)} figures in "

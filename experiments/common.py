@@ -1,6 +1,8 @@
 """Flag and logging helpers shared by the entry points."""
 
+import json
 import logging
+import os
 
 from absl import flags
 
@@ -35,3 +37,11 @@ class _DropLibraryInfo(logging.Filter):
 def quiet_library_logs() -> None:
   """Keeps the run's own log lines readable: Orbax speaks only to warn."""
   logging.getLogger("absl").addFilter(_DropLibraryInfo())
+
+
+def write_json(obj, path: str) -> None:
+  """Writes JSON atomically: a crash leaves the previous file, never half of a new one."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)

@@ -196,6 +196,11 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   return config
 
 
+def run_views(workdir: str) -> list[str]:
+  """The views of the agents a training run's latest checkpoint holds."""
+  return list(checkpointing.read_meta(workdir)[0]["views"])
+
+
 def load_agent(workdir: str, view: str, step: int | None = None
                ) -> tuple[PyTree, ml_collections.ConfigDict]:
   """One agent's parameters from a training run, by view name, and the run's config.

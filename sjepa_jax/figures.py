@@ -126,3 +126,23 @@ def write_all(report: dict, extras: dict[str, Any], out_dir: str) -> list[str]:
           r2_against_pairs(report, j("r2_vs_pairs.png")),
           transfer_table(report, j("transfer_table.png")),
           overlap_vs_alignment(report, j("overlap_vs_alignment.png"))]
+
+
+def accuracy_against_flops(report: dict, path: str) -> str:
+  """Probe accuracy (class) and position R^2 against cumulative training FLOPs, scratch vs
+  migrating student, with the target accuracy."""
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  for mode, style in (("scratch", "-o"), ("migrate", "-s")):
+    curve = report["curves"][mode]
+    f = [p["flops"] for p in curve]
+    axes[0].plot(f, [p["class_acc"] for p in curve], style, ms=3, label=mode)
+    axes[1].plot(f, [p["position_r2"] for p in curve], style, ms=3, label=mode)
+  axes[0].axhline(report["target_acc"], color="k", ls="--", lw=0.8, label="target")
+  axes[0].set_ylabel("focal class accuracy (held out)")
+  axes[1].set_ylabel("focal position R^2 (held out)")
+  for ax in axes:
+    ax.set_xlabel("cumulative training FLOPs")
+    ax.legend(fontsize=7)
+  fig.suptitle(f"{report['teacher_view']} teacher -> {report['student_view']} student",
+               fontsize=9)
+  return _save(fig, path)

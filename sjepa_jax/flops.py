@@ -13,13 +13,24 @@ import jax
 
 def compiled_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
   """FLOPs of one call of ``jax.jit(fn)(*args, **kwargs)`` (arrays or ShapeDtypeStructs)."""
-  compiled = jax.jit(fn).lower(*args, **kwargs).compile()
+  return count(jax.jit(fn).lower(*args, **kwargs).compile())
+
+
+def compile_and_count(fn: Callable[..., Any], *args: Any, donate_argnums=()
+                      ) -> tuple[Callable[..., Any], float]:
+  """``fn`` compiled for these arguments, and its FLOPs per call: count once, run it."""
+  compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
+  return compiled, count(compiled)
+
+
+def count(compiled: Any) -> float:
+  """FLOPs of a compiled program (``jax.stages.Compiled``) from XLA's cost analysis."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
     analysis = analysis[0]
   if not analysis or "flops" not in analysis:
-    raise RuntimeError(f"XLA reported no FLOP count for {getattr(fn, '__name__', fn)} on "
-                       f"{jax.default_backend()}; got {analysis!r}.")
+    raise RuntimeError(f"XLA reported no FLOP count on {jax.default_backend()}; got "
+                       f"{analysis!r}.")
   return float(analysis["flops"])
 
 

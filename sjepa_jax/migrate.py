@@ -1,0 +1,255 @@
+"""Migration: a new (student) agent learns faster by pulling toward a trained teacher.
+
+The student trains on its own view with its usual JEPA loss plus a distillation term:
+``weight * mean ||map(z_student) - z_teacher||^2 / D`` on the same world states seen from
+the teacher's view, where the teacher is frozen (a forward pass per step).
+
+**The map** is a scaled orthogonal (Procrustes) map from the student's latent space to
+the teacher's, recomputed in closed form at every step from running estimates (EMA with
+``migrate.map_decay``) of the two agents' latent means, the student's latent variance and
+the student-teacher cross-covariance; the first step's batch initialises the estimates.
+Gradients do not flow through it, so the student is pulled toward the teacher's geometry
+up to a rotation and a scale, never forced into the teacher's coordinates. Refitting it
+(one D x D SVD) is inside the compiled step, so its cost is counted with the step's.
+
+**Compute** is counted in FLOPs from XLA's cost analysis of each compiled step
+(``flops.compiled_flops``): the student's forward and backward passes, the teacher's
+forward passes and the map fit for the migrating student; the same step without teacher or
+map for the scratch student. Evaluation probes are measurement, not training, and are
+counted for neither. Both students start from the same initial parameters and see the
+same batches of their own view.
+
+Shapes: B = batch, L = frames, D = student latent size, E = teacher latent size.
+"""
+
+import functools
+import time
+from typing import Any, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from sjepa_jax import agents
+from sjepa_jax import align
+from sjepa_jax import data
+from sjepa_jax import flops
+from sjepa_jax import probes
+from sjepa_jax import world
+
+PyTree = Any
+
+
+class MapStats(NamedTuple):
+  """Running (EMA) statistics of paired student and teacher latents."""
+  mean_s: jax.Array  # (D,)
+  mean_t: jax.Array  # (E,)
+  var_s: jax.Array  # () mean squared norm of centred student latents
+  cross: jax.Array  # (D, E) cross-covariance of centred latents
+  count: jax.Array  # () batches seen
+
+
+class Student(NamedTuple):
+  agent: agents.AgentState
+  stats: MapStats
+
+
+def init_stats(dim_s: int, dim_t: int) -> MapStats:
+  return MapStats(jnp.zeros(dim_s), jnp.zeros(dim_t), jnp.zeros(()), jnp.zeros((dim_s, dim_t)),
+                  jnp.zeros((), jnp.int32))
+
+
+def update_stats(stats: MapStats, z_s: jax.Array, z_t: jax.Array, decay: float) -> MapStats:
+  """Folds a batch of paired latents (N, D), (N, E) into the running estimates."""
+  mean_s, mean_t = z_s.mean(0), z_t.mean(0)
+  zs, zt = z_s - mean_s, z_t - mean_t
+  batch = MapStats(mean_s, mean_t, jnp.mean(jnp.sum(zs ** 2, -1)), zs.T @ zt / zs.shape[0],
+                   stats.count)
+  d = jnp.where(stats.count == 0, 0.0, decay)  # the first batch replaces the empty estimate
+  mix = lambda old, new: d * old + (1 - d) * new
+  return MapStats(mix(stats.mean_s, batch.mean_s), mix(stats.mean_t, batch.mean_t),
+                  mix(stats.var_s, batch.var_s), mix(stats.cross, batch.cross),
+                  stats.count + 1)
+
+
+def procrustes_map(stats: MapStats) -> align.LinearMap:
+  """The scaled orthogonal map student -> teacher from the running statistics."""
+  u, sv, vt = jnp.linalg.svd(stats.cross, full_matrices=False)
+  return align.LinearMap(stats.mean_s, stats.mean_t,
+                         sv.sum() / jnp.maximum(stats.var_s, 1e-12) * (u @ vt))
+
+
+def migrate_step(student: Student, student_view: world.View, teacher_view: world.View,
+                 key: jax.Array, step: jax.Array, teacher: PyTree,
+                 config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict
+                 ) -> tuple[Student, dict]:
+  """One step of the migrating student.
+
+  Keys are those of ``agents.train_step``: the student's batch is exactly the one a scratch
+  student with the same key would train on, and the teacher sees the same episodes from
+  its own view. With ``migrate.weight = 0`` the step equals ``agents.train_step``.
+  """
+  d, m = config.data, config.migrate
+  data_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
+  batch = data.world_batch(data_key, student_view, d.batch_size, d.frames, d.image_size)
+  seen = data.world_batch(data_key, teacher_view, d.batch_size, d.frames, d.image_size)
+  z_t = agents.encode(teacher_config, teacher, seen.obs)  # frozen: no gradient
+  z_t = z_t.reshape(-1, z_t.shape[-1])
+
+  def loss(params):
+    z_BxLxD = agents.encode(config, params["encoder"], batch.obs)
+    jepa, metrics = agents.jepa_loss(params, student.agent.target, z_BxLxD, batch, loss_key,
+                                     config)
+    z_s = z_BxLxD.reshape(z_t.shape[0], -1)
+    stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t, m.map_decay)
+    linear_map = jax.lax.stop_gradient(procrustes_map(stats))
+    distill = jnp.mean(jnp.sum((align.apply_map(linear_map, z_s) - z_t) ** 2, -1))
+    metrics["distill"] = distill / z_t.shape[-1]
+    return jepa + m.weight * metrics["distill"], (metrics, stats)
+
+  grads, (metrics, stats) = jax.grad(loss, has_aux=True)(student.agent.params)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  return Student(agents.apply_gradients(student.agent, grads, config), stats), metrics
+
+
+# --- The experiment ----------------------------------------------------------------------
+
+def student_config(teacher_config: ml_collections.ConfigDict,
+                   config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The teacher's architecture and training settings, with the migration run's budget,
+  evaluation and migration settings: the student differs from the teacher only in view."""
+  c = ml_collections.ConfigDict(teacher_config.to_dict())
+  c.num_train_steps = config.num_train_steps
+  c.optim.warmup_steps = min(c.optim.warmup_steps, config.num_train_steps // 2)
+  c.eval_every = config.eval_every
+  c.eval = config.eval
+  c.migrate = config.migrate
+  return c
+
+
+def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
+  """Rejects settings that cannot mean anything, naming the valid range."""
+  if not 0.0 < target_acc <= 1.0:
+    raise ValueError(f"target_acc must be in (0, 1], got {target_acc}.")
+  if config.migrate.weight < 0:
+    raise ValueError(f"migrate.weight must be >= 0, got {config.migrate.weight}.")
+  if not 0.0 <= config.migrate.map_decay < 1.0:
+    raise ValueError(f"migrate.map_decay must be in [0, 1), got {config.migrate.map_decay}.")
+  if config.eval_every < 1 or config.num_train_steps < 1:
+    raise ValueError(f"num_train_steps and eval_every must be >= 1, got "
+                     f"{config.num_train_steps} and {config.eval_every}.")
+
+
+def evaluate(config: ml_collections.ConfigDict, params: PyTree, probe_set: data.PairedSet,
+             n_fit: int) -> dict[str, float]:
+  """Held-out focal-class accuracy and position R^2 of linear probes on frozen latents."""
+  z = jnp.concatenate([agents.encode(config, params["encoder"], probe_set.obs[0, i:i + 256])
+                       for i in range(0, probe_set.obs.shape[1], 256)])
+  cls, pos = probe_set.labels["class"], probe_set.labels["position"]
+  clf = probes.fit_logistic(z[:n_fit], cls[:n_fit], world.NUM_CLASSES,
+                            steps=config.eval.probe_steps)
+  reg = probes.fit_ridge(z[:n_fit], pos[:n_fit])
+  return {"class_acc": float(probes.accuracy(clf, z[n_fit:], cls[n_fit:])),
+          "position_r2": float(align.r2_score(probes.apply(reg, z[n_fit:]), pos[n_fit:]))}
+
+
+def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"
+                   ) -> float | None:
+  """Cumulative FLOPs at the first evaluation reaching ``target``; None if none does."""
+  for point in curve:
+    if point[metric] >= target:
+      return point["flops"]
+  return None
+
+
+def train_student(config: ml_collections.ConfigDict, teacher: PyTree | None,
+                  teacher_config: ml_collections.ConfigDict, student_view: str,
+                  teacher_view: str, seed: int, probe_set: data.PairedSet
+                  ) -> tuple[list[dict], float]:
+  """Trains one student (scratch when ``teacher`` is None) and returns its curve of probe
+  scores against cumulative FLOPs and training wall time, and its FLOPs per step."""
+  key = agents.agent_keys(seed, [student_view])[0]
+  agent = agents.init_agent(key, config)
+  sv = world.get_view(student_view)
+  if teacher is None:
+    fn = lambda s, k, i: agents.train_step(s, sv, k, i, config)
+    state = agent
+  else:
+    tv = world.get_view(teacher_view)
+    fn = lambda s, k, i, t: migrate_step(s, sv, tv, k, i, t, config, teacher_config)
+    state = Student(agent, init_stats(config.model.dim, teacher_config.model.dim))
+  extra = () if teacher is None else (teacher,)
+  step_fn, step_flops = flops.compile_and_count(fn, state, key, jnp.int32(0), *extra,
+                                                donate_argnums=0)
+  n_fit = config.eval.probe_train
+  params = lambda s: s.params if teacher is None else s.agent.params
+  curve = [{"step": 0, "flops": 0.0, "wall_s": 0.0,
+            **evaluate(config, params(state), probe_set, n_fit)}]
+  wall = 0.0
+  for step in range(config.num_train_steps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, key, jnp.int32(step), *extra)
+    if (step + 1) % config.eval_every == 0 or step + 1 == config.num_train_steps:
+      metrics = jax.device_get(metrics)
+      wall += time.perf_counter() - start
+      bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
+      if bad:
+        raise FloatingPointError(
+            f"Non-finite {bad} for the {'scratch' if teacher is None else 'migrating'} "
+            f"student ({student_view}) between steps {step + 2 - config.eval_every} and "
+            f"{step + 1}.")
+      point = {"step": step + 1, "flops": step_flops * (step + 1), "wall_s": wall,
+               **evaluate(config, params(state), probe_set, n_fit)}
+      curve.append(point)
+      logging.info("%s student, step %d: %s", "scratch" if teacher is None else "migrating",
+                   step + 1, point)
+    else:
+      wall += time.perf_counter() - start
+  return curve, step_flops
+
+
+def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
+        config: ml_collections.ConfigDict, target_acc: float, seed: int = 0
+        ) -> dict[str, Any]:
+  """Scratch and migrating students on ``student_view``, same budget; the report."""
+  validate(config, target_acc)
+  student_view = world.parse_views(student_view)[0]
+  meta_views = agents.run_views(teacher_workdir)
+  if teacher_view is None:
+    others = [v for v in meta_views if v != student_view]
+    if not others:
+      raise ValueError(f"The teacher run {teacher_workdir!r} has no agent on a view other "
+                       f"than the student's ({student_view}); it holds {meta_views}.")
+    teacher_view = others[0]
+  if teacher_view == student_view:
+    raise ValueError(f"The teacher's view must differ from the student's; both are "
+                     f"{student_view!r}.")
+  teacher, teacher_config = agents.load_agent(teacher_workdir, teacher_view)
+  config = student_config(teacher_config, config)
+  e = config.eval
+  probe_set = data.paired_set(jax.random.key(e.seed), world.stack_views([student_view]),
+                              e.probe_train + e.probe_test, config.data.image_size)
+  curves, per_step = {}, {}
+  for mode, t in (("scratch", None), ("migrate", teacher["encoder"])):
+    curves[mode], per_step[mode] = train_student(config, t, teacher_config, student_view,
+                                                 teacher_view, seed, probe_set)
+  report = {"target_acc": target_acc, "teacher_workdir": teacher_workdir,
+            "teacher_view": teacher_view, "student_view": student_view, "seed": seed,
+            "steps": config.num_train_steps, "flops_per_step": per_step,
+            "migrate": config.migrate.to_dict(), "curves": curves}
+  report.update(_ratio(curves, target_acc))
+  # Where the requested target is out of reach, the scratch student's own final accuracy
+  # is the highest target both runs can be compared at (chosen after the fact: say so).
+  final = curves["scratch"][-1]["class_acc"]
+  report["at_scratch_final_acc"] = {"target_acc": final, **_ratio(curves, final)}
+  return report
+
+
+def _ratio(curves: dict, target: float) -> dict[str, float | None]:
+  scratch = flops_to_reach(curves["scratch"], target)
+  migrate = flops_to_reach(curves["migrate"], target)
+  ratio = None if scratch is None or migrate is None or scratch == 0 else migrate / scratch
+  return {"flops_scratch": scratch, "flops_migrate": migrate, "ratio": ratio}

@@ -1,0 +1,105 @@
+"""Migration: the map from running statistics, equality with scratch at weight 0, the command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import migrate as migrate_config
+from sjepa_jax import agents
+from sjepa_jax import align
+from sjepa_jax import migrate
+from sjepa_jax import train
+from sjepa_jax import world
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_map_from_running_statistics_recovers_a_planted_rotation_and_scale():
+  k1, k2 = jax.random.split(jax.random.key(0))
+  r, _ = jnp.linalg.qr(jax.random.normal(k1, (8, 8)))
+  stats = migrate.init_stats(8, 8)
+  for i in range(5):  # batches of 16 < 2 x dims: one batch alone would not pin the map
+    z_s = jax.random.normal(jax.random.fold_in(k2, i), (16, 8)) * jnp.linspace(0.5, 2, 8)
+    stats = migrate.update_stats(stats, z_s, 0.4 * z_s @ r + 3.0, decay=0.8)
+  m = migrate.procrustes_map(stats)
+  np.testing.assert_allclose(m.w, 0.4 * r, atol=1e-4)
+  z = jax.random.normal(k1, (10, 8))
+  np.testing.assert_allclose(align.apply_map(m, z), 0.4 * z @ r + 3.0, atol=1e-3)
+
+
+def test_flops_to_reach_is_the_first_point_at_target_or_none():
+  curve = [{"flops": 0.0, "class_acc": 0.1}, {"flops": 5.0, "class_acc": 0.6},
+           {"flops": 9.0, "class_acc": 0.5}]
+  assert migrate.flops_to_reach(curve, 0.55) == 5.0
+  assert migrate.flops_to_reach(curve, 0.7) is None
+
+
+def _student_config(teacher_config):
+  c = migrate_config.get_config()
+  c.num_train_steps = 4
+  c.eval_every = 2
+  c.eval.probe_train, c.eval.probe_test, c.eval.probe_steps = 48, 16, 10
+  return migrate.student_config(teacher_config, c)
+
+
+def test_zero_weight_migration_is_exactly_scratch_training():
+  teacher_config = tiny_config()
+  config = _student_config(teacher_config)
+  config.migrate.weight = 0.0
+  teacher = agents.init_agents(teacher_config, ["mountain"], 7).params["encoder"]
+  teacher = jax.tree.map(lambda x: x[0], teacher)
+  key = agents.agent_keys(0, ["forest"])[0]
+  scratch = agents.init_agent(key, config)
+  student = migrate.Student(scratch, migrate.init_stats(16, 16))
+  sv, tv = world.get_view("forest"), world.get_view("mountain")
+  for i in range(2):
+    scratch, _ = jax.jit(lambda s, i: agents.train_step(s, sv, key, i, config))(scratch, i)
+    student, metrics = jax.jit(lambda s, i: migrate.migrate_step(
+        s, sv, tv, key, i, teacher, config, teacher_config))(student, i)
+  chex.assert_trees_all_close(student.agent, scratch, atol=1e-6)
+  assert float(metrics["distill"]) > 0  # measured, but weightless
+  assert int(student.stats.count) == 2
+
+
+def test_migrate_command_end_to_end_counts_the_teachers_flops(tmp_path):
+  teacher_dir = str(tmp_path / "teacher")
+  train.train_and_evaluate(tiny_config(), teacher_dir, "mountain,forest")
+  out_dir = str(tmp_path / "out")
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.migrate", f"--teacher_workdir={teacher_dir}",
+       "--student_view=drone", "--target_acc=1.0", f"--workdir={out_dir}",
+       "--config.num_train_steps=4", "--config.eval_every=2", "--config.eval.probe_train=48",
+       "--config.eval.probe_test=16", "--config.eval.probe_steps=10"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.load(open(os.path.join(out_dir, "report.json")))
+  assert os.path.exists(os.path.join(out_dir, "accuracy_vs_flops.png"))
+  assert report["teacher_view"] == "mountain" and report["student_view"] == "drone"
+  per_step = report["flops_per_step"]
+  assert per_step["migrate"] > 1.2 * per_step["scratch"] > 0  # teacher forward + map fit
+  for mode in ("scratch", "migrate"):
+    curve = report["curves"][mode]
+    assert [p["step"] for p in curve] == [0, 2, 4]
+    np.testing.assert_allclose([p["flops"] for p in curve],
+                               [0, 2 * per_step[mode], 4 * per_step[mode]])
+  assert report["curves"]["scratch"][0] == report["curves"]["migrate"][0]  # same init
+  assert report["ratio"] is None or report["flops_scratch"] is not None
+  if report["flops_scratch"] is None or report["flops_migrate"] is None:
+    assert report["ratio"] is None  # never a made-up number
+
+
+def test_migrate_rejects_bad_settings(tmp_path):
+  config = migrate_config.get_config()
+  with pytest.raises(ValueError, match="target_acc must be in"):
+    migrate.validate(config, 1.5)
+  config.migrate.map_decay = 1.0
+  with pytest.raises(ValueError, match="map_decay must be in"):
+    migrate.validate(config, 0.85)
