@@ -7,7 +7,7 @@ Agents come from the runs' checkpoints: JEPA agents on distinct views are studie
 by pair; a run trained with ``--config.objective.kind=autoencoder`` on the same views adds
 the autoencoder control, and a JEPA run on a view already present (another ``--seed``)
 adds the same-view ceiling. Writes ``report.json`` and PNG figures (``figures/``) into the
-first workdir and prints a short table. See sjepa_jax/study.py for what is measured.
+first workdir (or ``--out``) and prints a short table. See sjepa_jax/study.py for what is measured.
 """
 
 import os
@@ -26,6 +26,8 @@ _PAIRS = flags.DEFINE_integer("pairs", 4000, "Paired states the maps and probes 
 _TEST_PAIRS = flags.DEFINE_integer("test_pairs", 1000, "Held-out paired states they are "
                                    "scored on (never used in fitting).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of the first run (default: latest).")
+_OUT = flags.DEFINE_string("out", None, "Where report.json and figures/ go (default: the "
+                           "first workdir).")
 _SEED = flags.DEFINE_integer("seed", 4321, "Seed of the paired states and the controls.")
 _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Adam steps of the logistic probes.")
 flags.register_multi_flags_validator(
@@ -60,7 +62,8 @@ def main(argv):
   workdirs = [_WORKDIR.value] if _WORKDIR.value else _WORKDIRS.value
   report, extras = study.run(workdirs, _PAIRS.value, _TEST_PAIRS.value, _SEED.value,
                              _PROBE_STEPS.value, _STEP.value)
-  out = workdirs[0]
+  out = _OUT.value or workdirs[0]
+  os.makedirs(out, exist_ok=True)
   common.write_json(report, os.path.join(out, "report.json"))
   paths = figures.write_all(report, extras, os.path.join(out, "figures"))
   print_table(report)

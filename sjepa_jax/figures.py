@@ -92,9 +92,9 @@ def transfer_table(report: dict, path: str) -> str:
       row.append("-" if not ctl else
                  f"{ctl['transfer_acc']:.3f} / {ctl.get('r2_ridge', ctl['r2_lstsq']):.2f}")
     rows.append(row)
-  fig, ax = plt.subplots(figsize=(1.25 * len(head), 0.4 * len(rows) + 1.2))
+  fig, ax = plt.subplots(figsize=(1.25 * len(head), 0.25 * len(rows) + 0.6))
   ax.axis("off")
-  table = ax.table(cellText=rows, colLabels=head, loc="center")
+  table = ax.table(cellText=rows, colLabels=head, bbox=[0, 0, 1, 1])
   table.auto_set_font_size(False)
   table.set_fontsize(7)
   ax.set_title(f"class accuracy (chance {report['chance_acc']:.3f}); controls: transfer acc "

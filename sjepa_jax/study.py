@@ -259,7 +259,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       result["controls"] = controls
       pairs.append(result)
       sizes = tuple(m for m in R2_CURVE_SIZES if m < n_fit) + (n_fit,)
-      curves[f"{src}_to_{tgt}"] = align.r2_against_pairs(
+      curves[f"{tgt}_to_{src}"] = align.r2_against_pairs(
           t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
       scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
       logging.info("%s <- %s: R^2 ridge %.3f, Procrustes %.3f, transfer %.3f (native %.3f)",
