@@ -2,11 +2,13 @@ r"""Fits linear maps between trained agents and transfers probes through them, w
 
   python -m experiments.align_and_probe --workdir=/tmp/sjepa
   python -m experiments.align_and_probe --workdirs=/tmp/sjepa,/tmp/sjepa_ae,/tmp/sjepa_seed1
+  python -m experiments.align_and_probe --workdir=/tmp/mnist --pairs=1000 --test_pairs=500
 
 Agents come from the runs' checkpoints: JEPA agents on distinct views are studied pair
 by pair; a run trained with ``--config.objective.kind=autoencoder`` on the same views adds
 the autoencoder control, and a JEPA run on a view already present (another ``--seed``)
-adds the same-view ceiling. Writes ``report.json`` and PNG figures (``figures/``) into the
+adds the same-view ceiling. Runs on a dataset (``experiments.train --dataset``) pair its
+evaluation images, seen through each agent's region, and probe its labels. Writes ``report.json`` and PNG figures (``figures/``) into the
 first workdir (or ``--out``) and prints a short table. See sjepa_jax/study.py for what is measured.
 """
 
@@ -30,6 +32,8 @@ _OUT = flags.DEFINE_string("out", None, "Where report.json and figures/ go (defa
                            "first workdir).")
 _SEED = flags.DEFINE_integer("seed", 4321, "Seed of the paired states and the controls.")
 _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Adam steps of the logistic probes.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "For runs on a dataset: the tfds data "
+                                "directory holding it (default: the one they trained from).")
 flags.register_multi_flags_validator(
     ["workdir", "workdirs"], lambda f: (f["workdir"] is None) != (f["workdirs"] is None),
     message="Give exactly one of --workdir or --workdirs.")
@@ -61,7 +65,7 @@ def main(argv):
   common.quiet_library_logs()
   workdirs = [_WORKDIR.value] if _WORKDIR.value else _WORKDIRS.value
   report, extras = study.run(workdirs, _PAIRS.value, _TEST_PAIRS.value, _SEED.value,
-                             _PROBE_STEPS.value, _STEP.value)
+                             _PROBE_STEPS.value, _STEP.value, _DATA_DIR.value)
   out = _OUT.value or workdirs[0]
   os.makedirs(out, exist_ok=True)
   common.write_json(report, os.path.join(out, "report.json"))

@@ -6,19 +6,26 @@ import os
 
 from absl import flags
 
+from sjepa_jax import images
 from sjepa_jax import world
 
 
 def define_views_flag(name: str, default: str | None, help_text: str) -> flags.FlagHolder:
-  """A comma-separated list of view names, checked at parse time (unknown, duplicate)."""
+  """A comma-separated list of view names, checked at parse time (unknown, duplicate):
+  world views, or region views of a dataset (whether they fit the source is checked later)."""
   holder = flags.DEFINE_string(
-      name, default, f"{help_text} Valid views: {','.join(sorted(world.VIEWS))}.")
+      name, default, f"{help_text} World views: {','.join(sorted(world.VIEWS))}; region "
+      f"views of a --dataset: {','.join(images.REGIONS)}.")
 
   def check(value):
     if value is None:
       return True
+    names = [n.strip() for n in value.split(",") if n.strip()]
     try:
-      world.parse_views(value)
+      if all(n in images.REGIONS for n in names):
+        images.parse_regions(names)
+      else:
+        world.parse_views(names)
     except ValueError as e:
       raise flags.ValidationError(str(e)) from e
     return True

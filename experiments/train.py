@@ -1,13 +1,17 @@
-r"""Trains JEPA agents, one per view of the embedded world, each on its own data.
+r"""Trains JEPA agents, one per view (of the embedded world, or regions of a dataset's images).
 
   python -m experiments.train --view=forest --workdir=/tmp/forest
   python -m experiments.train --views=mountain,forest --workdir=/tmp/mf \
       [--config=experiments/configs/smoke.py] [--config.model.dim=64] [--seed=1]
+  python -m experiments.train --dataset=mnist --data_dir=~/tensorflow_datasets \
+      --views=left,right --workdir=/tmp/mnist  # a labelled image dataset, region views
 
 Rerunning the same command resumes from the latest checkpoint in the workdir. Metrics go
 to TensorBoard event files and the log; the run ends with a linear-probe table (trained
 vs random-init encoders) that is also written to ``<workdir>/probe.json``.
 """
+
+import os
 
 from absl import app
 from absl import flags
@@ -25,6 +29,12 @@ _VIEWS = common.define_views_flag("views", None, "Train one agent per view, comm
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and probe results.",
                                required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed; an agent's keys depend on it and its view.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "A tensorflow-datasets name read from --data_dir (never downloaded); "
+    "agents then see regions of its images. Default: the embedded world. Sets "
+    "config.data.dataset.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory holding --dataset. "
+                                "Sets config.data.data_dir.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
                                "(multi-host TPU/GPU jobs).")
 flags.register_multi_flags_validator(
@@ -38,14 +48,21 @@ def main(argv):
   common.quiet_library_logs()
   if _MULTIHOST.value:
     jax.distributed.initialize()
+  config = _CONFIG.value
+  if _DATASET.value is not None:
+    config.data.dataset = _DATASET.value
+  if _DATA_DIR.value is not None:
+    config.data.data_dir = os.path.abspath(os.path.expanduser(_DATA_DIR.value))
   views = _VIEW.value or _VIEWS.value
-  report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, views, _SEED.value)
+  report = train.train_and_evaluate(config, _WORKDIR.value, views, _SEED.value)
   if report:
     print(f"\nLinear probes on frozen latents, held-out states ({_WORKDIR.value}/probe.json):")
     print(f"{'agent':<10} {'class acc':>10} {'(random)':>9} {'pos R^2':>9} {'(random)':>9}")
     for view, r in report.items():
+      pos = "".join(f"{r[k]:>9.3f}" if k in r else f"{'-':>9}"
+                    for k in ("trained/position_r2", "random_init/position_r2"))
       print(f"{view:<10} {r['trained/class_acc']:>10.3f} {r['random_init/class_acc']:>9.3f} "
-            f"{r['trained/position_r2']:>9.3f} {r['random_init/position_r2']:>9.3f}")
+            f"{pos}")
 
 
 if __name__ == "__main__":

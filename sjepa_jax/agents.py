@@ -1,7 +1,7 @@
 """Agents: state with a leading agent axis, initialisation, and one agent's train step.
 
 ``train_step`` is written for one agent and trained for many with
-``jax.jit(jax.vmap(train_step, in_axes=(0, 0, 0, None)))``: every agent renders its own
+``jax.jit(jax.vmap(train_step, in_axes=(0, 0, 0, None)))``: every agent draws its own
 batch from its own view with its own key, so nothing passes between agents. Keys are
 ``fold_in(agent_key, step)``, so a resumed run continues exactly and keys are never saved.
 An agent's key depends only on the seed and its view's name, so an agent trains the same
@@ -22,13 +22,15 @@ from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import losses
 from sjepa_jax import models
-from sjepa_jax import world
 
 PyTree = Any
 OBJECTIVES = ("jepa", "autoencoder")
 TARGETS = ("ema", "online")
 REGULARIZERS = ("vicreg", "sigreg", "none")
 AGENT_MAPS = ("vmap", "lax_map")
+# The data fields of runs saved before datasets existed (they all used the world).
+DATA_DEFAULTS = {"dataset": "", "data_dir": "", "train_split": "train", "eval_split": "test",
+                 "region_size": 0.6, "min_crop": 0.5}
 
 
 class AgentState(NamedTuple):
@@ -59,7 +61,8 @@ def init_agent(key: jax.Array, config: ml_collections.ConfigDict) -> AgentState:
   model = models.make_model(config)
   size = config.data.image_size
   obs = jnp.zeros((1, size, size, 3))
-  params = model.init(jax.random.fold_in(key, 0), obs, jnp.zeros((1, 2)))["params"]
+  action = jnp.zeros((1, data.action_dim(config)))
+  params = model.init(jax.random.fold_in(key, 0), obs, action)["params"]
   target = jax.tree.map(jnp.copy, params["encoder"])  # own buffers: the state is donated
   return AgentState(params, target, make_optimizer(config).init(params))
 
@@ -145,18 +148,19 @@ def apply_gradients(state: AgentState, grads: PyTree, config: ml_collections.Con
   return AgentState(params, target, opt_state)
 
 
-def train_step(state: AgentState, view: world.View, key: jax.Array, step: jax.Array,
-               config: ml_collections.ConfigDict, batch_sharding: Any = None
-               ) -> tuple[AgentState, dict[str, jax.Array]]:
-  """One optimisation step of one agent on a fresh batch rendered from its view.
+def train_step(state: AgentState, view: Any, key: jax.Array, step: jax.Array,
+               config: ml_collections.ConfigDict, batch_sharding: Any = None,
+               pixels: jax.Array | None = None) -> tuple[AgentState, dict[str, jax.Array]]:
+  """One optimisation step of one agent on a fresh batch seen from its view.
 
+  ``view`` is a ``world.View``, or an ``images.Region`` of ``pixels`` (the dataset's train
+  images, shared by every agent) when the config names a dataset.
   ``batch_sharding``, when given, constrains the batch's leading axis to be split over
   devices (for runs with more devices than agents).
   """
   step_key = jax.random.fold_in(key, step)
   data_key, loss_key = jax.random.split(step_key)
-  d = config.data
-  batch = data.world_batch(data_key, view, d.batch_size, d.frames, d.image_size)
+  batch = data.batch(config, data_key, view, pixels)
   if batch_sharding is not None:  # spread the batch over devices; statistics stay global
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
   grads, metrics = jax.grad(loss_fn, has_aux=True)(
@@ -183,6 +187,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.pool not in models.POOLS:
     raise ValueError(f"Unknown model.pool {config.model.pool!r}; valid: "
                      f"{', '.join(models.POOLS)}.")
+  if not data.is_world(config):
+    if not 0 < config.data.region_size <= 1:
+      raise ValueError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
+    if not 0 < config.data.min_crop <= 1:
+      raise ValueError(f"data.min_crop must be in (0, 1], got {config.data.min_crop}.")
   if config.data.frames < 2:
     raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
 
@@ -193,6 +202,9 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(meta["config"])
   if "kind" not in config.objective:
     config.objective.kind = "jepa"
+  for k, v in DATA_DEFAULTS.items():  # runs saved before datasets existed used the world
+    if k not in config.data:
+      config.data[k] = v
   return config
 
 

@@ -273,6 +273,7 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength chosen on a
   validation split of the fitting pairs) minus R^2 of the scaled orthogonal map: near 0
   when the spaces differ by a rotation and one scale. Vmap it to score many pairs at once.
+  Mutual k-NN uses ``k`` neighbours, fewer when there are not ``k + 1`` held-out pairs.
   """
   maps = fit_maps(x_fit, y_fit, rank)
   out = {}
@@ -285,7 +286,7 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   out["canonical_correlations"] = fit_cca(x_fit, y_fit)[1]
   out["cka"] = linear_cka(x_test, y_test)
   out["cka_unbiased"] = linear_cka_unbiased(x_test, y_test)
-  out["mutual_knn"] = mutual_knn(x_test, y_test, k)
+  out["mutual_knn"] = mutual_knn(x_test, y_test, min(k, x_test.shape[0] - 1))
   out["retrieval_top1_ridge"] = retrieval_top1(apply_map(maps["ridge"], x_test), y_test)
   out["retrieval_top1_procrustes"] = retrieval_top1(apply_map(maps["procrustes"], x_test),
                                                     y_test)

@@ -9,7 +9,6 @@ renames it when complete, so a crash never leaves a half-written checkpoint as t
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 

@@ -1,17 +1,23 @@
-"""Batches for agents from the embedded world, rendered on the device inside the step.
+"""Batches for agents, made on the device inside the step, from one of two sources.
 
-Each agent draws its own episodes (its own key) and sees them only through its own view:
-agents share the world's rules, never data. A fixed *paired* set (the same states seen from
-every view) serves evaluation only: probes and cross-agent alignment.
+- The embedded world (the default): each agent renders its own episodes from its own view.
+- A labelled image dataset read through tensorflow-datasets (``config.data.dataset``): each
+  agent sees a fixed region of the images (``sjepa_jax.images``).
+
+Each agent draws its own samples (its own key) and sees them only through its own view:
+agents share the source's rules, never data. A fixed *paired* set (the same states or
+images seen from every view) serves evaluation only: probes and cross-agent alignment.
 
 Shapes: A = agents, B = batch, L = frames per sample, N = paired states.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from sjepa_jax import images
 from sjepa_jax import world
 from sjepa_jax.world import scene
 
@@ -33,12 +39,14 @@ def world_batch(key: jax.Array, view: world.View, batch: int, frames: int, size:
 
 
 class PairedSet(NamedTuple):
-  """The same N states seen from every agent's view, with the focal object's labels."""
+  """The same N states seen from every agent's view, with their labels: the world's focal
+  object's ``class`` and ``position``, or a dataset's ``class``."""
   obs: jax.Array  # (A, N, H, W, 3)
   labels: dict[str, jax.Array]  # each (N, ...)
+  num_classes: int = world.NUM_CLASSES
 
 
-def paired_set(key: jax.Array, views: world.View, num: int, size: int) -> PairedSet:
+def world_paired_set(key: jax.Array, views: world.View, num: int, size: int) -> PairedSet:
   """N random states (with random focal velocity) rendered from every stacked view."""
   k_state, k_vel, k_noise = jax.random.split(key, 3)
   states = jax.vmap(world.random_state)(jax.random.split(k_state, num))
@@ -48,3 +56,66 @@ def paired_set(key: jax.Array, views: world.View, num: int, size: int) -> Paired
   obs = jax.lax.map(lambda sk: world.observe(sk[0], views, size, sk[1]), (states, noise),
                     batch_size=64)
   return PairedSet(jnp.swapaxes(obs, 0, 1), jax.vmap(world.labels)(states))
+
+
+_regions_obs = jax.jit(jax.vmap(images.region_obs, in_axes=(None, 0, None)), static_argnums=2)
+
+
+# --- The source a config names -----------------------------------------------------------
+
+def is_world(config: ml_collections.ConfigDict) -> bool:
+  return not config.data.dataset
+
+
+def parse_views(config: ml_collections.ConfigDict, names: str | Sequence[str]) -> list[str]:
+  """Checks view names against the config's source: world views, or dataset regions."""
+  try:
+    return world.parse_views(names) if is_world(config) else images.parse_regions(names)
+  except ValueError as e:
+    hint = (" Region views need a dataset (--dataset)." if is_world(config) else
+            " World views need no dataset: leave --dataset out.")
+    raise ValueError(str(e) + hint) from e
+
+
+def stack_views(config: ml_collections.ConfigDict, names: Sequence[str]) -> Any:
+  """The views stacked along a leading agent axis: ``world.View`` or ``images.Region``."""
+  if is_world(config):
+    return world.stack_views(names)
+  return images.stack_regions(names, config.data.region_size)
+
+
+def action_dim(config: ml_collections.ConfigDict) -> int:
+  return 2 if is_world(config) else images.ACTION_DIM
+
+
+def load_images(config: ml_collections.ConfigDict, split: str) -> images.Images | None:
+  """One split of the config's dataset in memory; None for the world."""
+  if is_world(config):
+    return None
+  return images.load(config.data.dataset, config.data.data_dir, split)
+
+
+def batch(config: ml_collections.ConfigDict, key: jax.Array, view: Any,
+          pixels: jax.Array | None = None) -> Batch:
+  """One agent's training batch: world rollouts, or sub-crops of its region of ``pixels``
+  (N, H, W, 3) uint8 images of the dataset's train split."""
+  d = config.data
+  if pixels is None:
+    return world_batch(key, view, d.batch_size, d.frames, d.image_size)
+  return Batch(*images.region_batch(key, pixels, view, d.batch_size, d.frames, d.image_size,
+                                    d.min_crop))
+
+
+def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, num: int,
+               source: images.Images | None = None) -> PairedSet:
+  """``num`` states seen from every stacked view: random world states, or (for a dataset)
+  ``num`` images drawn without replacement from ``source``, each agent seeing its region."""
+  if source is None:
+    return world_paired_set(key, views, num, config.data.image_size)
+  if num > len(source.labels):
+    raise ValueError(f"Asked for {num} paired images, but the split holds only "
+                     f"{len(source.labels)}.")
+  index = jax.random.permutation(key, len(source.labels))[:num]
+  pixels = jnp.asarray(source.pixels)[index]
+  obs = _regions_obs(pixels, views, config.data.image_size)
+  return PairedSet(obs, {"class": jnp.asarray(source.labels)[index]}, source.num_classes)

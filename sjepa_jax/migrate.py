@@ -22,7 +22,6 @@ same batches of their own view.
 Shapes: B = batch, L = frames, D = student latent size, E = teacher latent size.
 """
 
-import functools
 import time
 from typing import Any, NamedTuple
 
@@ -228,10 +227,14 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
     raise ValueError(f"The teacher's view must differ from the student's; both are "
                      f"{student_view!r}.")
   teacher, teacher_config = agents.load_agent(teacher_workdir, teacher_view)
+  if not data.is_world(teacher_config):
+    raise ValueError(f"Migration runs on the embedded world; the teacher run "
+                     f"{teacher_workdir!r} was trained on dataset "
+                     f"{teacher_config.data.dataset!r}.")
   config = student_config(teacher_config, config)
   e = config.eval
-  probe_set = data.paired_set(jax.random.key(e.seed), world.stack_views([student_view]),
-                              e.probe_train + e.probe_test, config.data.image_size)
+  probe_set = data.world_paired_set(jax.random.key(e.seed), world.stack_views([student_view]),
+                                    e.probe_train + e.probe_test, config.data.image_size)
   curves, per_step = {}, {}
   for mode, t in (("scratch", None), ("migrate", teacher["encoder"])):
     curves[mode], per_step[mode] = train_student(config, t, teacher_config, student_view,

@@ -22,7 +22,6 @@ Shapes: N = paired states (fitting then held out), D = latent size, V = views.
 
 import dataclasses
 import functools
-import os
 from typing import Any, Sequence
 
 from absl import logging
@@ -35,6 +34,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import images
 from sjepa_jax import probes
 from sjepa_jax import world
 
@@ -131,18 +131,22 @@ class Space:
   """One set of features of the paired states, with its own probes already fitted."""
   z: jax.Array  # (N, D): the first n_fit rows fit maps and probes, the rest are held out
   class_probe: probes.LinearProbe
-  position_probe: probes.LinearProbe
+  position_probe: probes.LinearProbe | None  # None without position labels (datasets)
   native_acc: float
-  native_position_r2: float
+  native_position_r2: float | None
 
 
 def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
-               probe_steps: int) -> Space:
-  """Fits the class and position probes on the fitting rows; scores them held out."""
-  cls, pos = labels["class"], labels["position"]
-  clf = probes.fit_logistic(z_NxD[:n_fit], cls[:n_fit], world.NUM_CLASSES, steps=probe_steps)
+               probe_steps: int, num_classes: int = world.NUM_CLASSES) -> Space:
+  """Fits the class probe (and the position probe where there are positions: the world)
+  on the fitting rows; scores them held out."""
+  cls, pos = labels["class"], labels.get("position")
+  clf = probes.fit_logistic(z_NxD[:n_fit], cls[:n_fit], num_classes, steps=probe_steps)
+  acc = float(probes.accuracy(clf, z_NxD[n_fit:], cls[n_fit:]))
+  if pos is None:
+    return Space(z_NxD, clf, None, acc, None)
   reg = probes.fit_ridge(z_NxD[:n_fit], pos[:n_fit])
-  return Space(z_NxD, clf, reg, float(probes.accuracy(clf, z_NxD[n_fit:], cls[n_fit:])),
+  return Space(z_NxD, clf, reg, acc,
                float(align.r2_score(probes.apply(reg, z_NxD[n_fit:]), pos[n_fit:])))
 
 
@@ -159,16 +163,18 @@ def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: i
   ev = align.evaluate_pair(x_fit, y[:n_fit], x[n_fit:], y[n_fit:])
   out = {k: float(v) for k, v in ev.items() if jnp.ndim(v) == 0}
   out["singular_values"] = np.asarray(ev["singular_values"]).tolist()
-  cls, pos = labels["class"][n_fit:], labels["position"][n_fit:]
+  cls = labels["class"][n_fit:]
   out["native_acc"] = target.native_acc
   out["source_acc"] = source.native_acc
-  out["native_position_r2"] = target.native_position_r2
+  if target.position_probe is not None:
+    out["native_position_r2"] = target.native_position_r2
   for name, fit in (("", align.fit_ridge), ("_procrustes", align.fit_procrustes)):
     m = fit(x_fit, y[:n_fit])
     hits = jnp.argmax(probes.transfer(source.class_probe, m, x[n_fit:]), -1) == cls
     out[f"transfer_acc{name}"] = float(hits.mean())
-    out[f"transfer_position_r2{name}"] = float(
-        align.r2_score(probes.transfer(source.position_probe, m, x[n_fit:]), pos))
+    if source.position_probe is not None:
+      out[f"transfer_position_r2{name}"] = float(align.r2_score(
+          probes.transfer(source.position_probe, m, x[n_fit:]), labels["position"][n_fit:]))
   return out
 
 
@@ -178,10 +184,12 @@ def identity_control(source: Space, target: Space, labels: dict[str, jax.Array],
   if source.z.shape[1] != target.z.shape[1]:
     return None
   x, y = target.z[n_fit:], source.z[n_fit:]
-  return {"r2_lstsq": float(align.r2_score(x, y)),
-          "transfer_acc": float(probes.accuracy(source.class_probe, x, labels["class"][n_fit:])),
-          "transfer_position_r2": float(align.r2_score(
-              probes.apply(source.position_probe, x), labels["position"][n_fit:]))}
+  out = {"r2_lstsq": float(align.r2_score(x, y)),
+         "transfer_acc": float(probes.accuracy(source.class_probe, x, labels["class"][n_fit:]))}
+  if source.position_probe is not None:
+    out["transfer_position_r2"] = float(align.r2_score(
+        probes.apply(source.position_probe, x), labels["position"][n_fit:]))
+  return out
 
 
 def _pick(result: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
@@ -191,11 +199,13 @@ def _pick(result: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
 # --- The study ---------------------------------------------------------------------------
 
 def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: int = 4321,
-        probe_steps: int = 500, step: int | None = None
+        probe_steps: int = 500, step: int | None = None, data_dir: str | None = None
         ) -> tuple[dict[str, Any], dict[str, Any]]:
   """The study (see the module docstring) over the runs in ``workdirs``.
 
-  ``step`` picks a checkpoint of the first run (the others use their latest).
+  ``step`` picks a checkpoint of the first run (the others use their latest). For runs on
+  a dataset, the paired states are images of its evaluation split, read from ``data_dir``
+  (default: where the runs read it).
   Returns (the JSON-ready report, arrays for the figures).
   """
   if n_fit < 8 or n_test < 8:
@@ -207,23 +217,32 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   views = list(main)
   used = [*main.values(), *same_view.values(), *autoencoder.values()]
   logging.info("Agents: %s", ", ".join(a.name for a in used))
+  config = source_config(used, data_dir)
   key = jax.random.key(seed)
   k_states, k_overlap, k_pca, k_shuffle = jax.random.split(key, 4)
 
   # Data: the same N states from every view, at every image size an agent uses.
-  all_views = sorted({a.view for a in used}, key=list(world.VIEWS).index)
-  stacked = world.stack_views(all_views)
+  order = list(world.VIEWS) if data.is_world(config) else list(images.REGIONS)
+  all_views = sorted({a.view for a in used}, key=order.index)
+  stacked = data.stack_views(config, all_views)
+  eval_images = data.load_images(config, config.data.eval_split)
   n = n_fit + n_test
-  obs, labels = {}, None
+  obs, paired = {}, None
   for size in sorted({a.config.data.image_size for a in used}):
-    paired = data.paired_set(k_states, stacked, n, size)
+    config.data.image_size = size
+    paired = data.paired_set(config, k_states, stacked, n, eval_images)
     obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
-    labels = paired.labels  # the same states at every size
-  overlap_states = jax.vmap(world.random_state)(jax.random.split(k_overlap, 256))
-  overlap = np.asarray(world.overlap_matrix(overlap_states, world.stack_views(views)))
+  labels = paired.labels  # the same states at every size
+  if eval_images is None:
+    overlap_states = jax.vmap(world.random_state)(jax.random.split(k_overlap, 256))
+    overlap = np.asarray(world.overlap_matrix(overlap_states, world.stack_views(views)))
+  else:
+    overlap = images.overlap_matrix(views, config.data.region_size,
+                                    *eval_images.pixels.shape[1:3])
 
   # Features and their native probes.
-  space = functools.partial(make_space, labels=labels, n_fit=n_fit, probe_steps=probe_steps)
+  space = functools.partial(make_space, labels=labels, n_fit=n_fit, probe_steps=probe_steps,
+                            num_classes=paired.num_classes)
   agent_obs = lambda a: obs[(a.view, a.config.data.image_size)]
   trained = {a.name: space(encode(a, a.params, agent_obs(a))) for a in used}
   initial = {v: space(encode(a, a.initial, agent_obs(a))) for v, a in main.items()}
@@ -269,6 +288,10 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
   return {
       "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
+      "source": "world" if eval_images is None else {
+          "dataset": config.data.dataset, "split": config.data.eval_split,
+          "region_size": config.data.region_size,
+          "image_shape": list(eval_images.pixels.shape[1:])},
       "chance_acc": chance,
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           "workdir": a.workdir, "native_acc": trained[a.name].native_acc,
@@ -277,6 +300,23 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       "overlap": {"views": views, "matrix": overlap.tolist()},
       "pairs": pairs, "r2_vs_pairs": curves, "summary": summarise(pairs, chance),
   }, {"scatter": scatter}
+
+
+def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections.ConfigDict:
+  """The data settings every agent shares (a copy), with ``data_dir`` overriding theirs.
+
+  Agents on different sources (the world and a dataset, two datasets, or two region
+  sizes) see different things, so their latents have no pairs to align.
+  """
+  fields = ("dataset", "eval_split", "region_size")
+  seen = {tuple(a.config.data[f] for f in fields) for a in used}
+  if len(seen) > 1:
+    raise ValueError(f"The runs use different data sources ({', '.join(fields)}): "
+                     f"{sorted(seen)}; align agents trained on one source.")
+  config = ml_collections.ConfigDict(used[0].config.to_dict())
+  if data_dir:
+    config.data.data_dir = data_dir
+  return config
 
 
 def principal_scatter(x_NxD: jax.Array, y_NxE: jax.Array, n_fit: int, components: int = 3,
@@ -311,7 +351,7 @@ def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
   little, so ``transfer_fraction_above_chance`` divides what each gains over chance.
   """
   mean = lambda xs: float(np.mean(xs)) if xs else None
-  out = {k: mean([p[k] for p in pairs]) for k in (
+  out = {k: mean([p[k] for p in pairs if k in p]) for k in (
       "r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "cka_unbiased", "native_acc",
       "transfer_acc", "transfer_acc_procrustes", "native_position_r2", "transfer_position_r2")}
   out["transfer_fraction"] = out["transfer_acc"] / out["native_acc"]

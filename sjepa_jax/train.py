@@ -26,7 +26,6 @@ from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import probes
-from sjepa_jax import world
 
 def _flatten(d: dict) -> dict:
   return traverse_util.flatten_dict(d, sep=".")
@@ -34,7 +33,7 @@ def _flatten(d: dict) -> dict:
 
 # Config keys that may change between a run and its resumption; any other change is an error.
 _RESUMABLE_CHANGES = ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-                      "max_steps_per_run", "eval.")
+                      "max_steps_per_run", "eval.", "data.data_dir")
 
 
 # --- Setup checks ------------------------------------------------------------------------
@@ -56,7 +55,8 @@ def check_resumable(meta: dict, config: ml_collections.ConfigDict, views: Sequen
     raise ValueError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seed "
                      f"{meta.get('seed')}, not {list(views)} with seed {seed}; use another "
                      "workdir or the same views and seed.")
-  old, new = _flatten(meta["config"]), _flatten(config.to_dict())
+  old = _flatten(agents.config_from_meta(meta).to_dict())
+  new = _flatten(config.to_dict())
   changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                    and not k.startswith(_RESUMABLE_CHANGES))
   if changed:
@@ -89,7 +89,8 @@ def shardings(num_agents: int, batch_size: int):
 
 def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
               num_agents: int = 2):
-  """The jitted step over all agents: (state, views, keys, step) -> (state, metrics).
+  """The jitted step over all agents: (state, views, keys, step[, pixels]) -> (state,
+  metrics); ``pixels`` are a dataset's train images, shared by every agent (None: world).
 
   One agent skips the vmap: XLA's CPU backend runs a batched matmul with a batch of one
   about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). With
@@ -100,16 +101,18 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
   if num_agents == 1:
     squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
     expand = lambda t: jax.tree.map(lambda x: x[None], t)
-    step = lambda s, v, k, i: expand(one(squeeze(s), squeeze(v), k[0], i))
+    step = lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
   elif config.agent_map == "lax_map":  # agents one after another, inside one program
-    step = lambda s, v, k, i: jax.lax.map(lambda a: one(*a, i), (s, v, k))
+    step = lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
   else:
-    step = jax.vmap(one, in_axes=(0, 0, 0, None))
+    step = jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p),
+                    in_axes=(0, 0, 0, None, None))
   if agent_sharding is None:
-    return jax.jit(step, donate_argnums=0)
-  return jax.jit(step, donate_argnums=0,
-                 in_shardings=(agent_sharding,) * 3 + (None,),
-                 out_shardings=(agent_sharding, agent_sharding))
+    jitted = jax.jit(step, donate_argnums=0)
+  else:
+    jitted = jax.jit(step, donate_argnums=0, in_shardings=(agent_sharding,) * 3 + (None, None),
+                     out_shardings=(agent_sharding, agent_sharding))
+  return lambda state, views, keys, step, pixels=None: jitted(state, views, keys, step, pixels)
 
 
 # --- Evaluation --------------------------------------------------------------------------
@@ -139,22 +142,32 @@ def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.Ag
                  initial: agents.AgentState, probe_set: data.PairedSet,
                  views: Sequence[str]) -> dict[str, dict[str, float]]:
   """Held-out class accuracy and position R^2 of linear probes, trained vs random-init."""
-  n_train = config.eval.probe_train
+  n_train = probe_train_size(config, probe_set.obs.shape[1])
   labels = probe_set.labels["class"]
-  pos = probe_set.labels["position"]
+  pos = probe_set.labels.get("position")  # the world's focal position; datasets have none
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
     z = encode_all(s.params, probe_set.obs)
     for a, view in enumerate(views):
       za = z[a]
-      clf = probes.fit_logistic(za[:n_train], labels[:n_train], world.NUM_CLASSES,
+      clf = probes.fit_logistic(za[:n_train], labels[:n_train], probe_set.num_classes,
                                 steps=config.eval.probe_steps)
-      reg = probes.fit_ridge(za[:n_train], pos[:n_train])
       report.setdefault(view, {})[f"{name}/class_acc"] = float(
           probes.accuracy(clf, za[n_train:], labels[n_train:]))
-      report[view][f"{name}/position_r2"] = float(
-          align.r2_score(probes.apply(reg, za[n_train:]), pos[n_train:]))
+      if pos is not None:
+        reg = probes.fit_ridge(za[:n_train], pos[:n_train])
+        report[view][f"{name}/position_r2"] = float(
+            align.r2_score(probes.apply(reg, za[n_train:]), pos[n_train:]))
   return report
+
+
+def probe_train_size(config: ml_collections.ConfigDict, available: int) -> int:
+  """Probe training states out of ``available``: ``eval.probe_train``, or the same share of
+  a dataset split smaller than ``eval.probe_train + eval.probe_test``."""
+  e = config.eval
+  if available >= e.probe_train + e.probe_test:
+    return e.probe_train
+  return int(available * e.probe_train / (e.probe_train + e.probe_test))
 
 
 def check_finite(metrics: dict[str, np.ndarray], views: Sequence[str], first: int,
@@ -178,10 +191,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   # Setup.
   agents.validate(config)
-  views = world.parse_views(views)
+  views = data.parse_views(config, views)
   check_workdir(workdir)
   agent_sharding, batch_sharding = shardings(len(views), config.data.batch_size)
-  stacked_views = world.stack_views(views)
+  stacked_views = data.stack_views(config, views)
+  train_images = data.load_images(config, config.data.train_split)
+  eval_images = data.load_images(config, config.data.eval_split)
+  pixels = None if train_images is None else jnp.asarray(train_images.pixels)
   keys = agents.agent_keys(seed, views)
 
   # Model and checkpoint: resume from the latest checkpoint when there is one.
@@ -203,11 +219,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Evaluation data: fixed paired states, the same for every run.
   e = config.eval
   eval_key = jax.random.key(e.seed)
-  size = config.data.image_size
   align_set = None  # cross-agent alignment needs two agents or more
   if len(views) > 1:
-    align_set = data.paired_set(jax.random.fold_in(eval_key, 0), stacked_views,
-                                e.alignment_pairs, size)
+    num = e.alignment_pairs if eval_images is None else min(e.alignment_pairs,
+                                                            len(eval_images.labels))
+    align_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), stacked_views, num,
+                                eval_images)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
@@ -221,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Loop.
   with metric_writers.ensure_flushes(writer):
     for step in range(start, stop):
-      state, metrics = step_fn(state, stacked_views, keys, step)
+      state, metrics = step_fn(state, stacked_views, keys, step, pixels)
       done = step + 1
       progress(done)
       if done % config.log_every == 0 or done == stop:
@@ -239,8 +256,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     report = {}
     if stop == total:
-      probe_set = data.paired_set(jax.random.fold_in(eval_key, 1), stacked_views,
-                                  e.probe_train + e.probe_test, size)
+      num = e.probe_train + e.probe_test
+      if eval_images is not None:  # a dataset: every image of its evaluation split at most
+        num = min(num, len(eval_images.labels))
+      probe_set = data.paired_set(config, jax.random.fold_in(eval_key, 1), stacked_views, num,
+                                  eval_images)
       report = probe_report(config, encode_all, state, initial, probe_set, views)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})

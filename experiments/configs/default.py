@@ -44,6 +44,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.sigreg_directions = 256
 
   c.data = ml_collections.ConfigDict()
+  # The source: "" is the embedded world; a tfds name reads that labelled image dataset from
+  # data_dir (never downloading), each agent seeing one region (views left, right, top,
+  # bottom, center) of region_size of the image's side; its JEPA pairs are sub-crops of its
+  # region of at least min_crop of its side. Probes and alignment use eval_split.
+  c.data.dataset = ""
+  c.data.data_dir = ""
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.region_size = 0.6
+  c.data.min_crop = 0.5
   c.data.batch_size = 64
   c.data.frames = 3  # frames per sample: frames - 1 prediction steps
   c.data.image_size = 64

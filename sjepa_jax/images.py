@@ -1,0 +1,234 @@
+"""Labelled image datasets read through tensorflow-datasets, each agent seeing one region.
+
+An agent's view of an image is a fixed region of it (``REGIONS``): ``left``, ``right``,
+``top`` and ``bottom`` span the image's full height or width and ``size`` of the other side;
+``center`` is a centred box of ``size`` of both sides. Regions are rounded to whole pixels,
+and the overlap of two regions is the fraction of A's pixels that B also sees.
+
+An agent's training samples are ``frames`` sub-crops of its own region (side ``s`` times the
+region's, ``s`` uniform in ``[min_crop, 1]``, anywhere inside the region), each resized to
+``size x size``. The action from crop t to crop t + 1 is ``(dy, dx, log s_{t+1}/s_t)``:
+their centres' offset in units of the region's height and width, and their log scale
+ratio. Probes and alignment see the whole region. Everything after loading runs on the
+device, inside the jitted step, like the world's renderer.
+
+Nothing ever downloads: datasets are read from a local data directory. ``store`` writes
+arrays as such a dataset (``python -m experiments.import_images``).
+
+Shapes: N = images, H x W = image, A = agents (regions), B = batch, L = frames.
+"""
+
+import contextlib
+import dataclasses
+import io
+import os
+from typing import NamedTuple, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+REGIONS = ("left", "right", "top", "bottom", "center")
+ACTION_DIM = 3  # (dy, dx, log scale ratio)
+
+
+class Region(NamedTuple):
+  """A box in fractions of the image's height and width (leaves gain an axis when stacked)."""
+  top: np.ndarray
+  left: np.ndarray
+  height: np.ndarray
+  width: np.ndarray
+
+
+def get_region(name: str, size: float) -> Region:
+  """The region called ``name`` covering ``size`` (in (0, 1]) of the image's side."""
+  if name not in REGIONS:
+    raise ValueError(f"Unknown region view {name!r}; valid region views: {', '.join(REGIONS)}.")
+  if not 0 < size <= 1:
+    raise ValueError(f"data.region_size must be in (0, 1], got {size}.")
+  box = {"left": (0, 0, 1, size), "right": (0, 1 - size, 1, size),
+         "top": (0, 0, size, 1), "bottom": (1 - size, 0, size, 1),
+         "center": ((1 - size) / 2, (1 - size) / 2, size, size)}[name]
+  return Region(*(np.float32(x) for x in box))
+
+
+def parse_regions(names: str | Sequence[str]) -> list[str]:
+  """Checks a comma-separated string (or list) of region names: known and distinct."""
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(",") if n.strip()]
+  if not names:
+    raise ValueError(f"No view given; valid region views: {', '.join(REGIONS)}.")
+  for name in names:
+    get_region(name, 1.0)
+  duplicates = sorted({n for n in names if list(names).count(n) > 1})
+  if duplicates:
+    raise ValueError(f"Duplicate views {duplicates}: each agent needs its own view.")
+  return list(names)
+
+
+def stack_regions(names: Sequence[str], size: float) -> Region:
+  """The named regions stacked along a leading axis (for ``jax.vmap`` over agents)."""
+  regions = [get_region(n, size) for n in parse_regions(names)]
+  return jax.tree.map(lambda *leaves: np.stack(leaves), *regions)
+
+
+def pixel_box(region: Region, height: int, width: int) -> tuple:
+  """(top, left, height, width) of the region in whole pixels; works traced."""
+  top = jnp.round(region.top * height)
+  left = jnp.round(region.left * width)
+  return (top, left, jnp.round((region.top + region.height) * height) - top,
+          jnp.round((region.left + region.width) * width) - left)
+
+
+def overlap_matrix(names: Sequence[str], size: float, height: int, width: int) -> np.ndarray:
+  """(A, A): entry (a, b) is the fraction of region a's pixels that region b also covers."""
+  boxes = [np.asarray(pixel_box(get_region(n, size), height, width)) for n in names]
+  out = np.zeros((len(boxes), len(boxes)))
+  for a, (ta, la, ha, wa) in enumerate(boxes):
+    for b, (tb, lb, hb, wb) in enumerate(boxes):
+      rows = max(0.0, min(ta + ha, tb + hb) - max(ta, tb))
+      cols = max(0.0, min(la + wa, lb + wb) - max(la, lb))
+      out[a, b] = rows * cols / (ha * wa)
+  return out
+
+
+# --- On the device -----------------------------------------------------------------------
+
+def crop(image_HxWxC: jax.Array, top, left, height, width, size: int) -> jax.Array:
+  """The box (in continuous pixels) resampled bilinearly to (size, size, C) in [0, 1]."""
+  rows = top + (jnp.arange(size) + 0.5) * height / size - 0.5  # output pixel centres
+  cols = left + (jnp.arange(size) + 0.5) * width / size - 0.5
+  grid = jnp.meshgrid(rows, cols, indexing="ij")
+  image = image_HxWxC.astype(jnp.float32) / 255.0
+  sample = lambda channel: jax.scipy.ndimage.map_coordinates(channel, grid, order=1,
+                                                             mode="nearest")
+  return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+
+
+def region_obs(pixels_NxHxWxC: jax.Array, region: Region, size: int) -> jax.Array:
+  """Every image's whole region at (size, size): (N, size, size, C), what probes see."""
+  box = pixel_box(region, *pixels_NxHxWxC.shape[1:3])
+  return jax.vmap(lambda im: crop(im, *box, size))(pixels_NxHxWxC)
+
+
+def region_batch(key: jax.Array, pixels_NxHxWxC: jax.Array, region: Region, batch: int,
+                 frames: int, size: int, min_crop: float):
+  """``batch`` random images, each as ``frames`` sub-crops of the region, with the actions
+  between consecutive crops: obs (B, L, size, size, C), actions (B, L - 1, 3)."""
+  k_image, k_scale, k_where = jax.random.split(key, 3)
+  top, left, height, width = pixel_box(region, *pixels_NxHxWxC.shape[1:3])
+  index = jax.random.randint(k_image, (batch,), 0, pixels_NxHxWxC.shape[0])
+  scale = jax.random.uniform(k_scale, (batch, frames), minval=min_crop, maxval=1.0)
+  where = jax.random.uniform(k_where, (batch, frames, 2))  # where the crop sits: 0 to 1
+  crop_h, crop_w = scale * height, scale * width
+  y0 = top + where[..., 0] * (height - crop_h)
+  x0 = left + where[..., 1] * (width - crop_w)
+
+  def one(i, y, x, h, w):
+    return jax.vmap(lambda *b: crop(pixels_NxHxWxC[i], *b, size))(y, x, h, w)
+  obs = jax.vmap(one)(index, y0, x0, crop_h, crop_w)
+  centre_y, centre_x = (y0 + crop_h / 2) / height, (x0 + crop_w / 2) / width
+  actions = jnp.stack([jnp.diff(centre_y, axis=1), jnp.diff(centre_x, axis=1),
+                       jnp.diff(jnp.log(scale), axis=1)], -1)
+  return obs, actions
+
+
+# --- Reading and writing local datasets --------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Images:
+  """One split of a labelled image dataset, in memory."""
+  pixels: np.ndarray  # (N, H, W, 3) uint8
+  labels: np.ndarray  # (N,) int32
+  num_classes: int
+
+
+def missing_message(name: str, data_dir: str) -> str:
+  return (f"Dataset {name!r} is not in the data directory {data_dir!r}, and nothing is ever "
+          "downloaded. Prepare it offline: on a machine with internet run "
+          f"`tfds build {name} --data_dir=<dir>` (or `tfds.builder({name!r}, data_dir=<dir>)"
+          f".download_and_prepare()` in Python), then copy <dir>/{name} into {data_dir!r}. "
+          "Arrays you already have locally become such a dataset with "
+          "`python -m experiments.import_images`.")
+
+
+def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The prepared dataset ``name`` in ``data_dir``, or a clear error saying how to prepare it."""
+  if not name:
+    raise ValueError("No dataset named: give --dataset=<tfds name> (and --data_dir).")
+  if not data_dir or not os.path.isdir(data_dir):
+    raise FileNotFoundError(missing_message(name, data_dir))
+  try:
+    b = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise FileNotFoundError(missing_message(name, data_dir)) from e
+  if not b.is_prepared():
+    raise FileNotFoundError(missing_message(name, data_dir))
+  return b
+
+
+def _features(b: tfds.core.DatasetBuilder) -> tuple[str, str, int]:
+  """(image key, label key, number of classes): the dataset's Image and ClassLabel features."""
+  feats = b.info.features
+  image = [k for k, f in feats.items() if isinstance(f, tfds.features.Image)]
+  label = [k for k, f in feats.items() if isinstance(f, tfds.features.ClassLabel)]
+  if not image or not label:
+    raise ValueError(f"Dataset {b.name!r} needs an Image and a ClassLabel feature; it has "
+                     f"{dict((k, type(f).__name__) for k, f in feats.items())}.")
+  return image[0], label[0], feats[label[0]].num_classes
+
+
+def load(name: str, data_dir: str, split: str) -> Images:
+  """One split of a local tfds dataset in memory (``download=False``, always).
+
+  Images must share one size; greyscale ones are repeated to three channels.
+  """
+  b = builder(name, data_dir)
+  if split not in b.info.splits:
+    raise ValueError(f"Dataset {name!r} has no split {split!r}; valid splits: "
+                     f"{', '.join(sorted(b.info.splits))}.")
+  image_key, label_key, num_classes = _features(b)
+  shape = b.info.features[image_key].shape
+  if None in shape:
+    raise ValueError(f"Dataset {name!r} has images of varying size {shape}; region views "
+                     "need one size. Resize them first (e.g. into arrays for "
+                     "`python -m experiments.import_images`).")
+  data = tfds.as_numpy(b.as_dataset(split=split, batch_size=-1))
+  pixels, labels = data[image_key], data[label_key].astype(np.int32)
+  if pixels.shape[-1] == 1:
+    pixels = np.repeat(pixels, 3, axis=-1)
+  logging.info("Loaded %s[%s]: %d images of %s, %d classes.", name, split, len(pixels),
+               pixels.shape[1:], num_classes)
+  return Images(pixels, labels, num_classes)
+
+
+def store(name: str, data_dir: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+          num_classes: int | None = None, version: str = "1.0.0") -> str:
+  """Writes labelled image arrays as a local tfds dataset readable by ``load`` and by
+  ``tfds.builder(name, data_dir=data_dir)``; returns its directory.
+
+  ``splits`` maps a split name to (images (N, H, W) or (N, H, W, C) uint8, labels (N,)).
+  tfds writes into a temporary directory and renames it when complete.
+  """
+  first = next(iter(splits.values()))[0]
+  channels = 1 if first.ndim == 3 else first.shape[-1]
+  if num_classes is None:
+    num_classes = int(max(np.max(labels) for _, labels in splits.values())) + 1
+  features = tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=first.shape[1:3] + (channels,)),
+      "label": tfds.features.ClassLabel(num_classes=num_classes)})
+
+  def examples(pixels, labels):
+    pixels = pixels.reshape(pixels.shape[:3] + (channels,)).astype(np.uint8)
+    for i in range(len(pixels)):
+      yield i, {"image": pixels[i], "label": int(labels[i])}
+  tfds.display_progress_bar(False)
+  with contextlib.redirect_stdout(io.StringIO()):  # its banner says "downloaded"; nothing is
+    b = tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version=version, features=features, data_dir=data_dir,
+        split_datasets={s: examples(*arrays) for s, arrays in splits.items()},
+        disable_shuffling=True,  # examples keep their order: index i is the arrays' row i
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return str(b.data_dir)
