@@ -158,7 +158,10 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The prepared dataset ``name`` in ``data_dir``, or a clear error saying how to prepare it."""
   if not name:
     raise ValueError("No dataset named: give --dataset=<tfds name> (and --data_dir).")
-  if not data_dir or not os.path.isdir(data_dir):
+  if not data_dir:
+    raise ValueError(f"Dataset {name!r} needs its local tfds directory: give --data_dir "
+                     "(config.data.data_dir); nothing is ever downloaded.")
+  if not os.path.isdir(data_dir):
     raise FileNotFoundError(missing_message(name, data_dir))
   try:
     b = tfds.builder(name, data_dir=data_dir)

@@ -90,6 +90,8 @@ def test_missing_dataset_says_where_and_how_to_prepare_it(tmp_path):
   assert str(tmp_path) in message and "tfds build cifar10" in message
   assert "nothing is ever downloaded" in message
   assert os.listdir(tmp_path) == []  # nothing written, nothing fetched
+  with pytest.raises(ValueError, match="give --data_dir"):
+    images.load("cifar10", "", "train")
 
 
 def test_views_must_fit_the_source(config):
