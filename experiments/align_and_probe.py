@@ -8,8 +8,9 @@ Agents come from the runs' checkpoints: JEPA agents on distinct views are studie
 by pair; a run trained with ``--config.objective.kind=autoencoder`` on the same views adds
 the autoencoder control, and a JEPA run on a view already present (another ``--seed``)
 adds the same-view ceiling. Runs on a dataset (``experiments.train --dataset``) pair its
-evaluation images, seen through each agent's region, and probe its labels. Writes ``report.json`` and PNG figures (``figures/``) into the
-first workdir (or ``--out``) and prints a short table. See sjepa_jax/study.py for what is measured.
+evaluation images, seen through each agent's region, and probe its labels. Writes
+``report.json`` and PNG figures (``figures/``) into the first workdir (or ``--out``) and
+prints a short table. See sjepa_jax/study.py for what is measured.
 """
 
 import os
@@ -65,7 +66,9 @@ def main(argv):
   common.quiet_library_logs()
   workdirs = [_WORKDIR.value] if _WORKDIR.value else _WORKDIRS.value
   report, extras = study.run(workdirs, _PAIRS.value, _TEST_PAIRS.value, _SEED.value,
-                             _PROBE_STEPS.value, _STEP.value, _DATA_DIR.value)
+                             _PROBE_STEPS.value, _STEP.value,
+                             _DATA_DIR.value and os.path.abspath(
+                                 os.path.expanduser(_DATA_DIR.value)))
   out = _OUT.value or workdirs[0]
   os.makedirs(out, exist_ok=True)
   common.write_json(report, os.path.join(out, "report.json"))

@@ -39,8 +39,12 @@ def main(argv):
                          f"{pixels.shape} and {labels.shape}.")
   if not 0 < _TEST_SIZE.value < len(labels):
     raise app.UsageError(f"--test_size must be in (0, {len(labels)}), got {_TEST_SIZE.value}.")
-  if pixels.min() < 0 or pixels.max() > 255:
-    raise app.UsageError(f"images must be in [0, 255]; got [{pixels.min()}, {pixels.max()}].")
+  if not np.issubdtype(pixels.dtype, np.integer) or pixels.min() < 0 or pixels.max() > 255:
+    raise app.UsageError(f"images must be integers in [0, 255]; got {pixels.dtype} in "
+                         f"[{pixels.min()}, {pixels.max()}] (scale floats in [0, 1] by 255).")
+  if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+    raise app.UsageError(f"labels must be integers from 0; got {labels.dtype} from "
+                         f"{labels.min()}.")
   order = np.random.default_rng(_SEED.value).permutation(len(labels))
   pixels, labels = pixels[order].astype(np.uint8), labels[order].astype(np.int64)
   cut = len(labels) - _TEST_SIZE.value

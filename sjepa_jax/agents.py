@@ -192,6 +192,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
     if not 0 < config.data.min_crop <= 1:
       raise ValueError(f"data.min_crop must be in (0, 1], got {config.data.min_crop}.")
+    if config.data.train_split == config.data.eval_split:
+      raise ValueError(f"data.train_split and data.eval_split are both "
+                       f"{config.data.train_split!r}: probes and alignment must be scored on "
+                       "images the agents never trained on.")
   if config.data.frames < 2:
     raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
 

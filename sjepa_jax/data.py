@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from sjepa_jax import images
 from sjepa_jax import world
@@ -100,8 +101,11 @@ def batch(config: ml_collections.ConfigDict, key: jax.Array, view: Any,
   """One agent's training batch: world rollouts, or sub-crops of its region of ``pixels``
   (N, H, W, 3) uint8 images of the dataset's train split."""
   d = config.data
-  if pixels is None:
+  if is_world(config):
     return world_batch(key, view, d.batch_size, d.frames, d.image_size)
+  if pixels is None:
+    raise ValueError(f"Config names dataset {d.dataset!r}, but no images were passed: give "
+                     "the train split's pixels (data.load_images(config, 'train').pixels).")
   return Batch(*images.region_batch(key, pixels, view, d.batch_size, d.frames, d.image_size,
                                     d.min_crop))
 
@@ -113,9 +117,10 @@ def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, nu
   if source is None:
     return world_paired_set(key, views, num, config.data.image_size)
   if num > len(source.labels):
-    raise ValueError(f"Asked for {num} paired images, but the split holds only "
-                     f"{len(source.labels)}.")
-  index = jax.random.permutation(key, len(source.labels))[:num]
-  pixels = jnp.asarray(source.pixels)[index]
+    raise ValueError(f"Asked for {num} paired images, but split {config.data.eval_split!r} "
+                     f"of {config.data.dataset!r} holds only {len(source.labels)}: lower "
+                     "--pairs and --test_pairs (or the eval sizes).")
+  index = np.asarray(jax.random.permutation(key, len(source.labels))[:num])
+  pixels = jnp.asarray(source.pixels[index])
   obs = _regions_obs(pixels, views, config.data.image_size)
-  return PairedSet(obs, {"class": jnp.asarray(source.labels)[index]}, source.num_classes)
+  return PairedSet(obs, {"class": jnp.asarray(source.labels[index])}, source.num_classes)

@@ -7,10 +7,12 @@ and the overlap of two regions is the fraction of A's pixels that B also sees.
 
 An agent's training samples are ``frames`` sub-crops of its own region (side ``s`` times the
 region's, ``s`` uniform in ``[min_crop, 1]``, anywhere inside the region), each resized to
-``size x size``. The action from crop t to crop t + 1 is ``(dy, dx, log s_{t+1}/s_t)``:
-their centres' offset in units of the region's height and width, and their log scale
-ratio. Probes and alignment see the whole region. Everything after loading runs on the
-device, inside the jitted step, like the world's renderer.
+``size x size`` (bilinear, without antialiasing: choose ``size`` near the region's size in
+pixels; a non-square region is stretched to the square). The action from crop t to crop
+t + 1 is ``(dy, dx, log s_{t+1}/s_t)``: their centres' offset in units of the region's
+height and width, and their log scale ratio. Probes and alignment see the whole region.
+Everything after loading runs on the device, inside the jitted step, like the world's
+renderer.
 
 Nothing ever downloads: datasets are read from a local data directory. ``store`` writes
 arrays as such a dataset (``python -m experiments.import_images``).
@@ -173,14 +175,20 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def _features(b: tfds.core.DatasetBuilder) -> tuple[str, str, int]:
-  """(image key, label key, number of classes): the dataset's Image and ClassLabel features."""
+  """(image key, label key, number of classes): the Image and ClassLabel features, by the
+  usual names ``image`` and ``label`` when several exist."""
   feats = b.info.features
-  image = [k for k, f in feats.items() if isinstance(f, tfds.features.Image)]
-  label = [k for k, f in feats.items() if isinstance(f, tfds.features.ClassLabel)]
-  if not image or not label:
-    raise ValueError(f"Dataset {b.name!r} needs an Image and a ClassLabel feature; it has "
-                     f"{dict((k, type(f).__name__) for k, f in feats.items())}.")
-  return image[0], label[0], feats[label[0]].num_classes
+  keys = {}
+  for kind, cls in (("image", tfds.features.Image), ("label", tfds.features.ClassLabel)):
+    found = [k for k, f in feats.items() if isinstance(f, cls)]
+    if not found:
+      raise ValueError(f"Dataset {b.name!r} needs an {cls.__name__} feature; it has "
+                       f"{dict((k, type(f).__name__) for k, f in feats.items())}.")
+    if len(found) > 1 and kind not in found:
+      raise ValueError(f"Dataset {b.name!r} has several {cls.__name__} features {found} and "
+                       f"none is called {kind!r}; which to use is ambiguous.")
+    keys[kind] = kind if kind in found else found[0]
+  return keys["image"], keys["label"], feats[keys["label"]].num_classes
 
 
 def load(name: str, data_dir: str, split: str) -> Images:
@@ -202,6 +210,9 @@ def load(name: str, data_dir: str, split: str) -> Images:
   pixels, labels = data[image_key], data[label_key].astype(np.int32)
   if pixels.shape[-1] == 1:
     pixels = np.repeat(pixels, 3, axis=-1)
+  if pixels.shape[-1] != 3:
+    raise ValueError(f"Dataset {name!r} has {pixels.shape[-1]}-channel images; agents read "
+                     "RGB or greyscale (1 or 3 channels).")
   logging.info("Loaded %s[%s]: %d images of %s, %d classes.", name, split, len(pixels),
                pixels.shape[1:], num_classes)
   return Images(pixels, labels, num_classes)

@@ -87,6 +87,11 @@ def shardings(num_agents: int, batch_size: int):
                    f"divisible by {n}.")
 
 
+def replicated(sharding: jax.NamedSharding) -> jax.NamedSharding:
+  """The same mesh, every device holding a whole copy (a dataset's images)."""
+  return jax.NamedSharding(sharding.mesh, jax.P())
+
+
 def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
               num_agents: int = 2):
   """The jitted step over all agents: (state, views, keys, step[, pixels]) -> (state,
@@ -213,6 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = jax.tree.map(jnp.copy, initial)
   if agent_sharding is not None:
     state, stacked_views, keys = jax.device_put((state, stacked_views, keys), agent_sharding)
+  if pixels is not None and jax.device_count() > 1:  # once, not a copy per step
+    pixels = jax.device_put(pixels, replicated(agent_sharding or batch_sharding))
   step_fn = make_step(config, agent_sharding, batch_sharding, len(views))
   encode_all = make_encoder(config)
 

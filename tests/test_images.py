@@ -171,3 +171,37 @@ def test_train_and_align_on_a_dataset_end_to_end(tmp_path, dataset_dir):
   assert ceiling["agents"] == ["right", "right_seed0"]
   assert ceiling["r2_ridge"] > 0.999 and abs(ceiling["isometry_gap"]) < 1e-3
   assert ceiling["transfer_acc"] == pytest.approx(ceiling["native_acc"], abs=0.05)
+
+
+def test_eval_split_must_differ_from_train_split(config):
+  config.data.dataset, config.data.eval_split = "stripes", "train"
+  with pytest.raises(ValueError, match="both 'train'.*never trained on"):
+    agents.validate(config)
+
+
+def test_probe_set_keeps_its_share_on_a_small_split(config):
+  config.eval.probe_train, config.eval.probe_test = 4000, 1000
+  assert train.probe_train_size(config, 6000) == 4000
+  assert train.probe_train_size(config, 1500) == 1200  # 80%, as 4000 of 5000
+
+
+def test_runs_saved_before_datasets_resume_as_world_runs(config):
+  old = config.to_dict()
+  for k in agents.DATA_DEFAULTS:
+    del old["data"][k]
+  meta = {"views": ["forest"], "seed": 0, "config": old}
+  train.check_resumable(meta, config, ["forest"], 0, "/tmp/old_run")  # no error
+  config.data.dataset = "stripes"
+  with pytest.raises(ValueError, match=r"other settings for \['data.dataset'\]"):
+    train.check_resumable(meta, config, ["forest"], 0, "/tmp/old_run")
+
+
+def test_import_images_refuses_float_images(tmp_path):
+  npz = str(tmp_path / "floats.npz")
+  np.savez(npz, images=np.random.default_rng(0).random((10, 8, 8)), labels=np.arange(10))
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.import_images", f"--npz={npz}", "--name=floats",
+       f"--data_dir={tmp_path / 'tfds'}", "--test_size=2"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0 and "images must be integers in [0, 255]" in out.stderr
+  assert not (tmp_path / "tfds").exists()  # nothing half-written

@@ -7,26 +7,29 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _CHILD = r"""
-import functools, sys
+import sys
 sys.path.insert(0, {root!r})
 import chex, jax, pytest
 from tests.conftest import tiny_config
-from sjepa_jax import agents, train, world
+from sjepa_jax import agents, data, train
 assert jax.device_count() == 4, jax.devices()
 
-def run(views, config, sharded):
+def run(views, config, sharded, pixels=None):
   state = agents.init_agents(config, views, 0)
-  stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
+  stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
   if sharded:
     agent_sh, batch_sh = train.shardings(len(views), config.data.batch_size)
     if agent_sh is not None:
       state, stacked, keys = jax.device_put((state, stacked, keys), agent_sh)
+    if pixels is not None:
+      pixels = jax.device_put(pixels, train.replicated(agent_sh or batch_sh))
     step = train.make_step(config, agent_sh, batch_sh, len(views))
   else:
-    step = jax.jit(jax.vmap(functools.partial(agents.train_step, config=config),
-                            in_axes=(0, 0, 0, None)))
+    step = jax.jit(jax.vmap(lambda s, v, k, i, p: agents.train_step(s, v, k, i, config,
+                                                                    pixels=p),
+                            in_axes=(0, 0, 0, None, None)))
   for i in range(2):
-    state, metrics = step(state, stacked, keys, i)
+    state, metrics = step(state, stacked, keys, i, pixels)
   return state, metrics
 
 config = tiny_config()
@@ -42,6 +45,12 @@ a, ma = run(views, config, True)
 b, mb = run(views, config, False)
 chex.assert_trees_all_close(ma, mb, atol=1e-5, rtol=1e-5)
 chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
+# Four region agents of a dataset: the images are replicated, the agents split.
+config.data.dataset = "in-memory"
+pixels = jax.random.randint(jax.random.key(0), (32, 20, 20, 3), 0, 256).astype("uint8")
+views = ["left", "right", "top", "bottom"]
+chex.assert_trees_all_close(run(views, config, True, pixels)[0],
+                            run(views, config, False, pixels)[0], atol=1e-5, rtol=1e-5)
 # Neither agents nor batch divisible by 4 devices.
 config.data.batch_size = 6
 with pytest.raises(ValueError, match="batch of 6 over 4 devices"):
