@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sjepa_jax.world import views as views_lib
+
 REGIONS = ("left", "right", "top", "bottom", "center")
 ACTION_DIM = 3  # (dy, dx, log scale ratio)
 
@@ -58,16 +60,7 @@ def get_region(name: str, size: float) -> Region:
 
 def parse_regions(names: str | Sequence[str]) -> list[str]:
   """Checks a comma-separated string (or list) of region names: known and distinct."""
-  if isinstance(names, str):
-    names = [n.strip() for n in names.split(",") if n.strip()]
-  if not names:
-    raise ValueError(f"No view given; valid region views: {', '.join(REGIONS)}.")
-  for name in names:
-    get_region(name, 1.0)
-  duplicates = sorted({n for n in names if list(names).count(n) > 1})
-  if duplicates:
-    raise ValueError(f"Duplicate views {duplicates}: each agent needs its own view.")
-  return list(names)
+  return views_lib.parse_names(names, lambda n: get_region(n, 1.0), ", ".join(REGIONS))
 
 
 def stack_regions(names: Sequence[str], size: float) -> Region:

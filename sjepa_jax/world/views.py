@@ -57,18 +57,24 @@ def get_view(name: str) -> View:
   return VIEWS[name]
 
 
-def parse_views(names: str | Sequence[str]) -> list[str]:
-  """Checks a comma-separated string (or list) of view names: known and distinct."""
+def parse_names(names: str | Sequence[str], check, valid: str) -> list[str]:
+  """A comma-separated string (or list) of view names, each passed to ``check`` (which
+  raises on an unknown one), non-empty and distinct. ``valid`` lists them for errors."""
   if isinstance(names, str):
     names = [n.strip() for n in names.split(",") if n.strip()]
   if not names:
-    raise ValueError(f"No view given; valid views: {', '.join(sorted(VIEWS))}.")
+    raise ValueError(f"No view given; valid views: {valid}.")
   for name in names:
-    get_view(name)
+    check(name)
   duplicates = sorted({n for n in names if list(names).count(n) > 1})
   if duplicates:
     raise ValueError(f"Duplicate views {duplicates}: each agent needs its own view.")
   return list(names)
+
+
+def parse_views(names: str | Sequence[str]) -> list[str]:
+  """Checks a comma-separated string (or list) of world view names: known and distinct."""
+  return parse_names(names, get_view, ", ".join(sorted(VIEWS)))
 
 
 def stack_views(names: str | Sequence[str]) -> View:
