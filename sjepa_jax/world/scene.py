@@ -9,6 +9,11 @@ constant velocity. Every object bounces off the arena walls.
 Class = shape x size (``NUM_CLASSES`` = 4 x 3). Colour is drawn independently of the class,
 so a probe cannot read the class off the colour (a pixel-PCA baseline could).
 
+The labels must be readable from one frame, so the focal object is the only one of its
+family: it is upright and saturated in colour, while the distractors are flat grey pucks
+(shape ``PUCK``, never a class). Pushes move it several pixels per step in every view, so a
+predictor that copies the current latent is a poor one.
+
 Shapes: N = objects, T = time steps.
 """
 
@@ -18,15 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ARENA_HALF = 3.0
+ARENA_HALF = 2.5
 NUM_OBJECTS = 3
-SHAPES = ("sphere", "cube", "cylinder", "pillar")
-SIZES = (0.3, 0.45, 0.6)  # characteristic half-size of each size class, world units
+SHAPES = ("sphere", "cube", "cylinder", "pillar")  # the focal object's shapes (its class)
+PUCK = len(SHAPES)  # the distractors' shape: a flat disc, never the focal object's
+SIZES = (0.3, 0.45, 0.65)  # characteristic half-size of each size class, world units
 NUM_CLASSES = len(SHAPES) * len(SIZES)
-MAX_PUSH = 0.08  # largest action component, world units per step per step
+MAX_PUSH = 0.3  # largest action component, world units per step per step
 FRICTION = 0.85  # the focal object's velocity decays by this factor each step
-MAX_SPEED = 0.25
-DRIFT_SPEED = (0.02, 0.08)  # range of the distractors' constant speed
+MAX_SPEED = 0.6
+DRIFT_SPEED = (0.02, 0.06)  # range of the distractors' constant speed
+GREY = (0.3, 0.6)  # range of the distractors' (achromatic) albedo
 
 
 class WorldState(NamedTuple):
@@ -50,7 +57,8 @@ def half_extents(shape: jax.Array, size: jax.Array) -> jax.Array:
       [[1.0, 1.0, 1.0],  # sphere: radius s
        [0.85, 0.85, 0.85],  # cube
        [0.9, 0.9, 1.0],  # upright cylinder, height 2s
-       [0.6, 0.6, 1.6]],  # pillar: a tall, thin box
+       [0.6, 0.6, 1.6],  # pillar: a tall, thin box
+       [1.0, 1.0, 0.15]],  # puck: a flat disc (distractors only)
       jnp.float32)[shape]
   return ratio * s[..., None]
 
@@ -67,10 +75,11 @@ def _random_colour(key: jax.Array, n: int) -> jax.Array:
 
 @jax.jit
 def random_state(key: jax.Array) -> WorldState:
-  """A random initial state: random classes, colours, positions and drift."""
-  k_shape, k_size, k_col, k_pos, k_dir, k_speed = jax.random.split(key, 6)
+  """A random initial state: a focal object of random class and colour at rest, and grey
+  pucks drifting; random positions."""
+  k_shape, k_size, k_col, k_grey, k_pos, k_dir, k_speed = jax.random.split(key, 7)
   n = NUM_OBJECTS
-  shape = jax.random.randint(k_shape, (n,), 0, len(SHAPES))
+  shape = jnp.full((n,), PUCK).at[0].set(jax.random.randint(k_shape, (), 0, len(SHAPES)))
   size = jax.random.randint(k_size, (n,), 0, len(SIZES))
   margin = half_extents(shape, size)[:, :2]
   pos = jax.random.uniform(k_pos, (n, 2), minval=-1.0, maxval=1.0) * (ARENA_HALF - margin)
@@ -78,7 +87,9 @@ def random_state(key: jax.Array) -> WorldState:
   speed = jax.random.uniform(k_speed, (n,), minval=DRIFT_SPEED[0], maxval=DRIFT_SPEED[1])
   vel = speed[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
   vel = vel.at[0].set(0.0)  # the focal object moves only when pushed
-  return WorldState(pos, vel, shape, size, _random_colour(k_col, n))
+  grey = jax.random.uniform(k_grey, (n, 1), minval=GREY[0], maxval=GREY[1])
+  colour = jnp.where(jnp.arange(n)[:, None] == 0, _random_colour(k_col, n), grey)
+  return WorldState(pos, vel, shape, size, colour)
 
 
 @jax.jit
@@ -133,7 +144,7 @@ TREES = np.asarray([
     (-1.2, -5.2, 0.22, 1.9, 0.9), (1.05, -5.15, 0.2, 2.1, 0.85), (-2.9, -5.6, 0.25, 2.2, 1.0),
     (2.8, -5.5, 0.22, 1.8, 0.95), (-0.2, -7.9, 0.24, 2.0, 0.95), (-2.0, -7.3, 0.2, 2.3, 0.9),
     (1.9, -7.2, 0.23, 2.0, 1.0), (-4.4, -6.6, 0.25, 2.1, 1.05), (4.3, -6.8, 0.22, 2.2, 1.0),
-    (-0.6, -4.0, 0.1, 1.6, 0.6), (-3.9, -4.4, 0.2, 1.7, 0.8), (3.9, -4.3, 0.2, 1.9, 0.8),
+    (-2.2, -3.7, 0.12, 1.6, 0.6), (-3.9, -4.4, 0.2, 1.7, 0.8), (3.9, -4.3, 0.2, 1.9, 0.8),
     (-5.5, 2.0, 0.25, 2.4, 1.1), (5.6, -1.5, 0.25, 2.2, 1.0), (4.8, 4.6, 0.24, 2.3, 1.05),
 ], np.float32)
 TRUNK_COLOUR = np.asarray([0.42, 0.3, 0.2], np.float32)

@@ -34,18 +34,18 @@ def make_view(eye, target, fov_deg, fog_density=0.0, fog_colour=(0.7, 0.75, 0.8)
 
 
 VIEWS: dict[str, View] = {
-    # High above the grove, looking down on the whole arena at about 55 degrees.
-    "mountain": make_view(eye=(0.0, -7.5, 10.0), target=(0.0, -0.6, 0.0), fov_deg=44.0,
+    # High above the grove, looking steeply down on the whole arena.
+    "mountain": make_view(eye=(0.0, -4.5, 7.5), target=(0.0, -0.2, 0.0), fov_deg=42.0,
                           fog_density=0.015, fog_colour=(0.8, 0.85, 0.92)),
-    # Ground level inside the grove, among the trunks, looking slightly up across the arena.
-    "forest": make_view(eye=(0.0, -6.3, 0.45), target=(0.0, 0.0, 1.1), fov_deg=80.0,
+    # Low inside the grove, between the trunks, looking down across the arena.
+    "forest": make_view(eye=(0.3, -4.4, 1.4), target=(0.0, 0.0, 0.2), fov_deg=62.0,
                         fog_density=0.04, fog_colour=(0.35, 0.45, 0.35),
                         tint=(0.85, 1.0, 0.85), noise_std=0.02),
     # Oblique, from above the east side.
-    "drone": make_view(eye=(8.0, 3.5, 5.5), target=(0.0, 0.0, 0.0), fov_deg=50.0,
+    "drone": make_view(eye=(5.5, 2.5, 4.5), target=(0.0, 0.0, 0.0), fov_deg=50.0,
                        tint=(1.05, 1.0, 0.92), noise_std=0.01),
-    # Ground level on the far (north) bank, facing the arena from the opposite side.
-    "river": make_view(eye=(-1.0, 7.0, 0.8), target=(0.0, 0.0, 0.2), fov_deg=52.0,
+    # Low above the river on the far (north) side, facing the arena from the opposite side.
+    "river": make_view(eye=(-0.8, 5.6, 2.4), target=(0.0, 0.0, 0.1), fov_deg=56.0,
                        fog_density=0.03, fog_colour=(0.6, 0.7, 0.8), tint=(0.9, 0.95, 1.1)),
 }
 
