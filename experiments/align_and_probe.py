@@ -40,23 +40,50 @@ flags.register_multi_flags_validator(
     message="Give exactly one of --workdir or --workdirs.")
 
 
+def _pm(x, spread, width: int) -> str:
+  """``x +- spread`` (the spread over seeds) in ``width`` characters; ``-`` when absent."""
+  if x is None:
+    return f"{'-':>{width}}"
+  return f"{f'{x:.3f}+-{spread:.3f}' if spread else f'{x:.3f}':>{width}}"
+
+
 def print_table(report: dict) -> None:
   s = report["summary"]
-  print(f"\n{'pair (target->source)':<22}{'overlap':>8}{'R2 lstsq':>9}{'R2 ridge':>9}"
+  print("\nA pair 'target->source' maps the target agent's latents into the source's space "
+        "and applies the source's probes there (zero gradient steps on the target).")
+  print(f"{'seed':<5}{'pair (target->source)':<22}{'overlap':>8}{'R2 lstsq':>9}{'R2 ridge':>9}"
         f"{'R2 Procr':>9}{'gap':>7}{'CKA-u':>7}{'native':>8}{'transfer':>9}")
   for p in report["pairs"]:
-    print(f"{p['target'] + '->' + p['source']:<22}{p['overlap']:>8.3f}{p['r2_lstsq']:>9.3f}"
-          f"{p['r2_ridge']:>9.3f}{p['r2_procrustes']:>9.3f}{p['isometry_gap']:>7.3f}"
-          f"{p['cka_unbiased']:>7.3f}{p['native_acc']:>8.3f}{p['transfer_acc']:>9.3f}")
-  print(f"{'mean':<22}{'':>8}{s['r2_lstsq']:>9.3f}{s['r2_ridge']:>9.3f}"
-        f"{s['r2_procrustes']:>9.3f}{s['isometry_gap']:>7.3f}{s['cka_unbiased']:>7.3f}"
-        f"{s['native_acc']:>8.3f}{s['transfer_acc']:>9.3f}")
-  print(f"\nControls, means over pairs (class chance {report['chance_acc']:.3f}):")
-  print(f"{'control':<16}{'R2 ridge':>9}{'R2 Procr':>9}{'transfer':>9}{'pos R2 transfer':>16}")
+    print(f"{p['seed']:<5}{p['target'] + '->' + p['source']:<22}{p['overlap']:>8.3f}"
+          f"{p['r2_lstsq']:>9.3f}{p['r2_ridge']:>9.3f}{p['r2_procrustes']:>9.3f}"
+          f"{p['isometry_gap']:>7.3f}{p['cka_unbiased']:>7.3f}{p['native_acc']:>8.3f}"
+          f"{p['transfer_acc']:>9.3f}")
+  sp = s["spread"]
+  print(f"\nMeans over pairs, +- the spread (std) of the per-seed means over {len(s['seeds'])} "
+        f"seed(s) {s['seeds']}:")
+  for k in ("r2_ridge", "r2_procrustes", "isometry_gap", "cka_unbiased", "native_acc",
+            "transfer_acc", "native_position_r2", "transfer_position_r2"):
+    if s.get(k) is not None:
+      print(f"  {k:<22}{_pm(s[k], sp.get(k, 0.0), 16)}")
+  print(f"\nControls, means over the pairs each was measured on (class chance "
+        f"{report['chance_acc']:.3f}):")
+  print(f"{'control':<16}{'pairs':>6}{'R2 ridge':>16}{'R2 Procr':>16}{'transfer':>16}"
+        f"{'pos R2 transfer':>18}")
   for name, c in s["controls"].items():
-    fmt = lambda k, w: f"{c[k]:>{w}.3f}" if c.get(k) is not None else f"{'-':>{w}}"
-    print(f"{name:<16}{fmt('r2_ridge', 9) if 'r2_ridge' in c else fmt('r2_lstsq', 9)}"
-          f"{fmt('r2_procrustes', 9)}{fmt('transfer_acc', 9)}{fmt('transfer_position_r2', 16)}")
+    cs = sp["controls"].get(name, {})
+    r2 = "r2_ridge" if "r2_ridge" in c else "r2_lstsq"
+    print(f"{name:<16}{c['pairs']:>6}{_pm(c.get(r2), cs.get(r2, 0.0), 16)}"
+          f"{_pm(c.get('r2_procrustes'), cs.get('r2_procrustes', 0.0), 16)}"
+          f"{_pm(c.get('transfer_acc'), cs.get('transfer_acc', 0.0), 16)}"
+          f"{_pm(c.get('transfer_position_r2'), cs.get('transfer_position_r2', 0.0), 18)}")
+  print("\nNative probes per agent (class acc / position R^2), beside the pixel-PCA floor:")
+  for name, a in report["agents"].items():
+    pos = a["native_position_r2"]
+    print(f"  {name:<28}{a['native_acc']:.3f} / {'-' if pos is None else f'{pos:.3f}'}")
+  for view, f in report["floors"].items():
+    pos = f["pixel_pca_position_r2"]
+    print(f"  {'pixel PCA ' + view:<28}{f['pixel_pca_acc']:.3f} / "
+          f"{'-' if pos is None else f'{pos:.3f}'}")
   print(f"\nGoals {s['goals']}: met {s['goals_met']}")
 
 

@@ -29,6 +29,8 @@ _VIEWS = common.define_views_flag("views", None, "Train one agent per view, comm
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and probe results.",
                                required=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed; an agent's keys depend on it and its view.")
+_SEEDS = flags.DEFINE_list("seeds", None, "Several seeds, comma-separated (instead of "
+                           "--seed): every (view, seed) pair is one agent of the same program.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "A tensorflow-datasets name read from --data_dir (never downloaded); "
     "agents then see regions of its images. Default: the embedded world. Sets "
@@ -40,6 +42,19 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 flags.register_multi_flags_validator(
     ["view", "views"], lambda f: (f["view"] is None) != (f["views"] is None),
     message="Give exactly one of --view (one agent) or --views (several agents).")
+
+
+def _check_seeds(value):
+  if value is None:
+    return True
+  if not value or not all(s.strip().lstrip("-").isdigit() for s in value):
+    raise flags.ValidationError(f"--seeds takes comma-separated integers, got {value}.")
+  if len({int(s) for s in value}) != len(value):
+    raise flags.ValidationError(f"--seeds must be distinct, got {value}.")
+  return True
+
+
+flags.register_validator("seeds", _check_seeds)
 
 
 def main(argv):
@@ -54,14 +69,15 @@ def main(argv):
   if _DATA_DIR.value is not None:
     config.data.data_dir = os.path.abspath(os.path.expanduser(_DATA_DIR.value))
   views = _VIEW.value or _VIEWS.value
-  report = train.train_and_evaluate(config, _WORKDIR.value, views, _SEED.value)
+  seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else _SEED.value
+  report = train.train_and_evaluate(config, _WORKDIR.value, views, seeds)
   if report:
     print(f"\nLinear probes on frozen latents, held-out states ({_WORKDIR.value}/probe.json):")
-    print(f"{'agent':<10} {'class acc':>10} {'(random)':>9} {'pos R^2':>9} {'(random)':>9}")
+    print(f"{'agent':<13} {'class acc':>10} {'(random)':>9} {'pos R^2':>9} {'(random)':>9}")
     for view, r in report.items():
       pos = "".join(f"{r[k]:>9.3f}" if k in r else f"{'-':>9}"
                     for k in ("trained/position_r2", "random_init/position_r2"))
-      print(f"{view:<10} {r['trained/class_acc']:>10.3f} {r['random_init/class_acc']:>9.3f} "
+      print(f"{view:<13} {r['trained/class_acc']:>10.3f} {r['random_init/class_acc']:>9.3f} "
             f"{pos}")
 
 

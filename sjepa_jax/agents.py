@@ -22,9 +22,10 @@ from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import losses
 from sjepa_jax import models
+from sjepa_jax.world import scene
 
 PyTree = Any
-OBJECTIVES = ("jepa", "autoencoder")
+OBJECTIVES = ("jepa", "autoencoder", "supervised")
 TARGETS = ("ema", "online")
 REGULARIZERS = ("vicreg", "sigreg", "none")
 AGENT_MAPS = ("vmap", "lax_map")
@@ -40,10 +41,29 @@ class AgentState(NamedTuple):
   opt_state: optax.OptState
 
 
-def agent_keys(seed: int, views: Sequence[str]) -> jax.Array:
-  """One key per view, a function of (seed, view name) only: (A,) keys."""
-  root = jax.random.key(seed)
-  return jnp.stack([jax.random.fold_in(root, zlib.crc32(v.encode())) for v in views])
+class Roster(NamedTuple):
+  """Who is on the agent axis: one entry per agent, view-major over (view, seed)."""
+  names: list[str]  # the view's name with one seed; ``<view>_s<seed>`` with several
+  views: list[str]
+  seeds: list[int]
+
+
+def roster(views: Sequence[str], seeds: int | Sequence[int]) -> Roster:
+  """Every (view, seed) pair as one agent: seeds are just more entries on the agent axis."""
+  seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f"Seeds must be distinct and at least one, got {seeds}.")
+  pairs = [(v, s) for v in views for s in seeds]
+  names = [v if len(seeds) == 1 else f"{v}_s{s}" for v, s in pairs]
+  return Roster(names, [v for v, _ in pairs], [s for _, s in pairs])
+
+
+def agent_keys(seeds: int | Sequence[int], views: Sequence[str]) -> jax.Array:
+  """One key per agent, a function of (seed, view name) only: (A,) keys. ``seeds`` is one
+  seed for every agent, or one per agent."""
+  seeds = [seeds] * len(views) if isinstance(seeds, int) else seeds
+  return jnp.stack([jax.random.fold_in(jax.random.key(s), zlib.crc32(v.encode()))
+                    for s, v in zip(seeds, views, strict=True)])
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -68,10 +88,10 @@ def init_agent(key: jax.Array, config: ml_collections.ConfigDict) -> AgentState:
 
 
 def init_agents(config: ml_collections.ConfigDict, views: Sequence[str],
-                seed: int) -> AgentState:
-  """Stacked fresh agents, one per view: leaves have a leading axis of length A."""
+                seeds: int | Sequence[int]) -> AgentState:
+  """Stacked fresh agents, one per (view, seed) entry: leaves have a leading axis of A."""
   init = jax.jit(jax.vmap(lambda k: init_agent(k, config)))
-  return init(agent_keys(seed, views))
+  return init(agent_keys(seeds, views))
 
 
 def encode(config: ml_collections.ConfigDict, encoder_params: PyTree,
@@ -97,12 +117,35 @@ def autoencoder_loss_fn(params: PyTree, batch: data.Batch, config: ml_collection
   return loss, metrics
 
 
+def supervised_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections.ConfigDict
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The labels read linearly off the latent of every frame: cross-entropy on the focal
+  class plus squared error on its position (in arena half-widths). The same encoder trained
+  on what the probes ask for: the ceiling of what one view can give."""
+  model = models.make_model(config)
+  z_BxLxD = encode(config, params["encoder"], batch.obs)
+  logits, position = model.apply({"params": params}, z_BxLxD, method=models.WorldModel.read)
+  labels = batch.labels
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels["class"]).mean()
+  mse = jnp.mean(jnp.sum((position - labels["position"] / scene.ARENA_HALF) ** 2, -1))
+  loss = ce + mse
+  z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
+  metrics = {"class_xent": ce, "position_mse": mse,
+             "class_acc": jnp.mean(jnp.argmax(logits, -1) == labels["class"]),
+             "embedding_std": losses.embedding_std(z_flat),
+             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0])), "loss": loss}
+  return loss, metrics
+
+
 def loss_fn(params: PyTree, target: PyTree, batch: data.Batch, key: jax.Array,
             config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One agent's loss on its batch: by default (JEPA) multi-step latent prediction plus a
-  regulariser; with ``objective.kind = 'autoencoder'``, pixel reconstruction."""
+  regulariser; with ``objective.kind = 'autoencoder'``, pixel reconstruction; with
+  ``'supervised'``, the probes' labels."""
   if config.objective.kind == "autoencoder":
     return autoencoder_loss_fn(params, batch, config)
+  if config.objective.kind == "supervised":
+    return supervised_loss_fn(params, batch, config)
   z_BxLxD = encode(config, params["encoder"], batch.obs)
   return jepa_loss(params, target, z_BxLxD, batch, key, config)
 
@@ -116,13 +159,17 @@ def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Ba
   # Stop-gradient: the target is not trained through, whether EMA copy or online encoder.
   target_z = z_BxLxD if o.target == "online" else encode(config, target, batch.obs)
   target_z = jax.lax.stop_gradient(target_z)
-  z_hat, pred = z_BxLxD[:, 0], 0.0
-  for t in range(batch.actions.shape[1]):  # roll the predictor out from the first frame
+  z_hat, pred, copy = z_BxLxD[:, 0], 0.0, 0.0
+  horizon = batch.actions.shape[1]
+  for t in range(horizon):  # roll the predictor out from the first frame
     z_hat = model.apply({"params": params}, z_hat, batch.actions[:, t],
                         method=models.WorldModel.predict)
-    pred += losses.prediction_loss(z_hat, target_z[:, t + 1]) / batch.actions.shape[1]
+    pred += losses.prediction_loss(z_hat, target_z[:, t + 1]) / horizon
+    # The copy predictor (z_{t+1} = z_0): what prediction costs if the world stood still.
+    copy += losses.prediction_loss(target_z[:, 0], target_z[:, t + 1]) / horizon
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
-  metrics = {"prediction": pred, "embedding_std": losses.embedding_std(z_flat),
+  metrics = {"prediction": pred, "copy_prediction": jax.lax.stop_gradient(copy),
+             "embedding_std": losses.embedding_std(z_flat),
              **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0]))}
   loss = o.prediction_weight * pred
   if o.regularizer == "vicreg":
@@ -196,6 +243,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"data.train_split and data.eval_split are both "
                        f"{config.data.train_split!r}: probes and alignment must be scored on "
                        "images the agents never trained on.")
+  if o.kind == "supervised" and not data.is_world(config):
+    raise ValueError(f"objective.kind 'supervised' reads the world's focal labels; dataset "
+                     f"{config.data.dataset!r} has none. Valid for datasets: jepa, autoencoder.")
   if config.data.frames < 2:
     raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
 
@@ -212,25 +262,35 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   return config
 
 
+def meta_seeds(meta: dict) -> list[int]:
+  """Each saved agent's seed (runs saved before ``--seeds`` had one seed for all)."""
+  return list(meta.get("seeds", [meta["seed"]] * len(meta["views"])))
+
+
 def run_views(workdir: str) -> list[str]:
-  """The views of the agents a training run's latest checkpoint holds."""
+  """The views of the agents a training run's latest checkpoint holds (one per agent)."""
   return list(checkpointing.read_meta(workdir)[0]["views"])
 
 
-def load_agent(workdir: str, view: str, step: int | None = None
+def load_agent(workdir: str, view: str, step: int | None = None, seed: int | None = None
                ) -> tuple[PyTree, ml_collections.ConfigDict]:
   """One agent's parameters from a training run, by view name, and the run's config.
 
-  Works for runs of one view or several: the checkpoint records which views it holds.
+  Works for runs of one view or several: the checkpoint records which views (and seeds) it
+  holds; ``seed`` picks one where the run trained the view with several seeds.
   Use ``encode(config, params["encoder"], obs)`` to get the agent's latents.
   """
   meta, step = checkpointing.read_meta(workdir, step)
-  if view not in meta["views"]:
-    raise ValueError(f"No agent for view {view!r} in {workdir!r}; it holds "
-                     f"{', '.join(meta['views'])}.")
+  views, seeds = meta["views"], meta_seeds(meta)
+  held = [i for i, (v, s) in enumerate(zip(views, seeds)) if v == view and seed in (None, s)]
+  if len(held) != 1:
+    have = ", ".join(f"{v} (seed {s})" for v, s in zip(views, seeds))
+    what = "No agent" if not held else "Several agents (give seed=)"
+    raise ValueError(f"{what} for view {view!r}{'' if seed is None else f' seed {seed}'} in "
+                     f"{workdir!r}; it holds {have}.")
   config = config_from_meta(meta)
-  abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta["seed"]))
+  abstract = jax.eval_shape(lambda: init_agents(config, views, seeds))
   mngr = checkpointing.manager(workdir)
   state, _ = checkpointing.restore(mngr, abstract, step)
   mngr.close()
-  return jax.tree.map(lambda x: x[meta["views"].index(view)], state.params), config
+  return jax.tree.map(lambda x: x[held[0]], state.params), config

@@ -265,6 +265,21 @@ def fit_maps(x_NxD: jax.Array, y_NxE: jax.Array, rank: int = 16) -> dict[str, Li
           "cca": fit_cca(x_NxD, y_NxE, rank=rank)[0]}
 
 
+@jax.jit
+def whitener(x_NxD: jax.Array, shrink: float = 1e-3) -> LinearMap:
+  """The map that whitens ``x`` (centred, covariance to the identity), fitted on ``x``.
+
+  The covariance is shrunk toward ``shrink`` times its mean eigenvalue so that directions
+  with no variance are not blown up without bound.
+  """
+  mean = x_NxD.mean(0)
+  c = jnp.cov(x_NxD - mean, rowvar=False, bias=True)
+  c += shrink * jnp.trace(c) / c.shape[0] * jnp.eye(c.shape[0])
+  eig, vec = jnp.linalg.eigh(c)
+  w = (vec / jnp.sqrt(eig)) @ vec.T
+  return LinearMap(mean, jnp.zeros(c.shape[0]), w)
+
+
 @functools.partial(jax.jit, static_argnames=("rank", "k"))
 def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test: jax.Array,
                   rank: int = 16, k: int = 10) -> dict[str, jax.Array]:
@@ -290,6 +305,14 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   out["retrieval_top1_ridge"] = retrieval_top1(apply_map(maps["ridge"], x_test), y_test)
   out["retrieval_top1_procrustes"] = retrieval_top1(apply_map(maps["procrustes"], x_test),
                                                     y_test)
+  # A diagnostic, not the claim: how isometric the relation is once each agent's own
+  # anisotropy is removed (both sides whitened with their fitting pairs' statistics).
+  wx, wy = whitener(x_fit), whitener(y_fit)
+  xw_fit, yw_fit, xw_test, yw_test = (apply_map(w, z) for w, z in (
+      (wx, x_fit), (wy, y_fit), (wx, x_test), (wy, y_test)))
+  for name, fit in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
+    out[f"r2_{name}_whitened"] = r2_score(apply_map(fit(xw_fit, yw_fit), xw_test), yw_test)
+  out["isometry_gap_whitened"] = out["r2_ridge_whitened"] - out["r2_procrustes_whitened"]
   return out
 
 

@@ -24,9 +24,11 @@ def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
-         config: ml_collections.ConfigDict, views: list[str], seed: int) -> None:
-  """Starts an asynchronous save of ``state`` at ``step`` with the config, views and seed."""
-  meta = {"config": config.to_dict(), "views": list(views), "seed": seed}
+         config: ml_collections.ConfigDict, views: list[str], seeds: list[int]) -> None:
+  """Starts an asynchronous save of ``state`` at ``step`` with the config, and each agent's
+  view and seed."""
+  meta = {"config": config.to_dict(), "views": list(views), "seed": seeds[0],
+          "seeds": list(seeds)}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=True)
 

@@ -24,9 +24,11 @@ from sjepa_jax.world import scene
 
 
 class Batch(NamedTuple):
-  """Short rollouts from one view: frame t + 1 follows frame t under actions[:, t]."""
+  """Short rollouts from one view: frame t + 1 follows frame t under actions[:, t]. The
+  world's batches carry the focal object's labels per frame (for the supervised ceiling)."""
   obs: jax.Array  # (B, L, H, W, 3) float32 in [0, 1]
   actions: jax.Array  # (B, L - 1, 2)
+  labels: dict[str, jax.Array] | None = None  # class (B, L), position (B, L, 2)
 
 
 def world_batch(key: jax.Array, view: world.View, batch: int, frames: int, size: int) -> Batch:
@@ -34,9 +36,9 @@ def world_batch(key: jax.Array, view: world.View, batch: int, frames: int, size:
   one_view = jax.tree.map(lambda x: jnp.asarray(x)[None], view)
   def sample(k):
     ep = world.sample_episode(k, one_view, frames, size)
-    return ep.obs[0], ep.actions
-  obs, actions = jax.vmap(sample)(jax.random.split(key, batch))
-  return Batch(obs, actions)
+    return ep.obs[0], ep.actions, {"class": ep.labels["class"],
+                                   "position": ep.labels["position"]}
+  return Batch(*jax.vmap(sample)(jax.random.split(key, batch)))
 
 
 class PairedSet(NamedTuple):
@@ -79,10 +81,15 @@ def parse_views(config: ml_collections.ConfigDict, names: str | Sequence[str]) -
 
 
 def stack_views(config: ml_collections.ConfigDict, names: Sequence[str]) -> Any:
-  """The views stacked along a leading agent axis: ``world.View`` or ``images.Region``."""
+  """The views stacked along a leading agent axis: ``world.View`` or ``images.Region``.
+  A name may repeat (the same view for agents of several seeds)."""
+  unique = list(dict.fromkeys(names))
   if is_world(config):
-    return world.stack_views(names)
-  return images.stack_regions(names, config.data.region_size)
+    stacked = world.stack_views(unique)
+  else:
+    stacked = images.stack_regions(unique, config.data.region_size)
+  index = np.asarray([unique.index(n) for n in names])
+  return jax.tree.map(lambda x: x[index], stacked)
 
 
 def action_dim(config: ml_collections.ConfigDict) -> int:

@@ -13,8 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-_CONTROLS = ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencoder",
-             "same_view")
+from sjepa_jax.study import CONTROLS as _CONTROLS
 
 
 def _save(fig, path: str) -> str:
@@ -25,7 +24,7 @@ def _save(fig, path: str) -> str:
 
 
 def _label(pair: dict) -> str:
-  return f"{pair['target']}->{pair['source']}"
+  return f"{pair['target']}->{pair['source']} s{pair.get('seed', 0)}"
 
 
 def alignment_scatter(report: dict, extras: dict, path: str) -> str:

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sjepa_jax.world.scene import NUM_CLASSES
+
 ENCODERS = ("mixer", "vit", "cnn")
 POOLS = ("flatten", "mean")
 
@@ -148,21 +150,38 @@ class PatchDecoder(nn.Module):
                             q=self.patch)
 
 
+class LabelHead(nn.Module):
+  """Linear read-out of the labels from the latent: class logits and a 2D position."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, z):
+    out = nn.Dense(self.num_classes + 2)(z)
+    return out[..., :self.num_classes], out[..., self.num_classes:]
+
+
 class WorldModel(nn.Module):
   """One agent's networks: ``encode`` (obs -> z), ``predict`` ((z, a) -> z') and, for the
-  autoencoder objective only, ``decode`` (z -> obs)."""
+  autoencoder objective only, ``decode`` (z -> obs); for the supervised one, ``read`` (z ->
+  class logits, position)."""
   encoder: nn.Module
   predictor: nn.Module
   decoder: nn.Module | None = None
+  head: nn.Module | None = None
 
   def __call__(self, obs, action):
     z = self.encode(obs)
     if self.decoder is not None:
       self.decode(z)  # creates the decoder's parameters at init
+    if self.head is not None:
+      self.read(z)  # creates the head's parameters at init
     return self.predict(z, action)
 
   def decode(self, z):
     return self.decoder(z)
+
+  def read(self, z):
+    return self.head(z)
 
   def encode(self, obs):
     return self.encoder(obs)
@@ -181,8 +200,10 @@ def make_model(config: ml_collections.ConfigDict) -> WorldModel:
   }
   if m.encoder not in kinds:
     raise ValueError(f"Unknown encoder {m.encoder!r}; valid encoders: {', '.join(ENCODERS)}.")
-  decoder = None
+  decoder = head = None
   if config.objective.kind == "autoencoder":
     decoder = PatchDecoder(config.data.image_size, m.patch, m.width)
+  if config.objective.kind == "supervised":
+    head = LabelHead(NUM_CLASSES)
   return WorldModel(kinds[m.encoder](), Predictor(m.predictor_hidden, m.predictor_depth),
-                    decoder)
+                    decoder, head)

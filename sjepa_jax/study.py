@@ -35,6 +35,7 @@ from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import images
+from sjepa_jax import losses
 from sjepa_jax import probes
 from sjepa_jax import world
 
@@ -43,7 +44,8 @@ PyTree = Any
 # "Clearly worse" for a control: its map's held-out R^2 at least this far below.
 GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
          "control_margin_min": 0.1}
-CONTROL_FIELDS = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "cka_unbiased",
+CONTROL_FIELDS = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap",
+                  "isometry_gap_whitened", "cka_unbiased",
                   "native_acc", "transfer_acc", "native_position_r2", "transfer_position_r2")
 R2_CURVE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -65,34 +67,64 @@ def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
   """Every agent of the run in ``workdir``, at ``step`` (default: the latest checkpoint)."""
   meta, step = checkpointing.read_meta(workdir, step)
   config = agents.config_from_meta(meta)
-  views, seed = meta["views"], meta["seed"]
-  initial = agents.init_agents(config, views, seed)
+  views, seeds = meta["views"], agents.meta_seeds(meta)
+  initial = agents.init_agents(config, views, seeds)
   mngr = checkpointing.manager(workdir)
   state, _ = checkpointing.restore(mngr, jax.eval_shape(lambda: initial), step)
   mngr.close()
   take = lambda tree, a: jax.tree.map(lambda x: x[a], tree["encoder"])
-  return [Agent(view, view, config.objective.kind, seed, workdir, config,
+  several = len(set(seeds)) > 1
+  return [Agent(f"{v}_s{s}" if several else v, v, config.objective.kind, s, workdir, config,
                 take(state.params, a), take(initial.params, a))
-          for a, view in enumerate(views)]
+          for a, (v, s) in enumerate(zip(views, seeds))]
 
 
-def assign_roles(all_agents: Sequence[Agent]) -> tuple[dict, dict, dict]:
-  """(main, same_view, autoencoder) agents by view; names made unique where needed."""
-  main, same_view, autoencoder = {}, {}, {}
+@dataclasses.dataclass
+class Roles:
+  """Which agent plays which part. ``main[seed][view]``: the JEPA agents studied pair by
+  pair, one group per seed; ``partners[view]``: every JEPA agent of that view (same-view
+  ceilings pair two of them); ``controls[kind][view]``: autoencoder and supervised agents,
+  by view, in seed order."""
+  main: dict[int, dict[str, Agent]]
+  partners: dict[str, list[Agent]]
+  controls: dict[str, dict[str, list[Agent]]]
+
+  def used(self) -> list[Agent]:
+    out = [a for group in self.partners.values() for a in group]
+    return out + [a for kind in self.controls.values() for g in kind.values() for a in g]
+
+  def control(self, kind: str, view: str, seed: int) -> Agent | None:
+    """The ``kind`` agent of ``view`` with ``seed`` if there is one, else its first."""
+    group = self.controls[kind].get(view, [])
+    return next((a for a in group if a.seed == seed), group[0] if group else None)
+
+  def partner(self, agent: Agent) -> Agent | None:
+    """Another JEPA agent of the same view, preferring another seed (the ceiling)."""
+    others = [a for a in self.partners[agent.view] if a is not agent]
+    return next((a for a in others if a.seed != agent.seed), others[0] if others else None)
+
+
+def assign_roles(all_agents: Sequence[Agent]) -> Roles:
+  """Roles from the agents' kinds, views and seeds; names made unique where needed."""
+  main, partners, controls = {}, {}, {"autoencoder": {}, "supervised": {}}
+  names = set()
   for agent in all_agents:
-    if agent.kind == "autoencoder":
-      agent.name = f"{agent.view}_autoencoder"
-      autoencoder.setdefault(agent.view, agent)
-    elif agent.view not in main:
-      main[agent.view] = agent
-    elif agent.view not in same_view:
-      agent.name = f"{agent.view}_seed{agent.seed}"
-      same_view[agent.view] = agent
-  if len(main) < 2:
-    raise ValueError(f"Alignment needs JEPA agents on at least two views; the runs hold "
-                     f"{sorted(main) or 'none'}. Train more views (--views=mountain,forest) "
+    if agent.kind in controls:
+      agent.name = f"{agent.name}_{agent.kind}"
+      controls[agent.kind].setdefault(agent.view, []).append(agent)
+    else:
+      partners.setdefault(agent.view, []).append(agent)
+      main.setdefault(agent.seed, {}).setdefault(agent.view, agent)
+    while agent.name in names:  # the same view and seed from another run
+      agent.name = f"{agent.name}_seed{agent.seed}"
+    names.add(agent.name)
+  main = {s: group for s, group in sorted(main.items()) if len(group) >= 2}
+  if not main:
+    have = sorted({f"{a.view} (seed {a.seed})" for g in partners.values() for a in g})
+    raise ValueError(f"Alignment needs JEPA agents on at least two views with one seed; the "
+                     f"runs hold {have or 'none'}. Train more views (--views=mountain,forest) "
                      "or pass several --workdirs.")
-  return main, same_view, autoencoder
+  return Roles(main, partners, controls)
 
 
 # --- Features ----------------------------------------------------------------------------
@@ -213,9 +245,8 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                      f"n_test={n_test}.")
   all_agents = [a for i, w in enumerate(workdirs)
                 for a in load_agents(w, step if i == 0 else None)]
-  main, same_view, autoencoder = assign_roles(all_agents)
-  views = list(main)
-  used = [*main.values(), *same_view.values(), *autoencoder.values()]
+  roles = assign_roles(all_agents)
+  used = roles.used()
   logging.info("Agents: %s", ", ".join(a.name for a in used))
   config = source_config(used, data_dir)
   key = jax.random.key(seed)
@@ -233,6 +264,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
     paired = data.paired_set(config, k_states, stacked, n, eval_images)
     obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
   labels = paired.labels  # the same states at every size
+  views = sorted({v for group in roles.main.values() for v in group}, key=order.index)
   if eval_images is None:
     overlap_states = jax.vmap(world.random_state)(jax.random.split(k_overlap, 256))
     overlap = np.asarray(world.overlap_matrix(overlap_states, world.stack_views(views)))
@@ -245,47 +277,62 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                             num_classes=paired.num_classes)
   agent_obs = lambda a: obs[(a.view, a.config.data.image_size)]
   trained = {a.name: space(encode(a, a.params, agent_obs(a))) for a in used}
-  initial = {v: space(encode(a, a.initial, agent_obs(a))) for v, a in main.items()}
-  pca = {v: space(pixel_pca(agent_obs(a), n_fit, a.config.model.dim, k_pca))
-         for v, a in main.items()}
+  initial = {a.name: space(encode(a, a.initial, agent_obs(a)))
+             for group in roles.main.values() for a in group.values()}
+  pca = {}
+  for group in roles.main.values():
+    for v, a in group.items():
+      if v not in pca:
+        pca[v] = space(pixel_pca(agent_obs(a), n_fit, a.config.model.dim, k_pca))
 
-  # Every ordered pair, with its controls.
-  shared = _shared_space_r2(main, trained, n_fit)
+  # Every ordered pair of every seed, with its controls.
   pairs, curves, scatter = [], {}, {}
-  for i, src in enumerate(views):
-    for j, tgt in enumerate(views):
-      if i == j:
-        continue
-      s, t = trained[main[src].name], trained[main[tgt].name]
-      result = {"source": src, "target": tgt, "overlap": float(overlap[i, j]),
-                "n_fit": n_fit, "n_test": n_test, **compare(s, t, labels, n_fit)}
-      if shared is not None:
-        result["r2_shared_space"] = shared[(src, tgt)]
-      controls = {
-          "random_init": _pick(compare(initial[src], initial[tgt], labels, n_fit)),
-          "shuffled_pairs": _pick(compare(s, t, labels, n_fit, jax.random.fold_in(
-              k_shuffle, i * len(views) + j)), drop=("cka_unbiased",)),  # needs no map
-          "identity": identity_control(s, t, labels, n_fit),
-          "pixel_pca": _pick(compare(pca[src], pca[tgt], labels, n_fit)),
-          "autoencoder": None,
-      }
-      if src in autoencoder and tgt in autoencoder:
-        controls["autoencoder"] = _pick(compare(trained[autoencoder[src].name],
-                                                trained[autoencoder[tgt].name], labels, n_fit))
-      if src in same_view:
-        controls["same_view"] = {"agents": [main[src].name, same_view[src].name], **_pick(
-            compare(s, trained[same_view[src].name], labels, n_fit))}
-      result["controls"] = controls
-      pairs.append(result)
-      sizes = tuple(m for m in R2_CURVE_SIZES if m < n_fit) + (n_fit,)
-      curves[f"{tgt}_to_{src}"] = align.r2_against_pairs(
-          t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
-      scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
-      logging.info("%s <- %s: R^2 ridge %.3f, Procrustes %.3f, transfer %.3f (native %.3f)",
-                   src, tgt, result["r2_ridge"], result["r2_procrustes"],
-                   result["transfer_acc"], result["native_acc"])
+  for g, (s_seed, main) in enumerate(roles.main.items()):
+    shared = _shared_space_r2(main, trained, n_fit)
+    group_views = [v for v in views if v in main]
+    for src in group_views:
+      for tgt in group_views:
+        if src == tgt:
+          continue
+        i, j = views.index(src), views.index(tgt)
+        s, t = trained[main[src].name], trained[main[tgt].name]
+        result = {"seed": s_seed, "source": src, "target": tgt,
+                  "overlap": float(overlap[i, j]), "n_fit": n_fit, "n_test": n_test,
+                  **compare(s, t, labels, n_fit)}
+        if shared is not None:
+          result["r2_shared_space"] = shared[(src, tgt)]
+        controls = {
+            "random_init": _pick(compare(initial[main[src].name], initial[main[tgt].name],
+                                         labels, n_fit)),
+            "shuffled_pairs": _pick(compare(s, t, labels, n_fit, jax.random.fold_in(
+                k_shuffle, (g * len(views) + i) * len(views) + j)),
+                drop=("cka_unbiased",)),  # needs no map
+            "identity": identity_control(s, t, labels, n_fit),
+            "pixel_pca": _pick(compare(pca[src], pca[tgt], labels, n_fit)),
+        }
+        for kind in ("autoencoder", "supervised"):
+          cs, ct = roles.control(kind, src, s_seed), roles.control(kind, tgt, s_seed)
+          controls[kind] = None if cs is None or ct is None else {
+              "agents": [ct.name, cs.name],
+              **_pick(compare(trained[cs.name], trained[ct.name], labels, n_fit))}
+        partner = roles.partner(main[src])
+        if partner is not None:
+          controls["same_view"] = {"agents": [main[src].name, partner.name], **_pick(
+              compare(s, trained[partner.name], labels, n_fit))}
+        result["controls"] = controls
+        pairs.append(result)
+        if g == 0:  # the figures show the first seed's pairs
+          sizes = tuple(m for m in R2_CURVE_SIZES if m < n_fit) + (n_fit,)
+          curves[f"{tgt}_to_{src}"] = align.r2_against_pairs(
+              t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
+          scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
+        logging.info("seed %d, %s <- %s: R^2 ridge %.3f, Procrustes %.3f, transfer %.3f "
+                     "(native %.3f)", s_seed, src, tgt, result["r2_ridge"],
+                     result["r2_procrustes"], result["transfer_acc"], result["native_acc"])
 
   chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
+  floors = {v: {"pixel_pca_acc": p.native_acc, "pixel_pca_position_r2": p.native_position_r2}
+            for v, p in pca.items()}
   return {
       "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
       "source": "world" if eval_images is None else {
@@ -295,11 +342,22 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       "chance_acc": chance,
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           "workdir": a.workdir, "native_acc": trained[a.name].native_acc,
-                          "native_position_r2": trained[a.name].native_position_r2}
+                          "native_position_r2": trained[a.name].native_position_r2,
+                          **spectrum(trained[a.name].z[n_fit:]),
+                          **({"random_init_acc": initial[a.name].native_acc,
+                              "random_init_position_r2": initial[a.name].native_position_r2}
+                             if a.name in initial else {})}
                  for a in used},
+      "floors": floors,
       "overlap": {"views": views, "matrix": overlap.tolist()},
       "pairs": pairs, "r2_vs_pairs": curves, "summary": summarise(pairs, chance),
   }, {"scatter": scatter}
+
+
+def spectrum(z_NxD: jax.Array) -> dict[str, float]:
+  """Effective rank and participation ratio of held-out latents (N >= several D, so the
+  covariance is not rank-limited by the sample)."""
+  return {k: float(v) for k, v in losses.spectrum_stats(z_NxD).items()}
 
 
 def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections.ConfigDict:
@@ -344,31 +402,58 @@ def _shared_space_r2(main: dict, trained: dict, n_fit: int) -> dict | None:
           for i, src in enumerate(views) for j, tgt in enumerate(views) if i != j}
 
 
-def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
-  """Means over ordered pairs of the headline figures and controls, and the goals' verdict.
+HEADLINE = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "r2_ridge_whitened",
+            "r2_procrustes_whitened", "isometry_gap_whitened", "cka_unbiased",
+            "native_acc", "transfer_acc", "transfer_acc_procrustes", "native_position_r2",
+            "transfer_position_r2")
+CONTROLS = ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencoder",
+            "supervised", "same_view")
 
-  ``transfer_fraction`` is transferred over native accuracy; near chance that ratio says
-  little, so ``transfer_fraction_above_chance`` divides what each gains over chance.
-  """
+
+def _means(pairs: Sequence[dict]) -> dict[str, Any]:
+  """Means over ``pairs`` of the headline figures and of each control's figures; a control
+  also records over how many pairs it was measured."""
   mean = lambda xs: float(np.mean(xs)) if xs else None
-  out = {k: mean([p[k] for p in pairs if k in p]) for k in (
-      "r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "cka_unbiased", "native_acc",
-      "transfer_acc", "transfer_acc_procrustes", "native_position_r2", "transfer_position_r2")}
-  out["transfer_fraction"] = out["transfer_acc"] / out["native_acc"]
-  out["transfer_fraction_above_chance"] = ((out["transfer_acc"] - chance_acc)
-                                           / max(out["native_acc"] - chance_acc, 1e-6))
+  out = {k: mean([p[k] for p in pairs if k in p]) for k in HEADLINE}
   out["controls"] = {}
-  for name in ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencoder",
-               "same_view"):
+  for name in CONTROLS:
     present = [p["controls"][name] for p in pairs if p["controls"].get(name)]
     if present:
       out["controls"][name] = {k: mean([c[k] for c in present if k in c])
                                for k in present[0] if k != "agents"}
-  # How far each null control falls below the real result (the ceiling is not a null).
+      out["controls"][name]["pairs"] = len(present)
+  return out
+
+
+def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
+  """Means over ordered pairs of the headline figures and controls, their spread over
+  seeds, and the goals' verdict.
+
+  Each seed's agents give one mean over pairs; ``spread`` is the standard deviation of those
+  means across seeds (0 with one seed: then the figure is one seed's, not a result).
+  ``transfer_fraction`` is transferred over native accuracy; near chance that ratio says
+  little, so ``transfer_fraction_above_chance`` divides what each gains over chance.
+  """
+  out = _means(pairs)
+  seeds = sorted({p["seed"] for p in pairs})
+  per_seed = [_means([p for p in pairs if p["seed"] == s]) for s in seeds]
+  std = lambda xs: float(np.std(xs)) if len(xs) > 1 else 0.0
+  out["seeds"] = seeds
+  out["spread"] = {k: std([m[k] for m in per_seed if m[k] is not None]) for k in HEADLINE
+                   if out[k] is not None}
+  out["spread"]["controls"] = {
+      name: {k: std([m["controls"][name][k] for m in per_seed
+                     if name in m["controls"] and m["controls"][name].get(k) is not None])
+             for k, v in c.items() if k != "pairs" and v is not None}
+      for name, c in out["controls"].items()}
+  out["transfer_fraction"] = out["transfer_acc"] / out["native_acc"]
+  out["transfer_fraction_above_chance"] = ((out["transfer_acc"] - chance_acc)
+                                           / max(out["native_acc"] - chance_acc, 1e-6))
+  # How far each null control falls below the real result (the ceilings are not nulls).
   out["control_margins"] = {
       name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c["r2_lstsq"]),
              "transfer_acc": out["transfer_acc"] - c["transfer_acc"]}
-      for name, c in out["controls"].items() if name != "same_view"}
+      for name, c in out["controls"].items() if name not in ("same_view", "supervised")}
   out["goals"] = dict(GOALS)
   out["goals_met"] = {
       "r2": out["r2_ridge"] >= GOALS["r2_min"],

@@ -1,8 +1,9 @@
 """The training loop: A agents, one per view, trained independently in one jitted program.
 
-``train_and_evaluate(config, workdir, views, seed)`` trains, logs, checkpoints, resumes
+``train_and_evaluate(config, workdir, views, seeds)`` trains, logs, checkpoints, resumes
 from the latest checkpoint, and ends with a linear probe of each agent's frozen latents
-beside the same probe on its untrained (random-init) encoder.
+beside the same probe on its untrained (random-init) encoder. Every (view, seed) pair is one
+agent on the agent axis, so several seeds train in the same program.
 
 Shapes: A = agents, N = evaluation states, D = latent size.
 """
@@ -48,13 +49,13 @@ def check_workdir(workdir: str) -> None:
     raise PermissionError(f"Workdir {workdir!r} is not writable.")
 
 
-def check_resumable(meta: dict, config: ml_collections.ConfigDict, views: Sequence[str],
-                    seed: int, workdir: str) -> None:
-  """Refuses to resume a checkpoint made with other views, seed or model settings."""
-  if list(meta["views"]) != list(views) or meta.get("seed") != seed:
-    raise ValueError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seed "
-                     f"{meta.get('seed')}, not {list(views)} with seed {seed}; use another "
-                     "workdir or the same views and seed.")
+def check_resumable(meta: dict, config: ml_collections.ConfigDict, roster: agents.Roster,
+                    workdir: str) -> None:
+  """Refuses to resume a checkpoint made with other views, seeds or model settings."""
+  if list(meta["views"]) != roster.views or agents.meta_seeds(meta) != roster.seeds:
+    raise ValueError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seeds "
+                     f"{agents.meta_seeds(meta)}, not {roster.views} with seeds "
+                     f"{roster.seeds}; use another workdir or the same views and seeds.")
   old = _flatten(agents.config_from_meta(meta).to_dict())
   new = _flatten(config.to_dict())
   changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
@@ -123,37 +124,40 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
 # --- Evaluation --------------------------------------------------------------------------
 
 def make_encoder(config: ml_collections.ConfigDict):
-  """Jitted ``(params, obs (A, N, H, W, 3)) -> (A, N, D)``: each agent on its own view."""
+  """Jitted ``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes
+  the states as seen from view ``index[a]`` (agents of several seeds share a view's frames,
+  which are rendered once)."""
   enc = jax.jit(jax.vmap(lambda p, o: agents.encode(config, p["encoder"], o)))
 
-  def encode_all(params, obs_AxNxHxWx3):
-    chunks = [enc(params, obs_AxNxHxWx3[:, i:i + 256])
-              for i in range(0, obs_AxNxHxWx3.shape[1], 256)]
+  def encode_all(params, obs_UxNxHxWx3, index):
+    chunks = [enc(params, obs_UxNxHxWx3[:, i:i + 256][index])
+              for i in range(0, obs_UxNxHxWx3.shape[1], 256)]
     return jnp.concatenate(chunks, axis=1)
   return encode_all
 
 
-def alignment_scores(z_AxNxD: jax.Array, views: Sequence[str]) -> dict[str, float]:
+def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, float]:
   """Unbiased linear CKA between every pair of agents on the paired set."""
   scores = {}
-  for a in range(len(views)):
-    for b in range(a + 1, len(views)):
+  for a in range(len(names)):
+    for b in range(a + 1, len(names)):
       cka = float(align.linear_cka_unbiased(z_AxNxD[a], z_AxNxD[b]))
-      scores[f"align/{views[a]}_to_{views[b]}/cka"] = cka
+      scores[f"align/{names[a]}_to_{names[b]}/cka"] = cka
   return scores
 
 
 def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
-                 initial: agents.AgentState, probe_set: data.PairedSet,
-                 views: Sequence[str]) -> dict[str, dict[str, float]]:
-  """Held-out class accuracy and position R^2 of linear probes, trained vs random-init."""
+                 initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
+                 names: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Held-out class accuracy and position R^2 of linear probes, trained vs random-init;
+  agent ``a`` sees the probe states from view ``index[a]`` of ``probe_set``."""
   n_train = probe_train_size(config, probe_set.obs.shape[1])
   labels = probe_set.labels["class"]
   pos = probe_set.labels.get("position")  # the world's focal position; datasets have none
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
-    z = encode_all(s.params, probe_set.obs)
-    for a, view in enumerate(views):
+    z = encode_all(s.params, probe_set.obs, index)
+    for a, view in enumerate(names):
       za = z[a]
       clf = probes.fit_logistic(za[:n_train], labels[:n_train], probe_set.num_classes,
                                 steps=config.eval.probe_steps)
@@ -175,43 +179,46 @@ def probe_train_size(config: ml_collections.ConfigDict, available: int) -> int:
   return int(available * e.probe_train / (e.probe_train + e.probe_test))
 
 
-def check_finite(metrics: dict[str, np.ndarray], views: Sequence[str], first: int,
+def check_finite(metrics: dict[str, np.ndarray], names: Sequence[str], first: int,
                  last: int, latest_checkpoint: int | None) -> None:
   """Raises if any agent's metric is NaN or inf, naming the steps, agent and checkpoint."""
   for name, values in metrics.items():
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
       raise FloatingPointError(
-          f"Non-finite {name} for agent {bad[0]} ({views[bad[0]]}) between steps {first} and "
+          f"Non-finite {name} for agent {bad[0]} ({names[bad[0]]}) between steps {first} and "
           f"{last}; training stopped. Last good checkpoint: {_step_or_none(latest_checkpoint)}.")
 
 
 # --- The loop ----------------------------------------------------------------------------
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       views: Sequence[str] | str, seed: int = 0) -> dict[str, Any]:
-  """Trains one agent per view in ``workdir`` (resuming if it holds a checkpoint).
+                       views: Sequence[str] | str, seeds: int | Sequence[int] = 0
+                       ) -> dict[str, Any]:
+  """Trains one agent per (view, seed) in ``workdir`` (resuming if it holds a checkpoint).
 
   Returns the end-of-training probe report (also written to ``<workdir>/probe.json``).
   """
   # Setup.
   agents.validate(config)
   views = data.parse_views(config, views)
+  roster = agents.roster(views, seeds)
+  names = roster.names
   check_workdir(workdir)
-  agent_sharding, batch_sharding = shardings(len(views), config.data.batch_size)
-  stacked_views = data.stack_views(config, views)
+  agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
+  stacked_views = data.stack_views(config, roster.views)
   train_images = data.load_images(config, config.data.train_split)
   eval_images = data.load_images(config, config.data.eval_split)
   pixels = None if train_images is None else jnp.asarray(train_images.pixels)
-  keys = agents.agent_keys(seed, views)
+  keys = agents.agent_keys(roster.seeds, roster.views)
 
   # Model and checkpoint: resume from the latest checkpoint when there is one.
-  initial = agents.init_agents(config, views, seed)
+  initial = agents.init_agents(config, roster.views, roster.seeds)
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   start = 0
   if mngr.latest_step() is not None:
     meta, _ = checkpointing.read_meta(workdir)
-    check_resumable(meta, config, views, seed, workdir)
+    check_resumable(meta, config, roster, workdir)
     state, start = checkpointing.restore(mngr, jax.eval_shape(lambda: initial))
     logging.info("Resumed from step %d in %s.", start, workdir)
   else:
@@ -220,17 +227,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, stacked_views, keys = jax.device_put((state, stacked_views, keys), agent_sharding)
   if pixels is not None and jax.device_count() > 1:  # once, not a copy per step
     pixels = jax.device_put(pixels, replicated(agent_sharding or batch_sharding))
-  step_fn = make_step(config, agent_sharding, batch_sharding, len(views))
+  step_fn = make_step(config, agent_sharding, batch_sharding, len(names))
   encode_all = make_encoder(config)
 
-  # Evaluation data: fixed paired states, the same for every run.
+  # Evaluation data: fixed paired states, the same for every run, rendered once per view.
   e = config.eval
   eval_key = jax.random.key(e.seed)
+  eval_views = data.stack_views(config, views)
+  view_index = np.asarray([views.index(v) for v in roster.views])
   align_set = None  # cross-agent alignment needs two agents or more
-  if len(views) > 1:
+  if len(names) > 1:
     num = e.alignment_pairs if eval_images is None else min(e.alignment_pairs,
                                                             len(eval_images.labels))
-    align_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), stacked_views, num,
+    align_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), eval_views, num,
                                 eval_images)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -250,15 +259,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       progress(done)
       if done % config.log_every == 0 or done == stop:
         metrics = jax.device_get(metrics)
-        check_finite(metrics, views, last_logged, done, mngr.latest_step())
+        check_finite(metrics, names, last_logged, done, mngr.latest_step())
         last_logged = done
         scalars = {f"train/agent_{v}/{k}": float(m[a])
-                   for k, m in metrics.items() for a, v in enumerate(views)}
+                   for k, m in metrics.items() for a, v in enumerate(names)}
         if align_set is not None:
-          scalars.update(alignment_scores(encode_all(state.params, align_set.obs), views))
+          scalars.update(alignment_scores(
+              encode_all(state.params, align_set.obs, view_index), names))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop:
-        _save_if_finite(mngr, done, state, config, views, seed)
+        _save_if_finite(mngr, done, state, config, roster)
     mngr.wait_until_finished()
 
     report = {}
@@ -266,9 +276,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       num = e.probe_train + e.probe_test
       if eval_images is not None:  # a dataset: every image of its evaluation split at most
         num = min(num, len(eval_images.labels))
-      probe_set = data.paired_set(config, jax.random.fold_in(eval_key, 1), stacked_views, num,
+      probe_set = data.paired_set(config, jax.random.fold_in(eval_key, 1), eval_views, num,
                                   eval_images)
-      report = probe_report(config, encode_all, state, initial, probe_set, views)
+      report = probe_report(config, encode_all, state, initial, probe_set, view_index, names)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
       with open(os.path.join(workdir, "probe.json"), "w") as f:
@@ -277,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return report
 
 
-def _save_if_finite(mngr, step, state, config, views, seed) -> None:
+def _save_if_finite(mngr, step, state, config, roster: agents.Roster) -> None:
   """Saves a checkpoint only if every agent's parameters are finite."""
   finite = jax.vmap(lambda p: jnp.all(jnp.asarray(
       [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(state.params)
@@ -285,9 +295,9 @@ def _save_if_finite(mngr, step, state, config, views, seed) -> None:
   if not finite.all():
     bad = int(np.flatnonzero(~finite)[0])
     raise FloatingPointError(
-        f"Non-finite parameters for agent {bad} ({views[bad]}) at step {step}; not saved, "
+        f"Non-finite parameters for agent {bad} ({roster.names[bad]}) at step {step}; not saved, "
         f"training stopped. Last good checkpoint: {_step_or_none(mngr.latest_step())}.")
-  checkpointing.save(mngr, step, state, config, views, seed)
+  checkpointing.save(mngr, step, state, config, roster.views, roster.seeds)
 
 
 def _step_or_none(step: int | None) -> str:

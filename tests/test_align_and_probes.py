@@ -101,6 +101,27 @@ def test_a_non_isometric_linear_map_opens_the_isometry_gap():
   assert float(out["condition_number"]) > 10
 
 
+def test_whitening_both_sides_closes_the_gap_of_any_invertible_linear_map():
+  """Whitened, an exact linear relation is orthogonal (both sides have identity covariance):
+  the whitened gap is a diagnostic of anisotropy, not of the relation."""
+  k1, k2 = jax.random.split(jax.random.fold_in(KEY, 3))
+  x = jax.random.normal(k1, (600, 8)) * jnp.linspace(0.5, 2.0, 8)
+  y = x @ (jax.random.normal(k2, (8, 8)) @ jnp.diag(jnp.linspace(3.0, 0.5, 8)))
+  out = align.evaluate_pair(x[:400], y[:400], x[400:], y[400:], rank=8, k=5)
+  assert float(out["isometry_gap"]) > 0.1
+  assert abs(float(out["isometry_gap_whitened"])) < 0.01
+  assert float(out["r2_procrustes_whitened"]) > 0.98
+
+
+def test_whitening_does_not_invent_a_relation_between_unrelated_spaces():
+  k1, k2 = jax.random.split(jax.random.fold_in(KEY, 7))
+  x = jax.random.normal(k1, (600, 8)) * jnp.linspace(0.2, 3.0, 8)
+  y = jax.random.normal(k2, (600, 8)) * jnp.linspace(3.0, 0.2, 8)
+  out = align.evaluate_pair(x[:400], y[:400], x[400:], y[400:], rank=8, k=5)
+  assert float(out["r2_ridge_whitened"]) < 0.05
+  assert float(out["r2_procrustes_whitened"]) < 0.05
+
+
 def test_unrelated_spaces_score_near_zero_held_out():
   k1, k2 = jax.random.split(KEY)
   x, y = jax.random.normal(k1, (600, 16)), jax.random.normal(k2, (600, 16))

@@ -36,7 +36,7 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
   train.train_and_evaluate(config, twin, "forest")
   config.objective.kind = "autoencoder"
   train.train_and_evaluate(config, ae, "mountain,forest")
-  with pytest.raises(ValueError, match="at least two views; the runs hold.*forest"):
+  with pytest.raises(ValueError, match="at least two views with one seed; the runs hold.*forest"):
     study.run([twin], n_fit=16, n_test=16)
 
   out = subprocess.run(

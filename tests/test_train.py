@@ -45,6 +45,26 @@ def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):
   assert os.path.exists(os.path.join(split, "probe.json"))
 
 
+def test_seeds_are_agents_of_one_program_equal_to_runs_of_their_own(config, tmp_path):
+  """``seeds=[0, 1]`` puts every (view, seed) on the agent axis; each agent trains exactly
+  as a run of its own view and seed would (its keys depend on nothing else)."""
+  config.optim.eps = 1e-3  # keeps float reordering between programs at the 1e-6 level
+  both = str(tmp_path / "both")
+  report = train.train_and_evaluate(config, both, VIEWS, seeds=[0, 1])
+  assert list(report) == ["mountain_s0", "mountain_s1", "forest_s0", "forest_s1"]
+  alone = str(tmp_path / "alone")
+  train.train_and_evaluate(config, alone, "forest", seeds=1)
+  params, _ = agents.load_agent(both, "forest", seed=1)
+  chex.assert_trees_all_close(params, agents.load_agent(alone, "forest")[0], atol=1e-5)
+  other, _ = agents.load_agent(both, "forest", seed=0)
+  assert not np.allclose(other["encoder"]["Dense_0"]["kernel"],
+                         params["encoder"]["Dense_0"]["kernel"])
+  with pytest.raises(ValueError, match="Several agents.*give seed"):
+    agents.load_agent(both, "forest")
+  with pytest.raises(ValueError, match="holds a run of views.*with seeds"):  # resuming with other seeds
+    train.train_and_evaluate(config, both, VIEWS, seeds=[0, 2])
+
+
 _CHILD = """
 import sys
 sys.path.insert(0, {root!r})
@@ -136,7 +156,7 @@ def test_train_command_end_to_end_then_load_one_agent_by_view(tmp_path):
   chex.assert_trees_all_equal(params, jax.tree.map(lambda x: x[1], state.params))
   z = agents.encode(config, params["encoder"], np.zeros((2, 16, 16, 3), np.float32))
   assert z.shape == (2, config.model.dim)
-  with pytest.raises(ValueError, match="No agent for view 'river'.*mountain, forest"):
+  with pytest.raises(ValueError, match=r"No agent for view 'river'.*mountain \(seed 0\), fo"):
     agents.load_agent(workdir, "river")
 
 
