@@ -66,6 +66,10 @@ def agent_keys(seeds: int | Sequence[int], views: Sequence[str]) -> jax.Array:
                     for s, v in zip(seeds, views, strict=True)])
 
 
+def _model(config: ml_collections.ConfigDict) -> models.WorldModel:
+  return models.make_model(config, data.action_dim(config))
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW with linear warmup and cosine decay over the run, after global-norm clipping."""
   o = config.optim
@@ -78,7 +82,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def init_agent(key: jax.Array, config: ml_collections.ConfigDict) -> AgentState:
   """A fresh agent: random networks, EMA target equal to the encoder, fresh optimizer."""
-  model = models.make_model(config)
+  model = _model(config)
   size = config.data.image_size
   obs = jnp.zeros((1, size, size, 3))
   action = jnp.zeros((1, data.action_dim(config)))
@@ -97,7 +101,7 @@ def init_agents(config: ml_collections.ConfigDict, views: Sequence[str],
 def encode(config: ml_collections.ConfigDict, encoder_params: PyTree,
            obs: jax.Array) -> jax.Array:
   """Latents of observations (..., H, W, 3) -> (..., D) with one agent's encoder params."""
-  model = models.make_model(config)
+  model = _model(config)
   lead = obs.shape[:-3]
   z = model.apply({"params": {"encoder": encoder_params}}, obs.reshape((-1,) + obs.shape[-3:]),
                   method=models.WorldModel.encode)
@@ -107,7 +111,7 @@ def encode(config: ml_collections.ConfigDict, encoder_params: PyTree,
 def autoencoder_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections.ConfigDict
                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Pixel reconstruction of every frame through the latent: the non-predictive control."""
-  model = models.make_model(config)
+  model = _model(config)
   z_BxLxD = encode(config, params["encoder"], batch.obs)
   recon = model.apply({"params": params}, z_BxLxD, method=models.WorldModel.decode)
   loss = jnp.mean((recon - batch.obs) ** 2)
@@ -122,7 +126,7 @@ def supervised_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections
   """The labels read linearly off the latent of every frame: cross-entropy on the focal
   class plus squared error on its position (in arena half-widths). The same encoder trained
   on what the probes ask for: the ceiling of what one view can give."""
-  model = models.make_model(config)
+  model = _model(config)
   z_BxLxD = encode(config, params["encoder"], batch.obs)
   logits, position = model.apply({"params": params}, z_BxLxD, method=models.WorldModel.read)
   labels = batch.labels
@@ -154,7 +158,7 @@ def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Ba
               key: jax.Array, config: ml_collections.ConfigDict
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The JEPA loss given the online encoder's latents of the batch, ``z_BxLxD``."""
-  model = models.make_model(config)
+  model = _model(config)
   o = config.objective
   # Stop-gradient: the target is not trained through, whether EMA copy or online encoder.
   target_z = z_BxLxD if o.target == "online" else encode(config, target, batch.obs)
@@ -172,6 +176,14 @@ def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Ba
              "embedding_std": losses.embedding_std(z_flat),
              **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0]))}
   loss = o.prediction_weight * pred
+  if o.inverse_weight > 0:
+    # Inverse dynamics: the action must be readable from two consecutive latents, so the
+    # encoder cannot drop what the action moves (a slow latent that ignores the pushed
+    # object would otherwise predict itself for free). Through the online encoder.
+    a_hat = model.apply({"params": params}, z_BxLxD[:, :-1], z_BxLxD[:, 1:],
+                        method=models.WorldModel.infer_action)
+    metrics["inverse_dynamics"] = jnp.mean(jnp.sum((a_hat - batch.actions) ** 2, -1))
+    loss += o.inverse_weight * metrics["inverse_dynamics"]
   if o.regularizer == "vicreg":
     metrics["vicreg_variance"] = losses.vicreg_variance(z_flat)
     metrics["vicreg_covariance"] = losses.vicreg_covariance(z_flat)
@@ -256,6 +268,8 @@ def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(meta["config"])
   if "kind" not in config.objective:
     config.objective.kind = "jepa"
+  if "inverse_weight" not in config.objective:  # runs saved before the inverse-dynamics term
+    config.objective.inverse_weight = 0.0
   for k, v in DATA_DEFAULTS.items():  # runs saved before datasets existed used the world
     if k not in config.data:
       config.data[k] = v

@@ -32,12 +32,13 @@ class Batch(NamedTuple):
 
 
 def world_batch(key: jax.Array, view: world.View, batch: int, frames: int, size: int) -> Batch:
-  """``batch`` independent random rollouts of ``frames`` frames seen from one view."""
+  """``batch`` independent random rollouts of ``frames`` frames seen from one view. Actions
+  are the pushes in units of the largest push, so they enter the predictor in [-1, 1]."""
   one_view = jax.tree.map(lambda x: jnp.asarray(x)[None], view)
   def sample(k):
     ep = world.sample_episode(k, one_view, frames, size)
-    return ep.obs[0], ep.actions, {"class": ep.labels["class"],
-                                   "position": ep.labels["position"]}
+    return ep.obs[0], ep.actions / scene.MAX_PUSH, {"class": ep.labels["class"],
+                                                    "position": ep.labels["position"]}
   return Batch(*jax.vmap(sample)(jax.random.split(key, batch)))
 
 

@@ -150,6 +150,17 @@ class PatchDecoder(nn.Module):
                             q=self.patch)
 
 
+class InverseDynamics(nn.Module):
+  """MLP from two consecutive latents to the action between them: ``(z_t, z_t+1) -> a_t``."""
+  hidden: int
+  action_dim: int
+
+  @nn.compact
+  def __call__(self, z, z_next):
+    x = jnp.concatenate([nn.LayerNorm()(z), nn.LayerNorm()(z_next)], -1)
+    return nn.Dense(self.action_dim)(nn.gelu(nn.Dense(self.hidden)(x)))
+
+
 class LabelHead(nn.Module):
   """Linear read-out of the labels from the latent: class logits and a 2D position."""
   num_classes: int
@@ -163,11 +174,12 @@ class LabelHead(nn.Module):
 class WorldModel(nn.Module):
   """One agent's networks: ``encode`` (obs -> z), ``predict`` ((z, a) -> z') and, for the
   autoencoder objective only, ``decode`` (z -> obs); for the supervised one, ``read`` (z ->
-  class logits, position)."""
+  class logits, position); with an inverse-dynamics term, ``infer_action`` ((z, z') -> a)."""
   encoder: nn.Module
   predictor: nn.Module
   decoder: nn.Module | None = None
   head: nn.Module | None = None
+  inverse: nn.Module | None = None
 
   def __call__(self, obs, action):
     z = self.encode(obs)
@@ -175,7 +187,12 @@ class WorldModel(nn.Module):
       self.decode(z)  # creates the decoder's parameters at init
     if self.head is not None:
       self.read(z)  # creates the head's parameters at init
+    if self.inverse is not None:
+      self.infer_action(z, z)  # creates the inverse model's parameters at init
     return self.predict(z, action)
+
+  def infer_action(self, z, z_next):
+    return self.inverse(z, z_next)
 
   def decode(self, z):
     return self.decoder(z)
@@ -190,7 +207,7 @@ class WorldModel(nn.Module):
     return self.predictor(z, action)
 
 
-def make_model(config: ml_collections.ConfigDict) -> WorldModel:
+def make_model(config: ml_collections.ConfigDict, action_dim: int = 2) -> WorldModel:
   """The world model described by ``config.model``; unknown encoders list the valid ones."""
   m = config.model
   kinds: dict[str, Any] = {
@@ -200,10 +217,12 @@ def make_model(config: ml_collections.ConfigDict) -> WorldModel:
   }
   if m.encoder not in kinds:
     raise ValueError(f"Unknown encoder {m.encoder!r}; valid encoders: {', '.join(ENCODERS)}.")
-  decoder = head = None
+  decoder = head = inverse = None
   if config.objective.kind == "autoencoder":
     decoder = PatchDecoder(config.data.image_size, m.patch, m.width)
   if config.objective.kind == "supervised":
     head = LabelHead(NUM_CLASSES)
+  if config.objective.kind == "jepa" and config.objective.inverse_weight > 0:
+    inverse = InverseDynamics(m.predictor_hidden, action_dim)
   return WorldModel(kinds[m.encoder](), Predictor(m.predictor_hidden, m.predictor_depth),
-                    decoder, head)
+                    decoder, head, inverse)

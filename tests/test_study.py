@@ -71,3 +71,33 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
   assert report["r2_vs_pairs"]["forest_to_mountain"]["n"][-1] == 96
   assert set(report["summary"]["goals_met"]) == {"r2", "isometry_gap", "transfer",
                                                  "controls_worse"}
+
+
+def test_seeds_give_pairs_per_seed_spreads_and_free_same_view_ceilings(tmp_path):
+  """Two seeds in one run: every figure is measured per seed, the summary's spread is the
+  std of the per-seed means, and each view's two seeds pair up as its same-view ceiling;
+  a supervised run joins as a control on the same views."""
+  config = tiny_config()
+  seeds_run, sup = str(tmp_path / "seeds"), str(tmp_path / "sup")
+  train.train_and_evaluate(config, seeds_run, "mountain,forest", seeds=[0, 1])
+  config.objective.kind = "supervised"
+  train.train_and_evaluate(config, sup, "mountain,forest")
+  report, _ = study.run([seeds_run, sup], n_fit=64, n_test=32, probe_steps=10)
+  assert sorted((p["seed"], p["target"], p["source"]) for p in report["pairs"]) == [
+      (0, "forest", "mountain"), (0, "mountain", "forest"),
+      (1, "forest", "mountain"), (1, "mountain", "forest")]
+  s = report["summary"]
+  assert s["seeds"] == [0, 1]
+  per_seed = [np.mean([p["r2_ridge"] for p in report["pairs"] if p["seed"] == k])
+              for k in (0, 1)]
+  np.testing.assert_allclose(s["r2_ridge"], np.mean(per_seed), rtol=1e-6)
+  np.testing.assert_allclose(s["spread"]["r2_ridge"], np.std(per_seed), rtol=1e-6)
+  assert s["spread"]["r2_ridge"] > 0  # two seeds' agents differ
+  for p in report["pairs"]:
+    a, b = p["controls"]["same_view"]["agents"]
+    assert a == f"{p['source']}_s{p['seed']}" and b == f"{p['source']}_s{1 - p['seed']}"
+    assert p["controls"]["supervised"]["agents"] == [f"{p['target']}_supervised",
+                                                    f"{p['source']}_supervised"]
+  assert s["controls"]["same_view"]["pairs"] == 4
+  assert report["agents"]["mountain_supervised"]["kind"] == "supervised"
+  assert {"participation_ratio", "effective_rank"} <= set(report["agents"]["forest_s1"])

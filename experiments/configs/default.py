@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.ema_decay = 0.996
   c.objective.regularizer = "vicreg"  # vicreg | sigreg | none
   c.objective.prediction_weight = 1.0
+  # Inverse dynamics: predict the action from (z_t, z_t+1), so latents keep what it moves.
+  c.objective.inverse_weight = 1.0
   c.objective.variance_weight = 1.0
   c.objective.covariance_weight = 0.04
   c.objective.sigreg_weight = 0.05

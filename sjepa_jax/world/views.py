@@ -34,8 +34,9 @@ def make_view(eye, target, fov_deg, fog_density=0.0, fog_colour=(0.7, 0.75, 0.8)
 
 
 VIEWS: dict[str, View] = {
-    # High above the grove, looking steeply down on the whole arena.
-    "mountain": make_view(eye=(0.0, -4.5, 7.5), target=(0.0, -0.2, 0.0), fov_deg=42.0,
+    # High above the grove, looking down on the whole arena at about 40 degrees, so that
+    # objects show their sides (their shape) as well as their tops.
+    "mountain": make_view(eye=(0.0, -6.2, 5.2), target=(0.0, -0.1, 0.2), fov_deg=46.0,
                           fog_density=0.015, fog_colour=(0.8, 0.85, 0.92)),
     # Low inside the grove, between the trunks, looking down across the arena.
     "forest": make_view(eye=(0.3, -4.4, 1.4), target=(0.0, 0.0, 0.2), fov_deg=62.0,
