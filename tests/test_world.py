@@ -127,12 +127,13 @@ def test_the_focal_object_is_the_only_coloured_object_and_is_seen(name):
 @pytest.mark.parametrize("name", sorted(world.VIEWS))
 def test_a_push_moves_the_focal_object_several_pixels(name):
   """Prediction needs the world: one step from rest under the largest push moves the focal
-  object's image by more than two pixels at 64x64 in every view (the old world: under one)."""
+  object's image by more than two pixels at the default 32x32 in every view (the old world:
+  about a quarter of a pixel)."""
   view, span = world.get_view(name), 0.6
   start = _solo_state((-span, -span))
   centres = []
   for pos in ((-span, -span), (span, span)):
-    rows, cols = np.nonzero(np.asarray(render_lib.render(_solo_state(pos), view, 64).obj) == 0)
+    rows, cols = np.nonzero(np.asarray(render_lib.render(_solo_state(pos), view, 32).obj) == 0)
     centres.append(np.asarray([rows.mean(), cols.mean()]))
   moved = world.step(start, jnp.full(2, scene.MAX_PUSH)).pos[0] - start.pos[0]
   np.testing.assert_allclose(moved, scene.MAX_PUSH, rtol=1e-6)

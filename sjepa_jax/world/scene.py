@@ -29,9 +29,9 @@ SHAPES = ("sphere", "cube", "cylinder", "pillar")  # the focal object's shapes (
 PUCK = len(SHAPES)  # the distractors' shape: a flat disc, never the focal object's
 SIZES = (0.25, 0.45, 0.7)  # characteristic half-size of each size class, world units
 NUM_CLASSES = len(SHAPES) * len(SIZES)
-MAX_PUSH = 0.3  # largest action component, world units per step per step
+MAX_PUSH = 0.6  # largest action component, world units per step per step
 FRICTION = 0.85  # the focal object's velocity decays by this factor each step
-MAX_SPEED = 0.6
+MAX_SPEED = 1.0
 DRIFT_SPEED = (0.02, 0.06)  # range of the distractors' constant speed
 GREY = (0.3, 0.6)  # range of the distractors' (achromatic) albedo
 
