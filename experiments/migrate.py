@@ -32,6 +32,8 @@ _STUDENT = common.define_views_flag("student_view", None, "The new agent's view.
 _TARGET = flags.DEFINE_float("target_acc", 0.85, "Focal-class probe accuracy to reach.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the report and figure go.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the students' keys (shared by both).")
+_TEACHER_SEED = flags.DEFINE_integer("teacher_seed", None, "The teacher's seed, where its run "
+                                     "trained its view with several (--seeds).")
 flags.mark_flag_as_required("student_view")
 
 
@@ -40,7 +42,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.quiet_library_logs()
   report = migrate.run(_TEACHER.value, _TEACHER_VIEW.value, _STUDENT.value, _CONFIG.value,
-                       _TARGET.value, _SEED.value)
+                       _TARGET.value, _SEED.value, _TEACHER_SEED.value)
   out = _WORKDIR.value or os.path.join(_TEACHER.value, f"migrate_{report['student_view']}")
   os.makedirs(out, exist_ok=True)
   common.write_json(report, os.path.join(out, "report.json"))

@@ -119,8 +119,11 @@ def migrate_step(student: Student, student_view: world.View, teacher_view: world
 def student_config(teacher_config: ml_collections.ConfigDict,
                    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The teacher's architecture and training settings, with the migration run's budget,
-  evaluation and migration settings: the student differs from the teacher only in view."""
+  evaluation and migration settings: the student differs from the teacher only in view.
+  The student is always a JEPA agent; the teacher may be of any kind (a supervised teacher
+  bounds what migration can pass on)."""
   c = ml_collections.ConfigDict(teacher_config.to_dict())
+  c.objective.kind = "jepa"
   c.num_train_steps = config.num_train_steps
   c.optim.warmup_steps = min(c.optim.warmup_steps, config.num_train_steps // 2)
   c.eval_every = config.eval_every
@@ -211,9 +214,10 @@ def train_student(config: ml_collections.ConfigDict, teacher: PyTree | None,
 
 
 def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
-        config: ml_collections.ConfigDict, target_acc: float, seed: int = 0
-        ) -> dict[str, Any]:
-  """Scratch and migrating students on ``student_view``, same budget; the report."""
+        config: ml_collections.ConfigDict, target_acc: float, seed: int = 0,
+        teacher_seed: int | None = None) -> dict[str, Any]:
+  """Scratch and migrating students on ``student_view``, same budget; the report.
+  ``teacher_seed`` picks the teacher where its run trained the view with several seeds."""
   validate(config, target_acc)
   student_view = world.parse_views(student_view)[0]
   meta_views = agents.run_views(teacher_workdir)
@@ -226,7 +230,8 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
   if teacher_view == student_view:
     raise ValueError(f"The teacher's view must differ from the student's; both are "
                      f"{student_view!r}.")
-  teacher, teacher_config = agents.load_agent(teacher_workdir, teacher_view)
+  teacher, teacher_config = agents.load_agent(teacher_workdir, teacher_view,
+                                              seed=teacher_seed)
   if not data.is_world(teacher_config):
     raise ValueError(f"Migration runs on the embedded world; the teacher run "
                      f"{teacher_workdir!r} was trained on dataset "
@@ -240,7 +245,9 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
     curves[mode], per_step[mode] = train_student(config, t, teacher_config, student_view,
                                                  teacher_view, seed, probe_set)
   report = {"target_acc": target_acc, "teacher_workdir": teacher_workdir,
-            "teacher_view": teacher_view, "student_view": student_view, "seed": seed,
+            "teacher_view": teacher_view, "teacher_seed": teacher_seed,
+            "teacher_kind": teacher_config.objective.kind, "student_view": student_view,
+            "seed": seed,
             "steps": config.num_train_steps, "flops_per_step": per_step,
             "migrate": config.migrate.to_dict(), "curves": curves}
   report.update(_ratio(curves, target_acc))

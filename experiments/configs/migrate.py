@@ -12,7 +12,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.num_train_steps = 600
+  c.num_train_steps = 1500
   c.eval_every = 100
 
   c.migrate = ml_collections.ConfigDict()
