@@ -13,8 +13,6 @@ import os
 from typing import Any, Sequence
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -25,6 +23,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import metrics_io
 from sjepa_jax import probes
 
 def _flatten(d: dict) -> dict:
@@ -233,27 +232,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     align_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), stacked_views, num,
                                 eval_images)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  main_process = jax.process_index() == 0  # one writer of event files and log lines
+  writer = metrics_io.MetricWriter(workdir, enabled=main_process)
   if start == 0:
     writer.write_hparams(_flatten(config.to_dict()))
   total = config.num_train_steps
   stop = total if config.max_steps_per_run <= 0 else min(total, start + config.max_steps_per_run)
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                             every_steps=config.log_every)
+  progress = metrics_io.Progress(total, enabled=main_process)
   last_logged = start
 
   # Loop.
-  with metric_writers.ensure_flushes(writer):
+  with writer:
     for step in range(start, stop):
       state, metrics = step_fn(state, stacked_views, keys, step, pixels)
       done = step + 1
-      progress(done)
       if done % config.log_every == 0 or done == stop:
         metrics = jax.device_get(metrics)
         check_finite(metrics, views, last_logged, done, mngr.latest_step())
         last_logged = done
         scalars = {f"train/agent_{v}/{k}": float(m[a])
                    for k, m in metrics.items() for a, v in enumerate(views)}
+        rate = progress(done)  # after device_get: the steps have run, not just been queued
+        if rate is not None:
+          scalars["steps_per_sec"] = rate
         if align_set is not None:
           scalars.update(alignment_scores(encode_all(state.params, align_set.obs), views))
         writer.write_scalars(done, scalars)
