@@ -56,14 +56,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                      optax.adamw(schedule, eps=o.eps, weight_decay=o.weight_decay))
 
 
-def agent_map(config: ml_collections.ConfigDict) -> str:
+def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -> str:
   """How several agents share one program: ``config.agent_map``, with ``auto`` resolved to
   ``lax_map`` on CPU (agents one after another: up to 3x vmap's speed on 2 cores,
-  benchmarks/vmap_agents.py) and ``vmap`` on GPU and TPU, which batch small agents well."""
+  benchmarks/vmap_agents.py) and ``vmap`` on GPU and TPU, which batch small agents well,
+  or when the agents are split over devices (a loop over them would run on one at a time)."""
   if config.agent_map not in AGENT_MAPS:
     raise ValueError(f"Unknown agent_map {config.agent_map!r}; valid: {', '.join(AGENT_MAPS)}.")
   if config.agent_map == "auto":
-    return "lax_map" if jax.default_backend() == "cpu" else "vmap"
+    return "lax_map" if jax.default_backend() == "cpu" and not agents_sharded else "vmap"
   return config.agent_map
 
 

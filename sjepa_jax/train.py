@@ -100,14 +100,14 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
   about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). Several
   agents run as ``agents.agent_map(config)`` says: ``lax_map`` (one after another inside
   the program; measured faster than vmap on 2 CPU cores) or ``vmap`` (batched; for GPU and
-  TPU); ``auto`` picks between them by ``jax.default_backend()``.
+  TPU, and agents split over devices); ``auto`` picks by ``jax.default_backend()``.
   """
   one = functools.partial(agents.train_step, config=config, batch_sharding=batch_sharding)
   if num_agents == 1:
     squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
     expand = lambda t: jax.tree.map(lambda x: x[None], t)
     step = lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
-  elif agents.agent_map(config) == "lax_map":  # agents one after another, inside one program
+  elif agents.agent_map(config, agent_sharding is not None) == "lax_map":  # one at a time
     step = lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
   else:
     step = jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p),

@@ -135,6 +135,7 @@ def test_auto_agent_map_is_lax_map_on_cpu_and_vmap_on_accelerators(config, monke
   for backend, expected in (("gpu", "vmap"), ("tpu", "vmap"), ("cpu", "lax_map")):
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
     assert agents.agent_map(config) == expected
+  assert agents.agent_map(config, agents_sharded=True) == "vmap"  # one agent per device
   config.agent_map = "vmap"
   assert agents.agent_map(config) == "vmap"  # an explicit choice is kept on every backend
   config.agent_map = "pmap"
