@@ -2,10 +2,14 @@ r"""Agent-steps/s for A agents: one vmapped step vs a Python loop vs lax.map, pe
 
   python -m benchmarks.vmap_agents [--encoders=mixer,vit,cnn] [--agents=1,2,4,8]
 
+The last line checks ``agent_map="auto"`` on this machine: which of vmap and lax.map it
+picks here, and in how many rows the pick was the faster of the two.
+
 Each step is the real training step (the batch is rendered inside it). Figures are medians
-of ``--repeats`` timed rounds after compilation, all from one run so the ratios compare
-like with like: ``vmap/loop`` > 1 means vmap wins; ``per-agent`` is vmap's agent-steps/s
-at A divided by A = 1's (1.0 = no loss from batching agents).
+of ``--repeats`` timed rounds after compilation, each round taking the modes in turn, all
+from one run so the ratios compare like with like: ``vmap/loop`` > 1 means vmap wins;
+``per-agent`` is vmap's agent-steps/s at A divided by the first row's; ``lax/vmap`` > 1
+means lax.map wins.
 """
 
 import functools
@@ -21,25 +25,33 @@ from experiments.configs import default
 from sjepa_jax import agents
 from sjepa_jax import world
 
-_ENCODERS = flags.DEFINE_list("encoders", ["mixer", "vit", "cnn"], "Encoders to time.")
-_AGENTS = flags.DEFINE_list("agents", ["1", "2", "4", "8"], "Numbers of agents.")
+_ENCODERS = flags.DEFINE_list("encoders", [default.get_config().model.encoder],
+                              "Encoders to time (mixer, vit, cnn); default: the default's.")
+_AGENTS = flags.DEFINE_list("agents", ["2", "4"], "Numbers of agents.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Batch size per agent.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per figure; the median is kept.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per figure; the median is kept.")
 _MODES = flags.DEFINE_list("modes", ["vmap", "loop", "lax_map"], "Ways to run A agents.")
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn(0))  # compile and warm up
-  times = []
-  for i in range(1, repeats + 1):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(i))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+def _seconds(fn, i: int) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(i))
+  return time.perf_counter() - start
 
 
-def agent_steps_per_second(config, num_agents: int, mode: str, repeats: int) -> float:
-  """Agent-steps/s of ``num_agents`` agents (views cycled, keys distinct) run by ``mode``."""
+def agent_steps_per_second(config, num_agents: int, modes, repeats: int) -> dict[str, float]:
+  """Agent-steps/s of ``num_agents`` agents per mode: medians of rounds that take the modes
+  in turn, so a change in the machine's load hits every mode alike."""
+  runs = {m: make_run(config, num_agents, m) for m in modes}
+  for run in runs.values():
+    jax.block_until_ready(run(0))  # compile and warm up
+  times = [[_seconds(run, i) for run in runs.values()] for i in range(1, repeats + 1)]
+  return dict(zip(runs, num_agents / np.median(times, axis=0)))
+
+
+def make_run(config, num_agents: int, mode: str):
+  """``step -> outputs`` for ``num_agents`` agents (views cycled, keys distinct) run by
+  ``mode``."""
   names = list(itertools.islice(itertools.cycle(sorted(world.VIEWS)), num_agents))
   views = jax.tree.map(lambda *x: np.stack(x), *[world.get_view(n) for n in names])
   keys = jax.random.split(jax.random.key(0), num_agents)
@@ -57,7 +69,7 @@ def agent_steps_per_second(config, num_agents: int, mode: str, repeats: int) -> 
     run = lambda i: [step(*p, i) for p in parts]
   else:
     raise ValueError(f"Unknown mode {mode!r}; valid modes: vmap, loop, lax_map.")
-  return num_agents / _median_seconds(run, repeats)
+  return run
 
 
 def main(argv):
@@ -66,19 +78,31 @@ def main(argv):
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch "
         f"{_BATCH.value} per agent, median of {_REPEATS.value}; agent-steps/s")
   header = "".join(f"{m:>10}" for m in _MODES.value)
-  print(f"{'encoder':<8}{'A':>3}{header}{'vmap/loop':>11}{'per-agent':>11}")
+  print(f"{'encoder':<8}{'A':>3}{header}{'vmap/loop':>11}{'per-agent':>11}{'lax/vmap':>10}")
+  config = default.get_config()
+  config.agent_map = "auto"
+  auto = agents.agent_map(config)  # what a default run picks on this machine
+  other = {"vmap": "lax_map", "lax_map": "vmap"}[auto]
+  wins = []
   for encoder in _ENCODERS.value:
     config = default.get_config()
     config.model.encoder = encoder
     config.data.batch_size = _BATCH.value
     base = None
     for a in counts:
-      rates = {m: agent_steps_per_second(config, a, m, _REPEATS.value) for m in _MODES.value}
+      rates = agent_steps_per_second(config, a, _MODES.value, _REPEATS.value)
       base = base or rates.get("vmap")
       ratio = rates["vmap"] / rates["loop"] if {"vmap", "loop"} <= rates.keys() else float("nan")
       per_agent = rates["vmap"] / base if "vmap" in rates else float("nan")
+      lax_vmap = rates.get("lax_map", float("nan")) / rates.get("vmap", float("nan"))
       print(f"{encoder:<8}{a:>3}" + "".join(f"{rates[m]:>10.2f}" for m in _MODES.value)
-            + f"{ratio:>11.2f}{per_agent:>11.2f}", flush=True)
+            + f"{ratio:>11.2f}{per_agent:>11.2f}{lax_vmap:>10.2f}", flush=True)
+      if a > 1 and {auto, other} <= rates.keys():  # one agent runs without either
+        wins.append(rates[auto] / rates[other])
+  if wins:
+    print(f"agent_map=auto picks {auto} on {jax.default_backend()}: faster than {other} in "
+          f"{sum(w > 1 for w in wins)} of {len(wins)} rows with A > 1 ({auto}/{other} "
+          f"{min(wins):.2f}-{max(wins):.2f}x).")
 
 
 if __name__ == "__main__":

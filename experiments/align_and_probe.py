@@ -91,6 +91,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.quiet_library_logs()
+  common.enable_compilation_cache()
   workdirs = [_WORKDIR.value] if _WORKDIR.value else _WORKDIRS.value
   report, extras = study.run(workdirs, _PAIRS.value, _TEST_PAIRS.value, _SEED.value,
                              _PROBE_STEPS.value, _STEP.value,

@@ -31,6 +31,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed; each episode's key is (seed, spli
 
 def main(argv):
   del argv
+  common.enable_compilation_cache()
   start = time.perf_counter()
   builder = dataset.build(
       _DATA_DIR.value, world.parse_views(_VIEWS.value), episode_length=_LENGTH.value,

@@ -5,6 +5,7 @@ import logging
 import os
 
 from absl import flags
+import jax
 
 from sjepa_jax import images
 from sjepa_jax import world
@@ -32,6 +33,31 @@ def define_views_flag(name: str, default: str | None, help_text: str) -> flags.F
 
   flags.register_validator(name, check)
   return holder
+
+
+CACHE_ENV = "SJEPA_COMPILATION_CACHE"
+DEFAULT_CACHE = "~/.cache/sjepa_jax/xla"
+# Compiles shorter than this are not written: the train and evaluation steps take seconds,
+# while caching every sub-second helper would cost more disk reads than it saves.
+_MIN_COMPILE_SECS = 0.2
+
+
+def enable_compilation_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache; returns its directory (None: off).
+
+  The directory is ``$SJEPA_COMPILATION_CACHE``, else ``$JAX_COMPILATION_CACHE_DIR``, else
+  ``~/.cache/sjepa_jax/xla``; ``SJEPA_COMPILATION_CACHE=off`` turns it off. Entries are
+  keyed by the program, the JAX version and the device, so a stale one is never used, and
+  the directory is safe to delete at any time. Call before the first compilation.
+  """
+  path = os.environ.get(CACHE_ENV) or jax.config.jax_compilation_cache_dir or DEFAULT_CACHE
+  if path.lower() == "off":
+    jax.config.update("jax_compilation_cache_dir", None)
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", _MIN_COMPILE_SECS)
+  return path
 
 
 class _DropLibraryInfo(logging.Filter):

@@ -41,6 +41,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.quiet_library_logs()
+  common.enable_compilation_cache()
   report = migrate.run(_TEACHER.value, _TEACHER_VIEW.value, _STUDENT.value, _CONFIG.value,
                        _TARGET.value, _SEED.value, _TEACHER_SEED.value)
   out = _WORKDIR.value or os.path.join(_TEACHER.value, f"migrate_{report['student_view']}")

@@ -48,6 +48,7 @@ def save_grid(images: np.ndarray, names: list[str], path: str) -> None:
 
 def main(argv):
   del argv
+  common.enable_compilation_cache()
   names = world.parse_views(_VIEWS.value)
   views = world.stack_views(names)
   key_show, key_states = jax.random.split(jax.random.key(_SEED.value))

@@ -61,6 +61,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.quiet_library_logs()
+  common.enable_compilation_cache()
   if _MULTIHOST.value:
     jax.distributed.initialize()
   config = _CONFIG.value

@@ -22,6 +22,7 @@ Shapes: N = images, H x W = image, A = agents (regions), B = batch, L = frames.
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import os
 from typing import NamedTuple, Sequence
@@ -30,6 +31,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import tensorflow_datasets as tfds
 
 from sjepa_jax.world import views as views_lib
@@ -199,8 +201,7 @@ def load(name: str, data_dir: str, split: str) -> Images:
     raise ValueError(f"Dataset {name!r} has images of varying size {shape}; region views "
                      "need one size. Resize them first (e.g. into arrays for "
                      "`python -m experiments.import_images`).")
-  data = tfds.as_numpy(b.as_dataset(split=split, batch_size=-1))
-  pixels, labels = data[image_key], data[label_key].astype(np.int32)
+  pixels, labels = _read_split(b, split, image_key, label_key)
   if pixels.shape[-1] == 1:
     pixels = np.repeat(pixels, 3, axis=-1)
   if pixels.shape[-1] != 3:
@@ -209,6 +210,25 @@ def load(name: str, data_dir: str, split: str) -> Images:
   logging.info("Loaded %s[%s]: %d images of %s, %d classes.", name, split, len(pixels),
                pixels.shape[1:], num_classes)
   return Images(pixels, labels, num_classes)
+
+
+def _read_split(b: tfds.core.DatasetBuilder, split: str, image_key: str,
+                label_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(pixels, int32 labels) of one split: array_record files are read directly, without
+  TensorFlow; tfrecord files (what `tfds build` writes by default) need tf.data."""
+  if b.info.file_format == tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+    source = b.as_data_source(split=split)
+    examples = source.__getitems__(range(len(source)))
+    pixels = np.stack([e[image_key] for e in examples])
+    return pixels, np.asarray([e[label_key] for e in examples], np.int32)
+  if importlib.util.find_spec("tensorflow") is None:
+    raise ImportError(
+        f"Dataset {b.name!r} is stored as {b.info.file_format.value} files, which only "
+        "TensorFlow's tf.data reads: install the extra with `pip install -e .[tfrecord]`, or "
+        "convert it to array_record (`tfds build --file_format=array_record`, or arrays "
+        "through `python -m experiments.import_images`).")
+  data = tfds.as_numpy(b.as_dataset(split=split, batch_size=-1))
+  return data[image_key], data[label_key].astype(np.int32)
 
 
 def store(name: str, data_dir: str, splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -229,13 +249,25 @@ def store(name: str, data_dir: str, splits: dict[str, tuple[np.ndarray, np.ndarr
 
   def examples(pixels, labels):
     pixels = pixels.reshape(pixels.shape[:3] + (channels,)).astype(np.uint8)
-    for i in range(len(pixels)):
-      yield i, {"image": pixels[i], "label": int(labels[i])}
+    for i in range(len(pixels)):  # PIL images: tfds encodes arrays with TensorFlow
+      image = pixels[i, ..., 0] if channels == 1 else pixels[i]
+      yield i, {"image": PIL.Image.fromarray(image), "label": int(labels[i])}
   tfds.display_progress_bar(False)
   with contextlib.redirect_stdout(io.StringIO()):  # its banner says "downloaded"; nothing is
-    b = tfds.dataset_builders.store_as_tfds_dataset(
+    b = _ArraysBuilder(
         name=name, version=version, features=features, data_dir=data_dir,
         split_datasets={s: examples(*arrays) for s, arrays in splits.items()},
         disable_shuffling=True,  # examples keep their order: index i is the arrays' row i
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        file_format="array_record")  # read back without TensorFlow
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return str(b.data_dir)
+
+
+class _ArraysBuilder(tfds.dataset_builders.AdhocBuilder, skip_registration=True):
+  """tfds' builder without a class of one's own, for generators of examples only: tfds'
+  own asks each split whether it is a tf.data.Dataset, which imports TensorFlow."""
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {name: self._generate_examples_iterator(examples)
+            for name, examples in self._split_datasets.items()}

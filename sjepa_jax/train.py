@@ -14,8 +14,6 @@ import os
 from typing import Any, Sequence
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import metrics_io
 from sjepa_jax import probes
 
 def _flatten(d: dict) -> dict:
@@ -99,16 +98,17 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
   metrics); ``pixels`` are a dataset's train images, shared by every agent (None: world).
 
   One agent skips the vmap: XLA's CPU backend runs a batched matmul with a batch of one
-  about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). With
-  ``config.agent_map = "lax_map"`` agents run one after another inside the program, which
-  measured 1.3-3x faster than vmap on 2 CPU cores; vmap is the default for accelerators.
+  about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). Several
+  agents run as ``agents.agent_map(config)`` says: ``lax_map`` (one after another inside
+  the program; measured faster than vmap on 2 CPU cores) or ``vmap`` (batched; for GPU and
+  TPU, and agents split over devices); ``auto`` picks by ``jax.default_backend()``.
   """
   one = functools.partial(agents.train_step, config=config, batch_sharding=batch_sharding)
   if num_agents == 1:
     squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
     expand = lambda t: jax.tree.map(lambda x: x[None], t)
     step = lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
-  elif config.agent_map == "lax_map":  # agents one after another, inside one program
+  elif agents.agent_map(config, agent_sharding is not None) == "lax_map":  # one at a time
     step = lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
   else:
     step = jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p),
@@ -242,27 +242,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     align_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), eval_views, num,
                                 eval_images)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  main_process = jax.process_index() == 0  # one writer of event files and log lines
+  writer = metrics_io.MetricWriter(workdir, enabled=main_process)
   if start == 0:
     writer.write_hparams(_flatten(config.to_dict()))
   total = config.num_train_steps
   stop = total if config.max_steps_per_run <= 0 else min(total, start + config.max_steps_per_run)
-  progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                             every_steps=config.log_every)
+  progress = metrics_io.Progress(total, enabled=main_process)
   last_logged = start
 
   # Loop.
-  with metric_writers.ensure_flushes(writer):
+  with writer:
     for step in range(start, stop):
       state, metrics = step_fn(state, stacked_views, keys, step, pixels)
       done = step + 1
-      progress(done)
       if done % config.log_every == 0 or done == stop:
         metrics = jax.device_get(metrics)
         check_finite(metrics, names, last_logged, done, mngr.latest_step())
         last_logged = done
         scalars = {f"train/agent_{v}/{k}": float(m[a])
                    for k, m in metrics.items() for a, v in enumerate(names)}
+        rate = progress(done)  # after device_get: the steps have run, not just been queued
+        if rate is not None:
+          scalars["steps_per_sec"] = rate
         if align_set is not None:
           scalars.update(alignment_scores(
               encode_all(state.params, align_set.obs, view_index), names))

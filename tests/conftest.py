@@ -1,8 +1,15 @@
-"""Shared fixtures: a tiny configuration that trains in well under a second per step."""
+"""Shared fixtures: a tiny configuration that trains in well under a second per step.
+
+The persistent compilation cache is on for every test process (and the subprocesses that
+import this module or run an experiments/ command), so a rerun skips recompiling.
+"""
 
 import pytest
 
+from experiments import common
 from experiments.configs import smoke
+
+common.enable_compilation_cache()
 
 
 def tiny_config():

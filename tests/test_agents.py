@@ -121,9 +121,25 @@ def test_lax_map_over_agents_equals_vmap(config):
   views = ["mountain", "forest"]
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
   results = []
-  for agent_map in agents.AGENT_MAPS:
+  for agent_map in ("vmap", "lax_map"):
     config.agent_map = agent_map
     step = train.make_step(config, None, None, num_agents=2)
     state, metrics = step(agents.init_agents(config, views, 0), stacked, keys, 0)
     results.append(step(state, stacked, keys, 1))
   chex.assert_trees_all_close(results[0], results[1], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_agent_map_is_lax_map_on_cpu_and_vmap_on_accelerators(config, monkeypatch):
+  assert config.agent_map == "auto"  # the default
+  assert agents.agent_map(config) == "lax_map"  # this suite runs on CPU
+  for backend, expected in (("gpu", "vmap"), ("tpu", "vmap"), ("cpu", "lax_map")):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert agents.agent_map(config) == expected
+  assert agents.agent_map(config, agents_sharded=True) == "vmap"  # one agent per device
+  config.agent_map = "vmap"
+  assert agents.agent_map(config) == "vmap"  # an explicit choice is kept on every backend
+  config.agent_map = "pmap"
+  with pytest.raises(ValueError, match="'pmap'; valid: auto, vmap, lax_map"):
+    agents.validate(config)
+  with pytest.raises(ValueError, match="'pmap'; valid: auto, vmap, lax_map"):
+    agents.agent_map(config)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import train
@@ -85,7 +86,7 @@ def test_a_killed_run_resumes_to_the_same_parameters(config, tmp_path):
                                            views=VIEWS)],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = os.path.join(killed, "checkpoints", str(every))
-  deadline = time.time() + 300
+  deadline = time.time() + 900  # a guard against a hung child; a loaded machine is slow
   while not os.path.isdir(first) and child.poll() is None and time.time() < deadline:
     time.sleep(0.02)
   child.send_signal(signal.SIGKILL)
@@ -169,3 +170,20 @@ def test_train_command_rejects_bad_flags(tmp_path):
                          f"--workdir={tmp_path}", "--config.model.dimm=3"],
                         cwd=ROOT, capture_output=True, text=True)
   assert typo.returncode != 0 and "dimm" in typo.stderr
+
+
+def test_compilation_cache_is_on_by_default_and_configurable(monkeypatch, tmp_path):
+  before = jax.config.jax_compilation_cache_dir
+  assert before  # conftest turned it on, as every command does
+  try:
+    monkeypatch.setenv(common.CACHE_ENV, str(tmp_path / "xla"))
+    assert common.enable_compilation_cache() == str(tmp_path / "xla")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs < 1  # JAX's default: 1 s
+    monkeypatch.setenv(common.CACHE_ENV, "off")
+    assert common.enable_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir is None
+    monkeypatch.delenv(common.CACHE_ENV)
+    assert common.enable_compilation_cache() == os.path.expanduser(common.DEFAULT_CACHE)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)

@@ -17,9 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.max_steps_per_run = -1  # > 0: stop (checkpointed) after this many steps; rerun resumes
-  # How agents share the program: vmap (batched; for accelerators) or lax_map (one after
-  # another; 1.3-3x faster than vmap on 2 CPU cores, see benchmarks/vmap_agents.py).
-  c.agent_map = "vmap"
+  # How agents share the program: vmap (batched; for accelerators), lax_map (one after
+  # another; faster than vmap on CPU, see benchmarks/vmap_agents.py) or auto (lax_map on
+  # CPU, vmap on GPU/TPU, decided by jax.default_backend() when the step is built).
+  c.agent_map = "auto"
 
   c.model = ml_collections.ConfigDict()
   c.model.encoder = "mixer"  # mixer | vit | cnn

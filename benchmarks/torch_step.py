@@ -1,0 +1,272 @@
+r"""A PyTorch yardstick: the default agent's train step in PyTorch on CPU against ours.
+
+  pip install torch   # benchmark-only, not in requirements.txt; without it this says so
+  python -m benchmarks.torch_step [--rounds=7] [--steps=5] [--json=/tmp/torch_step.json]
+
+Both sides run the same step for one agent of ``experiments/configs/default.py`` (read at
+run time, so the figures follow the default): the mixer encoder on every frame, the
+predictor rolled out over the frames, loss = prediction + VICReg variance/covariance
+against the stop-gradient online target, the same diagnostics (embedding std, spectrum
+eigenvalues, gradient norm), then global-norm clipping and AdamW. The batch is given, one
+fixed random tensor on both sides, so rendering is not timed. Each figure is the median over
+``--rounds`` of the mean step time over ``--steps`` steps, after warm-up (and compilation);
+both sides run in this one process on the same cores, alternating round by round.
+``jax/torch`` < 1 means ours is faster.
+
+Profile (per-component timing): ``--components`` also times the forward (encoder only,
+encoder + loss) and forward + backward on both sides, to show where the time goes.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.configs import default
+from sjepa_jax import agents
+from sjepa_jax import data
+
+_ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per side; the median is kept.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed round.")
+_JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
+_COMPONENTS = flags.DEFINE_bool("components", False, "Also time forward and backward parts.")
+
+try:
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+except ImportError:
+  torch = None
+
+
+# --- PyTorch: the same networks, loss and optimizer -------------------------------------
+
+def _layer_norm(width: int):
+  return nn.LayerNorm(width, eps=1e-6)  # flax's LayerNorm epsilon
+
+
+def _gelu(x):
+  return F.gelu(x, approximate="tanh")  # flax's nn.gelu is the tanh approximation
+
+
+class _MlpBlock(nn.Module if torch else object):
+  def __init__(self, width: int, hidden: int):
+    super().__init__()
+    self.up, self.down = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+  def forward(self, x):
+    return self.down(_gelu(self.up(x)))
+
+
+class _Mixer(nn.Module if torch else object):
+  """models.MixerEncoder: patch embedding, token- and channel-mixing blocks, flatten head."""
+
+  def __init__(self, m, image_size: int):
+    super().__init__()
+    self.patch, num = m.patch, (image_size // m.patch) ** 2
+    self.embed = nn.Linear(m.patch * m.patch * 3, m.width)
+    self.blocks = nn.ModuleList([nn.ModuleList([
+        _layer_norm(m.width), _MlpBlock(num, 2 * num), _layer_norm(m.width),
+        _MlpBlock(m.width, 2 * m.width)]) for _ in range(m.depth)])
+    self.norm = _layer_norm(m.width)
+    self.head = nn.Linear(num * m.width, m.dim)
+
+  def forward(self, obs_NxHxWx3):
+    n, h, w, c = obs_NxHxWx3.shape
+    p = self.patch
+    x = obs_NxHxWx3.reshape(n, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5)
+    x = self.embed(x.reshape(n, (h // p) * (w // p), p * p * c))
+    for norm1, tokens, norm2, channels in self.blocks:
+      x = x + tokens(norm1(x).transpose(1, 2)).transpose(1, 2)
+      x = x + channels(norm2(x))
+    return self.head(self.norm(x).flatten(1))
+
+
+class _Predictor(nn.Module if torch else object):
+  """models.Predictor: z + MLP([LN(z), a])."""
+
+  def __init__(self, dim: int, action_dim: int, hidden: int, depth: int):
+    super().__init__()
+    self.norm = _layer_norm(dim)
+    sizes = [dim + action_dim] + [hidden] * depth
+    self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+    self.out = nn.Linear(hidden, dim)
+
+  def forward(self, z, action):
+    x = torch.cat([self.norm(z), action], -1)
+    for layer in self.layers:
+      x = _gelu(layer(x))
+    return z + self.out(x)
+
+
+def _torch_loss(encoder, predictor, obs, actions, o):
+  """agents.jepa_loss with the online stop-gradient target and VICReg."""
+  b, l = obs.shape[:2]
+  z = encoder(obs.reshape((b * l,) + obs.shape[2:])).reshape(b, l, -1)
+  target = z.detach()
+  z_hat, pred = z[:, 0], 0.0
+  for t in range(l - 1):
+    z_hat = predictor(z_hat, actions[:, t])
+    pred = pred + ((z_hat - target[:, t + 1]) ** 2).sum(-1).mean() / z.shape[-1] / (l - 1)
+  z_flat = z.reshape(b * l, -1)
+  variance = F.relu(1.0 - torch.sqrt(z_flat.var(0, unbiased=False) + 1e-4)).mean()
+  zc = z_flat - z_flat.mean(0)
+  cov = zc.T @ zc / (z_flat.shape[0] - 1)
+  covariance = (cov - torch.diag(torch.diag(cov))).pow(2).sum() / z_flat.shape[1]
+  with torch.no_grad():  # the diagnostics our step computes too
+    first = z[:, 0] - z[:, 0].mean(0)
+    metrics = {"embedding_std": z_flat.std(0, unbiased=False).mean(),
+               "eigenvalues": torch.linalg.eigvalsh(first.T @ first / b)}
+  loss = (o.prediction_weight * pred + o.variance_weight * variance
+          + o.covariance_weight * covariance)
+  return loss, metrics
+
+
+def torch_step_fn(config, obs, actions):
+  """A closure running one training step of the torch agent on the given batch."""
+  torch.manual_seed(0)
+  encoder = _Mixer(config.model, config.data.image_size)
+  predictor = _Predictor(config.model.dim, actions.shape[-1], config.model.predictor_hidden,
+                         config.model.predictor_depth)
+  params = list(encoder.parameters()) + list(predictor.parameters())
+  o = config.optim
+  opt = torch.optim.AdamW(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, 1.0, min(o.warmup_steps, config.num_train_steps - 1), config.num_train_steps,
+      end_value=o.final_lr_fraction)
+  lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(schedule(i)))
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss, _ = _torch_loss(encoder, predictor, obs, actions, config.objective)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, o.grad_clip)  # returns the norm, as ours logs
+    opt.step()
+    lr.step()
+    return loss
+
+  step.params = params
+  parts = {"forward: encoder": lambda: encoder(obs.reshape((-1,) + obs.shape[2:])),
+           "forward: loss": lambda: _torch_loss(encoder, predictor, obs, actions,
+                                                config.objective)[0],
+           "forward + backward": lambda: _torch_loss(encoder, predictor, obs, actions,
+                                                     config.objective)[0].backward()}
+  return step, {k: torch.no_grad()(f) if "backward" not in k else f for k, f in parts.items()}
+
+
+# --- JAX: our own step on the same batch -------------------------------------------------
+
+def jax_step_fn(config, obs, actions):
+  """agents.train_step without the rendering: grad of agents.loss_fn, then the update."""
+  state = agents.init_agent(jax.random.key(0), config)
+  batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
+  key = jax.random.key(1)
+
+  def train_step(state, batch):
+    grads, metrics = jax.grad(agents.loss_fn, has_aux=True)(
+        state.params, state.target, batch, key, config)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return agents.apply_gradients(state, grads, config), metrics
+
+  jitted = jax.jit(train_step, donate_argnums=0)
+  box = [state]
+
+  def step():
+    box[0], metrics = jitted(box[0], batch)
+    return metrics["loss"]
+
+  loss = lambda p, t: agents.loss_fn(p, t, batch, key, config)[0]
+  encode = jax.jit(lambda p: agents.encode(config, p["encoder"], batch.obs))
+  loss_jit, grad_jit = jax.jit(loss), jax.jit(jax.grad(loss))
+  parts = {"forward: encoder": lambda: encode(box[0].params),
+           "forward: loss": lambda: loss_jit(box[0].params, box[0].target),
+           "forward + backward": lambda: grad_jit(box[0].params, box[0].target)}
+  return step, parts
+
+
+# --- Timing ------------------------------------------------------------------------------
+
+def _mean_seconds(step, sync, steps: int) -> float:
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = step()
+  sync(out)
+  return (time.perf_counter() - start) / steps
+
+
+def median_step_seconds(jax_step, torch_step, rounds: int, steps: int) -> tuple[float, float]:
+  """Medians over rounds of the mean step time, JAX then torch in each round (so a change
+  in the machine's load hits both), after two warm-up (and compiling) calls of each."""
+  sides = ((jax_step, jax.block_until_ready), (torch_step, lambda x: x))
+  for step, sync in sides:
+    for _ in range(2):
+      sync(step())
+  times = [[_mean_seconds(step, sync, steps) for step, sync in sides] for _ in range(rounds)]
+  return tuple(float(x) for x in np.median(times, axis=0))
+
+
+def main(argv):
+  del argv
+  if torch is None:
+    print("benchmarks.torch_step needs PyTorch, a benchmark-only dependency: "
+          "pip install torch")
+    sys.exit(0)
+  config = default.get_config()
+  if config.model.encoder != "mixer" or config.objective.kind != "jepa" or \
+      config.objective.target != "online" or config.objective.regularizer != "vicreg":
+    sys.exit(f"The torch twin mirrors the mixer / jepa / online / vicreg agent; the default "
+             f"is now {config.model.encoder} / {config.objective.kind} / "
+             f"{config.objective.target} / {config.objective.regularizer}: extend _Mixer.")
+  d = config.data
+  rng = np.random.default_rng(0)
+  obs = rng.random((d.batch_size, d.frames, d.image_size, d.image_size, 3), np.float32)
+  actions = rng.normal(size=(d.batch_size, d.frames - 1, data.action_dim(config)))
+  actions = actions.astype(np.float32)
+  threads = torch.get_num_threads()
+  print(f"default agent, batch {d.batch_size} x {d.frames} frames x {d.image_size}x"
+        f"{d.image_size}x3, D = {config.model.dim}, {config.model.encoder} (patch "
+        f"{config.model.patch}, width {config.model.width}, depth {config.model.depth}); "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), jax "
+        f"{jax.__version__} ({jax.default_backend()}); median of {_ROUNDS.value} rounds of "
+        f"{_STEPS.value} steps")
+  jax_step, jax_parts = jax_step_fn(config, obs, actions)
+  torch_step, torch_parts = torch_step_fn(config, torch.from_numpy(obs),
+                                          torch.from_numpy(actions))
+  counts = (sum(x.size for x in jax.tree.leaves(agents.init_agent(jax.random.key(0),
+                                                                   config).params)),
+            sum(p.numel() for p in torch_step.params))
+  print(f"parameters: jax {counts[0]}, torch {counts[1]}")
+  if counts[0] != counts[1]:
+    sys.exit("The torch twin's parameter count differs from ours: fix the twin first.")
+  rows = {"train step": (jax_step, torch_step)}
+  if _COMPONENTS.value:
+    rows.update({k: (jax_parts[k], torch_parts[k]) for k in jax_parts})
+  table = []
+  print(f"{'':<20}{'jax ms':>10}{'torch ms':>10}{'jax/torch':>11}")
+  for name, (j, t) in rows.items():
+    jax_s, torch_s = median_step_seconds(j, t, _ROUNDS.value, _STEPS.value)
+    table.append({"what": name, "jax_ms": 1e3 * jax_s, "torch_ms": 1e3 * torch_s,
+                  "jax_over_torch": jax_s / torch_s})
+    print(f"{name:<20}{1e3 * jax_s:>10.1f}{1e3 * torch_s:>10.1f}{jax_s / torch_s:>11.2f}",
+          flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump({"config": {"batch": d.batch_size, "frames": d.frames,
+                            "image_size": d.image_size, "dim": config.model.dim,
+                            "encoder": config.model.encoder, "patch": config.model.patch},
+                 "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": threads,
+                 "jax": jax.__version__, "rounds": _ROUNDS.value, "steps": _STEPS.value,
+                 "rows": table}, f, indent=1)
+  assert all(math.isfinite(r["jax_ms"]) for r in table)
+
+
+if __name__ == "__main__":
+  app.run(main)
