@@ -13,8 +13,11 @@ import os
 from typing import Any, Sequence
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
+try:
+  from clu import metric_writers
+  from clu import periodic_actions
+except ImportError:  # temporary, issue 14's worktree: clu (and TensorFlow) not installed
+  from sjepa_jax._clu_shim import metric_writers, periodic_actions
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
