@@ -7,8 +7,8 @@ beside the same probe on its untrained (random-init) encoder.
 Shapes: A = agents, N = evaluation states, D = latent size.
 """
 
+import contextlib
 import functools
-import json
 import os
 from typing import Any, Sequence
 
@@ -20,6 +20,7 @@ except ImportError:  # temporary, issue 14's worktree: clu (and TensorFlow) not 
   from sjepa_jax._clu_shim import metric_writers, periodic_actions
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -65,6 +66,27 @@ def check_resumable(meta: dict, config: ml_collections.ConfigDict, views: Sequen
   if changed:
     raise ValueError(f"Workdir {workdir!r} holds a run with other settings for {changed}; "
                      "use another workdir to train with new settings.")
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """One trainer per workdir: process 0 holds ``<workdir>/.lock`` for the block, and every
+  process of a multi-process run learns whether it got it."""
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(checkpointing.workdir_lock(workdir))
+      except checkpointing.WorkdirLockedError as e:
+        error = e
+    if jax.process_count() > 1:
+      held = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+      if not held and error is None:
+        error = checkpointing.WorkdirLockedError(
+            f"Workdir {workdir!r} is in use by another trainer (process 0 names it).")
+    if error is not None:
+      raise error
+    yield
 
 
 # --- Devices -----------------------------------------------------------------------------
@@ -197,10 +219,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the end-of-training probe report (also written to ``<workdir>/probe.json``).
   """
-  # Setup.
   agents.validate(config)
   views = data.parse_views(config, views)
   check_workdir(workdir)
+  with hold_workdir(workdir):
+    return _train_and_evaluate(config, workdir, views, seed)
+
+
+def _train_and_evaluate(config, workdir, views, seed) -> dict[str, Any]:
+  """The run, once the config is checked and the workdir held."""
+  # Setup.
   agent_sharding, batch_sharding = shardings(len(views), config.data.batch_size)
   stacked_views = data.stack_views(config, views)
   train_images = data.load_images(config, config.data.train_split)
@@ -210,6 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Model and checkpoint: resume from the latest checkpoint when there is one.
   initial = agents.init_agents(config, views, seed)
+  if jax.process_index() == 0:
+    checkpointing.set_aside_damaged(workdir)
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   start = 0
   if mngr.latest_step() is not None:
@@ -274,8 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       report = probe_report(config, encode_all, state, initial, probe_set, views)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
-      with open(os.path.join(workdir, "probe.json"), "w") as f:
-        json.dump(report, f, indent=2)
+      if jax.process_index() == 0:
+        checkpointing.write_json(report, os.path.join(workdir, "probe.json"))
   mngr.close()
   return report
 
