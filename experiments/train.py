@@ -16,14 +16,12 @@ import os
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 
 from experiments import common
 from sjepa_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/default.py", "Hyperparameters (a ConfigDict file); "
-    "override fields with --config.<field>=<value>.", lock_config=True)
+_CONFIG = common.define_config_flag("experiments/configs/default.py",
+                                    "Hyperparameters (a ConfigDict file).")
 _VIEW = common.define_views_flag("view", None, "Train one agent on this view.")
 _VIEWS = common.define_views_flag("views", None, "Train one agent per view, comma-separated.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and probe results.",
@@ -40,6 +38,7 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 flags.register_multi_flags_validator(
     ["view", "views"], lambda f: (f["view"] is None) != (f["views"] is None),
     message="Give exactly one of --view (one agent) or --views (several agents).")
+flags.adopt_module_key_flags(common)  # --view(s) and --traceback show in --help
 
 
 def main(argv):
@@ -66,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)
