@@ -10,7 +10,9 @@ the autoencoder control, and a JEPA run on a view already present (another ``--s
 adds the same-view ceiling. Runs on a dataset (``experiments.train --dataset``) pair its
 evaluation images, seen through each agent's region, and probe its labels. Writes
 ``report.json`` and PNG figures (``figures/``) into the first workdir (or ``--out``) and
-prints a short table. See sjepa_jax/study.py for what is measured.
+prints a short table; if that folder already holds a study, into a fresh ``study_<n>``
+subfolder (said so; ``--overwrite`` replaces it instead). Pairs are written target->source
+(the target's latents mapped into the source's space) in the table, log and figures. See sjepa_jax/study.py for what is measured.
 """
 
 import os
@@ -35,13 +37,19 @@ _SEED = flags.DEFINE_integer("seed", 4321, "Seed of the paired states and the co
 _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Adam steps of the logistic probes.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "For runs on a dataset: the tfds data "
                                 "directory holding it (default: the one they trained from).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous study's report.json "
+                                "and figures/ in the output folder (default: write to a fresh "
+                                "study_<n> subfolder beside them).")
 flags.register_multi_flags_validator(
     ["workdir", "workdirs"], lambda f: (f["workdir"] is None) != (f["workdirs"] is None),
     message="Give exactly one of --workdir or --workdirs.")
+flags.adopt_module_key_flags(common)  # --traceback (and shared flags) show in --help
 
 
 def print_table(report: dict) -> None:
   s = report["summary"]
+  print("\nPairs are written target->source: the target agent's latents are mapped into the "
+        "source agent's space and the source's probes are applied to them.")
   print(f"\n{'pair (target->source)':<22}{'overlap':>8}{'R2 lstsq':>9}{'R2 ridge':>9}"
         f"{'R2 Procr':>9}{'gap':>7}{'CKA-u':>7}{'native':>8}{'transfer':>9}")
   for p in report["pairs"]:
@@ -51,13 +59,33 @@ def print_table(report: dict) -> None:
   print(f"{'mean':<22}{'':>8}{s['r2_lstsq']:>9.3f}{s['r2_ridge']:>9.3f}"
         f"{s['r2_procrustes']:>9.3f}{s['isometry_gap']:>7.3f}{s['cka_unbiased']:>7.3f}"
         f"{s['native_acc']:>8.3f}{s['transfer_acc']:>9.3f}")
-  print(f"\nControls, means over pairs (class chance {report['chance_acc']:.3f}):")
-  print(f"{'control':<16}{'R2 ridge':>9}{'R2 Procr':>9}{'transfer':>9}{'pos R2 transfer':>16}")
+  n = len(report["pairs"])
+  print(f"\nControls, means over pairs where each exists ('over': how many of {n}; same_view: "
+        f"views with a second seed); class chance {report['chance_acc']:.3f}:")
+  print(f"{'control':<16}{'over':>9}{'R2 ridge':>9}{'R2 Procr':>9}{'transfer':>9}"
+        f"{'pos R2 transfer':>16}")
   for name, c in s["controls"].items():
     fmt = lambda k, w: f"{c[k]:>{w}.3f}" if c.get(k) is not None else f"{'-':>{w}}"
-    print(f"{name:<16}{fmt('r2_ridge', 9) if 'r2_ridge' in c else fmt('r2_lstsq', 9)}"
+    over = f"{c.get('count', n)} view{'s' * (c.get('count', n) != 1)}" if name == "same_view" \
+        else f"{c.get('count', n)}/{n}"
+    print(f"{name:<16}{over:>9}{fmt('r2_ridge', 9) if 'r2_ridge' in c else fmt('r2_lstsq', 9)}"
           f"{fmt('r2_procrustes', 9)}{fmt('transfer_acc', 9)}{fmt('transfer_position_r2', 16)}")
   print(f"\nGoals {s['goals']}: met {s['goals_met']}")
+
+
+def fresh_out(out: str, overwrite: bool) -> str:
+  """``out``, or if it already holds a study's report (and not ``overwrite``), the first free
+  ``<out>/study_<n>``, saying so: a rerun never silently replaces an earlier study."""
+  target = out
+  n = 2
+  while not overwrite and os.path.exists(os.path.join(target, "report.json")):
+    target = os.path.join(out, f"study_{n}")
+    n += 1
+  if target != out:
+    print(f"{os.path.join(out, 'report.json')} holds an earlier study; writing this one to "
+          f"{target} (--overwrite replaces it, --out chooses the folder).")
+  os.makedirs(target, exist_ok=True)
+  return target
 
 
 def main(argv):
@@ -69,8 +97,7 @@ def main(argv):
                              _PROBE_STEPS.value, _STEP.value,
                              _DATA_DIR.value and os.path.abspath(
                                  os.path.expanduser(_DATA_DIR.value)))
-  out = _OUT.value or workdirs[0]
-  os.makedirs(out, exist_ok=True)
+  out = fresh_out(_OUT.value or workdirs[0], _OVERWRITE.value)
   common.write_json(report, os.path.join(out, "report.json"))
   paths = figures.write_all(report, extras, os.path.join(out, "figures"))
   print_table(report)
@@ -79,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -67,7 +67,7 @@ def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
   config = agents.config_from_meta(meta)
   views, seed = meta["views"], meta["seed"]
   initial = agents.init_agents(config, views, seed)
-  mngr = checkpointing.manager(workdir)
+  mngr = checkpointing.reader(workdir)
   state, _ = checkpointing.restore(mngr, jax.eval_shape(lambda: initial), step)
   mngr.close()
   take = lambda tree, a: jax.tree.map(lambda x: x[a], tree["encoder"])
@@ -281,8 +281,8 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       curves[f"{tgt}_to_{src}"] = align.r2_against_pairs(
           t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
       scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
-      logging.info("%s <- %s: R^2 ridge %.3f, Procrustes %.3f, transfer %.3f (native %.3f)",
-                   src, tgt, result["r2_ridge"], result["r2_procrustes"],
+      logging.info("%s->%s (target->source): R^2 ridge %.3f, Procrustes %.3f, transfer %.3f "
+                   "(native %.3f)", tgt, src, result["r2_ridge"], result["r2_procrustes"],
                    result["transfer_acc"], result["native_acc"])
 
   chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
@@ -347,6 +347,9 @@ def _shared_space_r2(main: dict, trained: dict, n_fit: int) -> dict | None:
 def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
   """Means over ordered pairs of the headline figures and controls, and the goals' verdict.
 
+  A control's ``count`` says how many pairs its mean is over (the same-view ceiling: how
+  many views have a second seed), which can be fewer than all pairs.
+
   ``transfer_fraction`` is transferred over native accuracy; near chance that ratio says
   little, so ``transfer_fraction_above_chance`` divides what each gains over chance.
   """
@@ -361,9 +364,13 @@ def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
   for name in ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencoder",
                "same_view"):
     present = [p["controls"][name] for p in pairs if p["controls"].get(name)]
+    if name == "same_view":  # one per view with a second seed, repeated for each target
+      present = list({tuple(c["agents"]): c for c in present}.values())
     if present:
       out["controls"][name] = {k: mean([c[k] for c in present if k in c])
                                for k in present[0] if k != "agents"}
+      # Over how many pairs (same_view: views) the mean is, out of all ordered pairs.
+      out["controls"][name]["count"] = len(present)
   # How far each null control falls below the real result (the ceiling is not a null).
   out["control_margins"] = {
       name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c["r2_lstsq"]),
