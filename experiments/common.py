@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -83,6 +84,13 @@ def user_error_line(error: BaseException) -> str | None:
       return f"No space left on device{where}: free some space (or use another --workdir) " \
              "and rerun; the run resumes from its last checkpoint."
   for e in chain:
+    if any(k in str(e) for k in ("Gloo", "heartbeat timeout", "Barrier failed",
+                                 "Connection reset by peer")):
+      first = " ".join(str(e).split())[:200]
+      return ("A process of this multi-process run stopped or cannot be reached "
+              f"({first}); rerun every process with the same command: training resumes from "
+              "the last checkpoint.")
+  for e in chain:
     if isinstance(e, USER_ERRORS):
       text = " ".join(str(e).split()) or type(e).__name__
       if isinstance(e, OSError) and not isinstance(e, checkpointing.WorkdirLockedError) and (
@@ -107,6 +115,41 @@ def run(main) -> None:
       print(f"error: {line}", file=sys.stderr)
       sys.exit(1)
   app.run(wrapped)
+
+
+# --- Many processes ---------------------------------------------------------------------
+
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None, heartbeat_timeout: int) -> None:
+  """Joins a multi-process run: ``jax.distributed.initialize`` (which reads SLURM, TPU and
+  cluster environments where arguments are None), gloo collectives for CPU devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only; harmless else
+  # When a peer dies, the others raise (and print one line) instead of JAX aborting them
+  # from a C++ thread with a stack dump.
+  jax.config.update("jax_enable_recoverability", True)
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             heartbeat_timeout_seconds=heartbeat_timeout,
+                             initialization_timeout=max(heartbeat_timeout, 60))
+
+
+def finish_distributed(timeout_s: int = 300) -> None:
+  """Leaves a multi-process run in order once every process is done: the others first,
+  then process 0, whose coordination service must outlive them (recoverable tasks, see
+  ``initialize_distributed``, do not get JAX's own shutdown barrier)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is None:
+    return
+  client.wait_at_barrier("sjepa_finished", timeout_s * 1000)
+  if jax.process_index() == 0:
+    deadline = time.time() + timeout_s
+    others = list(range(jax.process_count()))
+    while len(client.get_live_nodes(others)) > 1 and time.time() < deadline:
+      time.sleep(0.05)
+  jax.distributed.shutdown()
 
 
 # --- Help --------------------------------------------------------------------------------

@@ -214,6 +214,11 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: PyTree,
             step: int | None = None) -> tuple[PyTree, int] | None:
   """The state at ``step`` (default: newest intact) shaped like ``abstract_state``."""
   step = resolve_step(mngr, step)
+  if jax.process_count() == 1:  # whatever the devices it was saved from (several processes)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+        lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=device), abstract_state)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"], step

@@ -112,6 +112,31 @@ def shardings(num_agents: int, batch_size: int):
                    f"divisible by {n}.")
 
 
+def to_global(tree: Any, sharding: jax.NamedSharding) -> Any:
+  """Places values every process holds whole (the same on each) on ``sharding``: each
+  process hands over only the shards of its own devices, so nothing crosses hosts. One
+  process: a plain ``device_put``. PRNG key arrays travel as their raw key data."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # global already (restored)
+      return x
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x)))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(one, tree)
+
+
+def host_local(tree: Any) -> Any:
+  """Whole values on this process: gathered from every process's shards when there are
+  several (a collective: every process calls it), unchanged when there is one."""
+  if jax.process_count() == 1:
+    return tree
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def replicated(sharding: jax.NamedSharding) -> jax.NamedSharding:
   """The same mesh, every device holding a whole copy (a dataset's images)."""
   return jax.NamedSharding(sharding.mesh, jax.P())
@@ -240,19 +265,25 @@ def _train_and_evaluate(config, workdir, views, seed) -> dict[str, Any]:
   initial = agents.init_agents(config, views, seed)
   if jax.process_index() == 0:
     checkpointing.set_aside_damaged(workdir)
+  if jax.process_count() > 1:  # every process sees the same checkpoints from here on
+    multihost_utils.sync_global_devices("sjepa_checkpoints_checked")
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   start = 0
   if mngr.latest_step() is not None:
     meta, _ = checkpointing.read_meta(workdir)
     check_resumable(meta, config, views, seed, workdir)
-    state, start = checkpointing.restore(mngr, jax.eval_shape(lambda: initial))
+    abstract = jax.eval_shape(lambda: initial)
+    if jax.process_count() > 1:  # each process reads only its own shards
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                             sharding=agent_sharding), abstract)
+    state, start = checkpointing.restore(mngr, abstract)
     logging.info("Resumed from step %d in %s.", start, workdir)
   else:
     state = jax.tree.map(jnp.copy, initial)
   if agent_sharding is not None:
-    state, stacked_views, keys = jax.device_put((state, stacked_views, keys), agent_sharding)
+    state, stacked_views, keys = to_global((state, stacked_views, keys), agent_sharding)
   if pixels is not None and jax.device_count() > 1:  # once, not a copy per step
-    pixels = jax.device_put(pixels, replicated(agent_sharding or batch_sharding))
+    pixels = to_global(pixels, replicated(agent_sharding or batch_sharding))
   step_fn = make_step(config, agent_sharding, batch_sharding, len(views))
   encode_all = make_encoder(config)
 
@@ -282,13 +313,14 @@ def _train_and_evaluate(config, workdir, views, seed) -> dict[str, Any]:
       done = step + 1
       progress(done)
       if done % config.log_every == 0 or done == stop:
-        metrics = jax.device_get(metrics)
+        metrics = jax.device_get(host_local(metrics))
         check_finite(metrics, views, last_logged, done, mngr.latest_step())
         last_logged = done
         scalars = {f"train/agent_{v}/{k}": float(m[a])
                    for k, m in metrics.items() for a, v in enumerate(views)}
         if align_set is not None:
-          scalars.update(alignment_scores(encode_all(state.params, align_set.obs), views))
+          scalars.update(alignment_scores(encode_all(host_local(state.params), align_set.obs),
+                                          views))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop:
         _save_if_finite(mngr, done, state, config, views, seed)
@@ -301,7 +333,8 @@ def _train_and_evaluate(config, workdir, views, seed) -> dict[str, Any]:
         num = min(num, len(eval_images.labels))
       probe_set = data.paired_set(config, jax.random.fold_in(eval_key, 1), stacked_views, num,
                                   eval_images)
-      report = probe_report(config, encode_all, state, initial, probe_set, views)
+      report = probe_report(config, encode_all, state._replace(params=host_local(state.params)),
+                            initial, probe_set, views)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
       if jax.process_index() == 0:
@@ -314,7 +347,7 @@ def _save_if_finite(mngr, step, state, config, views, seed) -> None:
   """Saves a checkpoint only if every agent's parameters are finite."""
   finite = jax.vmap(lambda p: jnp.all(jnp.asarray(
       [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(state.params)
-  finite = np.asarray(finite)
+  finite = np.asarray(host_local(finite))
   if not finite.all():
     bad = int(np.flatnonzero(~finite)[0])
     raise FloatingPointError(
