@@ -10,7 +10,9 @@ the autoencoder control, and a JEPA run on a view already present (another ``--s
 adds the same-view ceiling. Runs on a dataset (``experiments.train --dataset``) pair its
 evaluation images, seen through each agent's region, and probe its labels. Writes
 ``report.json`` and PNG figures (``figures/``) into the first workdir (or ``--out``) and
-prints a short table. See sjepa_jax/study.py for what is measured.
+prints a short table; if that folder already holds a study, into a fresh ``study_<n>``
+subfolder (said so; ``--overwrite`` replaces it instead). Pairs are written target->source
+(the target's latents mapped into the source's space) in the table, log and figures. See sjepa_jax/study.py for what is measured.
 """
 
 import os
@@ -35,9 +37,13 @@ _SEED = flags.DEFINE_integer("seed", 4321, "Seed of the paired states and the co
 _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Adam steps of the logistic probes.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "For runs on a dataset: the tfds data "
                                 "directory holding it (default: the one they trained from).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous study's report.json "
+                                "and figures/ in the output folder (default: write to a fresh "
+                                "study_<n> subfolder beside them).")
 flags.register_multi_flags_validator(
     ["workdir", "workdirs"], lambda f: (f["workdir"] is None) != (f["workdirs"] is None),
     message="Give exactly one of --workdir or --workdirs.")
+flags.adopt_module_key_flags(common)  # --traceback (and shared flags) show in --help
 
 
 def _pm(x, spread, width: int) -> str:
@@ -87,6 +93,21 @@ def print_table(report: dict) -> None:
   print(f"\nGoals {s['goals']}: met {s['goals_met']}")
 
 
+def fresh_out(out: str, overwrite: bool) -> str:
+  """``out``, or if it already holds a study's report (and not ``overwrite``), the first free
+  ``<out>/study_<n>``, saying so: a rerun never silently replaces an earlier study."""
+  target = out
+  n = 2
+  while not overwrite and os.path.exists(os.path.join(target, "report.json")):
+    target = os.path.join(out, f"study_{n}")
+    n += 1
+  if target != out:
+    print(f"{os.path.join(out, 'report.json')} holds an earlier study; writing this one to "
+          f"{target} (--overwrite replaces it, --out chooses the folder).")
+  os.makedirs(target, exist_ok=True)
+  return target
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -97,8 +118,7 @@ def main(argv):
                              _PROBE_STEPS.value, _STEP.value,
                              _DATA_DIR.value and os.path.abspath(
                                  os.path.expanduser(_DATA_DIR.value)))
-  out = _OUT.value or workdirs[0]
-  os.makedirs(out, exist_ok=True)
+  out = fresh_out(_OUT.value or workdirs[0], _OVERWRITE.value)
   common.write_json(report, os.path.join(out, "report.json"))
   paths = figures.write_all(report, extras, os.path.join(out, "figures"))
   print_table(report)
@@ -107,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

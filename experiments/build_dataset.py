@@ -27,6 +27,7 @@ _TRAIN = flags.DEFINE_integer("num_train", 1000, "Episodes in the train split.")
 _VALIDATION = flags.DEFINE_integer("num_validation", 100, "Episodes in the validation split.")
 _TEST = flags.DEFINE_integer("num_test", 200, "Episodes in the test split.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed; each episode's key is (seed, split, index).")
+flags.adopt_module_key_flags(common)  # --traceback (and shared flags) show in --help
 
 
 def main(argv):
@@ -42,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -1,14 +1,22 @@
-"""Flag and logging helpers shared by the entry points."""
+"""Flag, error and logging helpers shared by the entry points."""
 
-import json
+import errno
 import logging
 import os
+import re
+import sys
+import time
 
+from absl import app
 from absl import flags
 import jax
+from ml_collections import config_flags
 
+from sjepa_jax import checkpointing
 from sjepa_jax import images
 from sjepa_jax import world
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def define_views_flag(name: str, default: str | None, help_text: str) -> flags.FlagHolder:
@@ -70,11 +78,135 @@ class _DropLibraryInfo(logging.Filter):
 def quiet_library_logs() -> None:
   """Keeps the run's own log lines readable: Orbax speaks only to warn."""
   logging.getLogger("absl").addFilter(_DropLibraryInfo())
+  # JAX's backend search says "Unable to initialize backend 'tpu'" on every CPU run.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def write_json(obj, path: str) -> None:
   """Writes JSON atomically: a crash leaves the previous file, never half of a new one."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  checkpointing.write_json(obj, path)
+
+
+# --- Errors ------------------------------------------------------------------------------
+
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, print the whole traceback, "
+                               "not one line (so does --verbosity=1).")
+# What a user can cause and fix: bad values, paths, permissions, a full disk, a damaged
+# checkpoint, a workdir in use, a diverged run. Anything else is a bug: full traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, checkpointing.WorkdirLockedError)
+_MAX_LINE = 400
+
+
+def user_error_line(error: BaseException) -> str | None:
+  """The one line to show for ``error`` (or an error it was raised from), None if a bug."""
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  for e in chain:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e):
+      where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+      return f"No space left on device{where}: free some space (or use another --workdir) " \
+             "and rerun; the run resumes from its last checkpoint."
+  for e in chain:
+    if any(k in str(e) for k in ("Gloo", "heartbeat timeout", "Barrier failed",
+                                 "Connection reset by peer")):
+      first = " ".join(str(e).split())[:200]
+      return ("A process of this multi-process run stopped or cannot be reached "
+              f"({first}); rerun every process with the same command: training resumes from "
+              "the last checkpoint.")
+  for e in chain:
+    if isinstance(e, USER_ERRORS):
+      text = " ".join(str(e).split()) or type(e).__name__
+      if isinstance(e, OSError) and not isinstance(e, checkpointing.WorkdirLockedError) and (
+          e.strerror and e.filename):
+        text = f"{e.strerror}: {e.filename}"
+      if len(text) > _MAX_LINE:
+        text = text[:_MAX_LINE] + " ... (--traceback shows all)"
+      return text
+  return None
+
+
+def run(main) -> None:
+  """``app.run(main)``, but a user's error prints one line ``error: ...`` to stderr and
+  exits 1; the traceback only with --traceback or --verbosity=1."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      line = user_error_line(e)
+      if line is None or _TRACEBACK.value or flags.FLAGS.verbosity >= 1:
+        raise
+      print(f"error: {line}", file=sys.stderr)
+      sys.exit(1)
+  app.run(wrapped)
+
+
+# --- Many processes ---------------------------------------------------------------------
+
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None, heartbeat_timeout: int) -> None:
+  """Joins a multi-process run: ``jax.distributed.initialize`` (which reads SLURM, TPU and
+  cluster environments where arguments are None), gloo collectives for CPU devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only; harmless else
+  # When a peer dies, the others raise (and print one line) instead of JAX aborting them
+  # from a C++ thread with a stack dump.
+  jax.config.update("jax_enable_recoverability", True)
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             heartbeat_timeout_seconds=heartbeat_timeout,
+                             initialization_timeout=max(heartbeat_timeout, 60))
+
+
+def finish_distributed(timeout_s: int = 300) -> None:
+  """Leaves a multi-process run in order once every process is done: the others first,
+  then process 0, whose coordination service must outlive them (recoverable tasks, see
+  ``initialize_distributed``, do not get JAX's own shutdown barrier)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is None:
+    return
+  client.wait_at_barrier("sjepa_finished", timeout_s * 1000)
+  if jax.process_index() == 0:
+    deadline = time.time() + timeout_s
+    others = list(range(jax.process_count()))
+    while len(client.get_live_nodes(others)) > 1 and time.time() < deadline:
+      time.sleep(0.05)
+  jax.distributed.shutdown()
+
+
+# --- Help --------------------------------------------------------------------------------
+
+_FIELD = re.compile(r"^\s*c\.([\w.]+)\s*=\s*(.+?)\s*(?:#\s*(.*))?$")
+
+
+def config_fields_help(path: str) -> str:
+  """Every field a config file sets, its value and the comment that explains it, one a
+  line; a comment block above a group of fields is shown before them."""
+  lines, pending = [], []
+  with open(path) as f:
+    for raw in f:
+      stripped = raw.strip()
+      if stripped.startswith("#"):
+        pending.append(stripped.lstrip("# "))
+        continue
+      m = _FIELD.match(raw)
+      if not m or m.group(2).startswith("ml_collections.ConfigDict"):
+        pending = [] if not stripped.startswith("c.") else pending
+        continue
+      if pending:
+        lines.append("  (" + " ".join(pending) + ")")
+        pending = []
+      lines.append(f"  {m.group(1)} = {m.group(2)}" + (f"  ({m.group(3)})" if m.group(3) else ""))
+  return "\n".join(lines)
+
+
+def define_config_flag(default: str, help_text: str):
+  """``--config``: a ConfigDict file, locked; its help lists every field of ``default``."""
+  fields = config_fields_help(os.path.join(_ROOT, default))
+  return config_flags.DEFINE_config_file(
+      "config", default, f"{help_text} Override a field with --config.<field>=<value>; "
+      f"fields of {default}:\n{fields}", lock_config=True)

@@ -5,7 +5,10 @@ r"""Writes labelled image arrays as a local tensorflow-datasets dataset (no down
 
 The ``.npz`` holds ``images`` (N, H, W) or (N, H, W, C), uint8 in [0, 255], and ``labels``
 (N,) integers from 0. Examples are shuffled once (``--seed``) and the last ``test_size``
-become the ``test`` split, the rest ``train``. The result reads back with
+become the ``test`` split, the rest ``train``; test images identical to a train image are
+dropped (and counted), so no probe is scored on a training image. Names tfds cannot read
+back (not snake_case, or already registered like ``mnist``) are refused before writing.
+The result reads back with
 ``tfds.builder(name, data_dir=...)`` and trains with
 ``python -m experiments.train --dataset=<name> --data_dir=... --views=left,right``.
 """
@@ -16,6 +19,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import common
 from sjepa_jax import images
 
 _NPZ = flags.DEFINE_string("npz", None, "Arrays `images` and `labels`.", required=True)
@@ -25,35 +29,43 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory to write 
                                 required=True)
 _TEST_SIZE = flags.DEFINE_integer("test_size", 1000, "Examples in the test split.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the one shuffle before splitting.")
+flags.adopt_module_key_flags(common)  # --traceback (and shared flags) show in --help
+
+
+def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """The ``images`` and ``labels`` arrays of an ``.npz`` file, with clear errors."""
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No such file: {path!r} (--npz).")
+  try:
+    f = np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as e:
+    raise ValueError(f"{path!r} is not an .npz file numpy can read ({e}); write one with "
+                     "np.savez(path, images=..., labels=...).") from e
+  if not isinstance(f, np.lib.npyio.NpzFile):
+    raise ValueError(f"{path!r} holds a single array, not an .npz with `images` and `labels`; "
+                     "write one with np.savez(path, images=..., labels=...).")
+  with f:
+    missing = {"images", "labels"} - set(f.files)
+    if missing:
+      raise ValueError(f"{path} lacks arrays {sorted(missing)}; it has {f.files}.")
+    return f["images"], f["labels"]
 
 
 def main(argv):
-  del argv
-  with np.load(os.path.expanduser(_NPZ.value)) as f:
-    missing = {"images", "labels"} - set(f.files)
-    if missing:
-      raise app.UsageError(f"{_NPZ.value} lacks arrays {sorted(missing)}; it has {f.files}.")
-    pixels, labels = f["images"], f["labels"]
-  if pixels.ndim not in (3, 4) or len(pixels) != len(labels):
-    raise app.UsageError(f"images must be (N, H, W[, C]) with one label each; got "
-                         f"{pixels.shape} and {labels.shape}.")
-  if not 0 < _TEST_SIZE.value < len(labels):
-    raise app.UsageError(f"--test_size must be in (0, {len(labels)}), got {_TEST_SIZE.value}.")
-  if not np.issubdtype(pixels.dtype, np.integer) or pixels.min() < 0 or pixels.max() > 255:
-    raise app.UsageError(f"images must be integers in [0, 255]; got {pixels.dtype} in "
-                         f"[{pixels.min()}, {pixels.max()}] (scale floats in [0, 1] by 255).")
-  if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-    raise app.UsageError(f"labels must be integers from 0; got {labels.dtype} from "
-                         f"{labels.min()}.")
-  order = np.random.default_rng(_SEED.value).permutation(len(labels))
-  pixels, labels = pixels[order].astype(np.uint8), labels[order].astype(np.int64)
-  cut = len(labels) - _TEST_SIZE.value
-  path = images.store(_NAME.value, os.path.expanduser(_DATA_DIR.value),
-                      {"train": (pixels[:cut], labels[:cut]),
-                       "test": (pixels[cut:], labels[cut:])})
-  print(f"{path}\n  train: {cut}, test: {_TEST_SIZE.value} images of {pixels.shape[1:]}, "
-        f"{labels.max() + 1} classes")
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  images.check_new_name(_NAME.value)
+  pixels, labels = load_npz(_NPZ.value)
+  splits, dropped = images.split_for_import(pixels, labels, _TEST_SIZE.value, _SEED.value)
+  path = images.store(_NAME.value, os.path.expanduser(_DATA_DIR.value), splits)
+  (train_x, train_y), (test_x, _) = splits["train"], splits["test"]
+  print(f"{path}\n  train: {len(train_y)}, test: {len(test_x)} images of {train_x.shape[1:]}, "
+        f"{max(int(y.max()) for _, y in splits.values()) + 1} classes")
+  if dropped:
+    print(f"  dropped {dropped} test images identical to a train image (so no probe is "
+          "scored on a training image)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -15,15 +15,13 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 from sjepa_jax import figures
 from sjepa_jax import migrate
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/migrate.py", "Migration budget and settings.",
-    lock_config=True)
+_CONFIG = common.define_config_flag("experiments/configs/migrate.py",
+                                    "Migration budget and settings.")
 _TEACHER = flags.DEFINE_string("teacher_workdir", None, "A training run holding the teacher.",
                                required=True)
 _TEACHER_VIEW = flags.DEFINE_string("teacher_view", None, "The teacher agent's view (default: "
@@ -35,6 +33,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the students' keys (shared by b
 _TEACHER_SEED = flags.DEFINE_integer("teacher_seed", None, "The teacher's seed, where its run "
                                      "trained its view with several (--seeds).")
 flags.mark_flag_as_required("student_view")
+flags.adopt_module_key_flags(common)  # --student_view and --traceback show in --help
 
 
 def main(argv):
@@ -66,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

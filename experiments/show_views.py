@@ -28,6 +28,7 @@ _ROWS = flags.DEFINE_integer("rows", 4, "Random states shown, one per row.")
 _SIZE = flags.DEFINE_integer("size", 64, "Image height and width in pixels.")
 _STATES = flags.DEFINE_integer("overlap_states", 256, "Random states the overlap averages.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random states.")
+flags.adopt_module_key_flags(common)  # --traceback (and shared flags) show in --help
 
 
 def save_grid(images: np.ndarray, names: list[str], path: str) -> None:
@@ -78,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -16,14 +16,12 @@ import os
 from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 
 from experiments import common
 from sjepa_jax import train
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/default.py", "Hyperparameters (a ConfigDict file); "
-    "override fields with --config.<field>=<value>.", lock_config=True)
+_CONFIG = common.define_config_flag("experiments/configs/default.py",
+                                    "Hyperparameters (a ConfigDict file).")
 _VIEW = common.define_views_flag("view", None, "Train one agent on this view.")
 _VIEWS = common.define_views_flag("views", None, "Train one agent per view, comma-separated.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and probe results.",
@@ -37,11 +35,23 @@ _DATASET = flags.DEFINE_string(
     "config.data.dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory holding --dataset. "
                                 "Sets config.data.data_dir.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
-                               "(multi-host TPU/GPU jobs).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "One process of a multi-process run: call jax.distributed.initialize() "
+    "first. Under SLURM, on TPU pods and on GCE it reads the process layout from the "
+    "environment; elsewhere give --coordinator_address, --num_processes and --process_id.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --multihost: host:port "
+                                   "of process 0 (default: from the environment).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --multihost: how many "
+                                      "processes (default: from the environment).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --multihost: this process's "
+                                   "index, 0 to num_processes - 1 (default: from the "
+                                   "environment).")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "With --multihost: seconds without "
+                                  "a heartbeat after which the others stop with an error.")
 flags.register_multi_flags_validator(
     ["view", "views"], lambda f: (f["view"] is None) != (f["views"] is None),
     message="Give exactly one of --view (one agent) or --views (several agents).")
+flags.adopt_module_key_flags(common)  # --view(s) and --traceback show in --help
 
 
 def _check_seeds(value):
@@ -63,7 +73,8 @@ def main(argv):
   common.quiet_library_logs()
   common.enable_compilation_cache()
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    common.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  _HEARTBEAT.value)
   config = _CONFIG.value
   if _DATASET.value is not None:
     config.data.dataset = _DATASET.value
@@ -72,7 +83,7 @@ def main(argv):
   views = _VIEW.value or _VIEWS.value
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else _SEED.value
   report = train.train_and_evaluate(config, _WORKDIR.value, views, seeds)
-  if report:
+  if report and jax.process_index() == 0:
     print(f"\nLinear probes on frozen latents, held-out states ({_WORKDIR.value}/probe.json):")
     print(f"{'agent':<13} {'class acc':>10} {'(random)':>9} {'pos R^2':>9} {'(random)':>9}")
     for view, r in report.items():
@@ -80,7 +91,9 @@ def main(argv):
                     for k in ("trained/position_r2", "random_init/position_r2"))
       print(f"{view:<13} {r['trained/class_acc']:>10.3f} {r['random_init/class_acc']:>9.3f} "
             f"{pos}")
+  if _MULTIHOST.value:
+    common.finish_distributed()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

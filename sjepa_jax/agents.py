@@ -240,8 +240,42 @@ def train_step(state: AgentState, view: Any, key: jax.Array, step: jax.Array,
   return apply_gradients(state, grads, config), metrics
 
 
+# Numeric fields of a training config and the values that mean something: (low, high,
+# whether low is allowed). Checked before anything compiles or is written.
+RANGES = {
+    **{k: (1, None, True) for k in (
+        "num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints", "model.dim",
+        "model.patch", "model.width", "model.predictor_hidden", "objective.sigreg_directions",
+        "data.batch_size", "data.image_size", "eval.probe_train", "eval.probe_test",
+        "eval.alignment_pairs", "eval.probe_steps")},
+    **{k: (0, None, True) for k in (
+        "model.depth", "model.predictor_depth", "optim.warmup_steps", "optim.weight_decay",
+        "objective.prediction_weight", "objective.variance_weight",
+        "objective.covariance_weight", "objective.sigreg_weight")},
+    **{k: (0, None, False) for k in ("optim.lr", "optim.eps", "optim.grad_clip")},
+    "optim.final_lr_fraction": (0, 1, True),
+    "objective.ema_decay": (0, 1, True),
+}
+
+
+def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple]) -> None:
+  """Raises naming the first field of ``config`` outside its range in ``ranges``."""
+  for name, (low, high, low_ok) in ranges.items():
+    value = config
+    for part in name.split("."):
+      if part not in value:
+        break
+      value = value[part]
+    else:
+      if value is None or not (value > low or (low_ok and value == low)) or (
+          high is not None and value > high):
+        bound = f"{'>=' if low_ok else '>'} {low}" + ("" if high is None else f" and <= {high}")
+        raise ValueError(f"config.{name} must be {bound}, got {value}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Rejects unknown choices in ``config`` with the valid ones named."""
+  """Rejects unknown choices and out-of-range numbers in ``config``, naming the valid ones."""
+  check_ranges(config, RANGES)
   o = config.objective
   if o.kind not in OBJECTIVES:
     raise ValueError(f"Unknown objective.kind {o.kind!r}; valid: {', '.join(OBJECTIVES)}.")
@@ -272,6 +306,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"{config.data.dataset!r} has none. Valid for datasets: jepa, autoencoder.")
   if config.data.frames < 2:
     raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
+  if (config.model.encoder != "cnn" or o.kind == "autoencoder") and (
+      config.data.image_size % config.model.patch):
+    raise ValueError(f"config.data.image_size ({config.data.image_size}) must be a multiple of "
+                     f"config.model.patch ({config.model.patch}).")
 
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
@@ -316,7 +354,7 @@ def load_agent(workdir: str, view: str, step: int | None = None, seed: int | Non
                      f"{workdir!r}; it holds {have}.")
   config = config_from_meta(meta)
   abstract = jax.eval_shape(lambda: init_agents(config, views, seeds))
-  mngr = checkpointing.manager(workdir)
+  mngr = checkpointing.reader(workdir)
   state, _ = checkpointing.restore(mngr, abstract, step)
   mngr.close()
   return jax.tree.map(lambda x: x[held[0]], state.params), config

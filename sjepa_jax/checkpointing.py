@@ -1,26 +1,160 @@
-"""The few Orbax calls the project makes: a manager, save, restore, and one agent by view.
+"""The few Orbax calls the project makes, and the safety around them.
 
 A checkpoint holds the stacked agent state (leading agent axis) and, beside it, the run's
 config and view names as JSON, so one agent can be loaded by name without the command
 that trained it. Saves are asynchronous; Orbax writes into a temporary directory and
 renames it when complete, so a crash never leaves a half-written checkpoint as the latest.
+
+Around Orbax: a SHA-256 per checkpoint file, written into the checkpoint before Orbax
+commits it (``checksums.json``) and verified before a restore, so a flipped bit, a
+truncated or missing file is caught and named; a damaged checkpoint is set aside (moved to
+``<workdir>/checkpoints_damaged/<step>``, never deleted) and training resumes from the
+newest intact one; and a lock, so one trainer at a time writes a workdir.
 """
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import os
-from typing import Any
+import socket
+from typing import Any, Iterator
 
+from absl import logging
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 PyTree = Any
+CHECKSUMS = "checksums.json"
+# Orbax's own bookkeeping, rewritten when it commits a step: not covered by the checksums.
+_UNCHECKED = frozenset({CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt"})
+_TMP = ".orbax-checkpoint-tmp"
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint whose files do not match the checksums recorded when it was saved."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another trainer holds the workdir."""
+
+
+# --- Files -------------------------------------------------------------------------------
+
+def write_json(obj, path: str) -> None:
+  """Writes JSON atomically: a crash leaves the previous file, never half of a new one."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds ``<workdir>/.lock`` (flock) for the block: one writer per workdir.
+
+  The kernel drops the lock when the holder dies, so a killed run never leaves it stuck.
+  """
+  f = open(os.path.join(workdir, ".lock"), "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "a process"
+    f.close()
+    raise WorkdirLockedError(
+        f"Workdir {workdir!r} is in use by another trainer ({holder}); wait for it to "
+        "finish or use another --workdir.") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+  f.flush()
+  try:
+    yield
+  finally:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
+def _files(step_dir: str) -> list[str]:
+  """Paths under ``step_dir`` that the checksums cover, relative to it, sorted."""
+  out = []
+  for root, _, names in os.walk(step_dir):
+    out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names
+            if n not in _UNCHECKED]
+  return sorted(out)
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def record_checksums(step_dir: str) -> None:
+  """Writes ``checksums.json``: the SHA-256 of every file of the checkpoint in ``step_dir``."""
+  sums = {name: _sha256(os.path.join(step_dir, name)) for name in _files(step_dir)}
+  write_json(sums, os.path.join(step_dir, CHECKSUMS))
+
+
+def damage(step_dir: str) -> str | None:
+  """What is wrong with the checkpoint in ``step_dir``, or None if its files match their
+  checksums (or it has none: saved before checksums existed)."""
+  path = os.path.join(step_dir, CHECKSUMS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      sums = json.load(f)
+  except (OSError, ValueError):
+    return f"its {CHECKSUMS} cannot be read"
+  for name, digest in sorted(sums.items()):
+    full = os.path.join(step_dir, name)
+    if not os.path.exists(full):
+      return f"file {name} is missing"
+    if _sha256(full) != digest:
+      return f"file {name} does not match its checksum (changed or truncated)"
+  return None
+
+
+def _record_in_flight(directory: str) -> None:
+  """Checksums of the step Orbax is about to commit (called on Orbax's save thread, after
+  the files are written and before the temporary directory is renamed)."""
+  if jax.process_index() != 0:
+    return
+  for name in os.listdir(directory):
+    if _TMP in name and name.split(".")[0].isdigit():
+      record_checksums(os.path.join(directory, name))
+
+
+# --- Orbax -------------------------------------------------------------------------------
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  """Checkpoint manager over ``<workdir>/checkpoints``, keeping the last ``keep``."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  """Checkpoint manager over ``<workdir>/checkpoints`` for training, keeping the last ``keep``."""
+  directory = checkpoint_dir(workdir)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=True,
+      async_options=ocp.options.AsyncOptions(
+          post_finalization_callback=lambda: _record_in_flight(directory)))
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def reader(workdir: str) -> ocp.CheckpointManager:
+  """A read-only manager over a training run's checkpoints; creates nothing."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No training run in {workdir!r}: it has no checkpoints/ folder "
+                            "(give the --workdir a training run wrote).")
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
@@ -33,23 +167,70 @@ def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
                                           meta=ocp.args.JsonSave(meta)), force=True)
 
 
+def resolve_step(mngr: ocp.CheckpointManager, step: int | None = None) -> int:
+  """``step`` if it is saved and intact, else the newest intact step; clear errors if none."""
+  directory = str(mngr.directory)
+  steps = sorted(mngr.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {directory!r}.")
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"No checkpoint at step {step} in {directory!r}; saved steps: "
+                              f"{', '.join(map(str, steps))}.")
+    problem = damage(os.path.join(directory, str(step)))
+    if problem:
+      raise DamagedCheckpointError(f"Checkpoint step {step} in {directory!r} is damaged: "
+                                   f"{problem}.")
+    return step
+  for s in reversed(steps):
+    problem = damage(os.path.join(directory, str(s)))
+    if problem is None:
+      return s
+    logging.warning("Skipping damaged checkpoint step %d in %s: %s.", s, directory, problem)
+  raise DamagedCheckpointError(f"Every checkpoint in {directory!r} (steps "
+                               f"{', '.join(map(str, steps))}) is damaged.")
+
+
+def set_aside_damaged(workdir: str) -> list[int]:
+  """Moves every damaged checkpoint to ``<workdir>/checkpoints_damaged/<step>`` (never
+  deleting one) so training resumes from the newest intact one; returns their steps."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  moved = []
+  for name in sorted(os.listdir(directory), key=lambda n: (len(n), n)):
+    problem = damage(os.path.join(directory, name)) if name.isdigit() else None
+    if problem:
+      aside = os.path.join(os.path.abspath(workdir), "checkpoints_damaged", name)
+      while os.path.exists(aside):
+        aside += "_"
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.replace(os.path.join(directory, name), aside)
+      logging.warning("Checkpoint step %s is damaged (%s); moved it to %s and resuming from "
+                      "the newest intact checkpoint.", name, problem, aside)
+      moved.append(int(name))
+  return moved
+
+
 def restore(mngr: ocp.CheckpointManager, abstract_state: PyTree,
             step: int | None = None) -> tuple[PyTree, int] | None:
-  """The state at ``step`` (default: latest) shaped like ``abstract_state``; None if none."""
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return None
+  """The state at ``step`` (default: newest intact) shaped like ``abstract_state``."""
+  step = resolve_step(mngr, step)
+  if jax.process_count() == 1:  # whatever the devices it was saved from (several processes)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state = jax.tree.map(
+        lambda x: x if getattr(x, "sharding", None) is not None else jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=device), abstract_state)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return restored["state"], step
 
 
 def read_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
-  """The saved config (as a dict) and views of a run, and the step they were read at."""
-  mngr = manager(workdir)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')!r}.")
+  """The saved config (as a dict) and views of a run, and the step they were read at
+  (default: the newest intact checkpoint). Creates nothing."""
+  mngr = reader(workdir)
+  step = resolve_step(mngr, step)
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   mngr.close()
   return meta, step

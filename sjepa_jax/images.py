@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import io
 import os
+import re
 from typing import NamedTuple, Sequence
 
 from absl import logging
@@ -271,3 +272,58 @@ class _ArraysBuilder(tfds.dataset_builders.AdhocBuilder, skip_registration=True)
     del dl_manager
     return {name: self._generate_examples_iterator(examples)
             for name, examples in self._split_datasets.items()}
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def check_new_name(name: str) -> None:
+  """Refuses a dataset name tfds cannot read back: not snake_case, or already registered."""
+  if not _NAME.match(name):
+    raise ValueError(f"Dataset name {name!r} cannot be read back by tfds: use lowercase "
+                     "letters, digits and underscores, starting with a letter (e.g. "
+                     f"{re.sub(r'[^a-z0-9_]', '_', name.lower()).strip('_') or 'my_images'!r}).")
+  try:
+    tfds.builder_cls(name)
+  except tfds.core.registered.DatasetNotFoundError:
+    return
+  raise ValueError(f"Dataset name {name!r} is already registered by tensorflow-datasets; "
+                   f"reading it back would load theirs: choose another (e.g. {name + '_local'!r}).")
+
+
+def split_for_import(pixels: np.ndarray, labels: np.ndarray, test_size: int, seed: int
+                     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
+  """Checks arrays to import, shuffles once and splits off the last ``test_size`` as test.
+
+  Test images identical to a train image (byte for byte) are dropped, so no probe is
+  scored on an image an agent trained on. Returns the splits and how many were dropped.
+  Raises before anything is written if the arrays cannot make a dataset.
+  """
+  if labels.ndim == 2 and labels.shape[1] == 1:
+    labels = labels[:, 0]
+  if pixels.ndim not in (3, 4) or labels.ndim != 1 or len(pixels) != len(labels):
+    raise ValueError(f"images must be (N, H, W) or (N, H, W, C) and labels (N,), one label "
+                     f"per image; got {pixels.shape} and {labels.shape}.")
+  if len(labels) == 0 or pixels.size == 0:
+    raise ValueError(f"The arrays are empty: images {pixels.shape}, labels {labels.shape}.")
+  if pixels.ndim == 4 and pixels.shape[-1] not in (1, 3):
+    raise ValueError(f"images must have 1 or 3 channels; got {pixels.shape[-1]} "
+                     f"(shape {pixels.shape}).")
+  if not 0 < test_size < len(labels):
+    raise ValueError(f"test_size must be in (0, {len(labels)}), got {test_size}.")
+  if not np.issubdtype(pixels.dtype, np.integer) or pixels.min() < 0 or pixels.max() > 255:
+    raise ValueError(f"images must be integers in [0, 255]; got {pixels.dtype} in "
+                     f"[{pixels.min()}, {pixels.max()}] (scale floats in [0, 1] by 255).")
+  if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+    raise ValueError(f"labels must be integers from 0; got {labels.dtype} from "
+                     f"{labels.min()}.")
+  order = np.random.default_rng(seed).permutation(len(labels))
+  pixels, labels = pixels[order].astype(np.uint8), labels[order].astype(np.int64)
+  cut = len(labels) - test_size
+  seen = {p.tobytes() for p in pixels[:cut]}
+  keep = np.asarray([p.tobytes() not in seen for p in pixels[cut:]], bool)
+  if not keep.any():
+    raise ValueError(f"Every one of the {test_size} test images is also in the train split; "
+                     "nothing is left to score probes on.")
+  test = (pixels[cut:][keep], labels[cut:][keep])
+  return {"train": (pixels[:cut], labels[:cut]), "test": test}, int((~keep).sum())

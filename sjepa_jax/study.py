@@ -69,7 +69,7 @@ def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
   config = agents.config_from_meta(meta)
   views, seeds = meta["views"], agents.meta_seeds(meta)
   initial = agents.init_agents(config, views, seeds)
-  mngr = checkpointing.manager(workdir)
+  mngr = checkpointing.reader(workdir)
   state, _ = checkpointing.restore(mngr, jax.eval_shape(lambda: initial), step)
   mngr.close()
   take = lambda tree, a: jax.tree.map(lambda x: x[a], tree["encoder"])
@@ -326,8 +326,8 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
           curves[f"{tgt}_to_{src}"] = align.r2_against_pairs(
               t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
           scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
-        logging.info("seed %d, %s <- %s: R^2 ridge %.3f, Procrustes %.3f, transfer %.3f "
-                     "(native %.3f)", s_seed, src, tgt, result["r2_ridge"],
+        logging.info("seed %d, %s->%s (target->source): R^2 ridge %.3f, Procrustes %.3f, "
+                     "transfer %.3f (native %.3f)", s_seed, tgt, src, result["r2_ridge"],
                      result["r2_procrustes"], result["transfer_acc"], result["native_acc"])
 
   chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
@@ -418,6 +418,8 @@ def _means(pairs: Sequence[dict]) -> dict[str, Any]:
   out["controls"] = {}
   for name in CONTROLS:
     present = [p["controls"][name] for p in pairs if p["controls"].get(name)]
+    if name == "same_view":  # one per view with a second seed, repeated for each target
+      present = list({tuple(c["agents"]): c for c in present}.values())
     if present:
       out["controls"][name] = {k: mean([c[k] for c in present if k in c])
                                for k in present[0] if k != "agents"}
@@ -435,8 +437,8 @@ def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
   little, so ``transfer_fraction_above_chance`` divides what each gains over chance.
   """
   out = _means(pairs)
-  seeds = sorted({p["seed"] for p in pairs})
-  per_seed = [_means([p for p in pairs if p["seed"] == s]) for s in seeds]
+  seeds = sorted({p.get("seed", 0) for p in pairs})
+  per_seed = [_means([p for p in pairs if p.get("seed", 0) == s]) for s in seeds]
   std = lambda xs: float(np.std(xs)) if len(xs) > 1 else 0.0
   out["seeds"] = seeds
   out["spread"] = {k: std([m[k] for m in per_seed if m[k] is not None]) for k in HEADLINE

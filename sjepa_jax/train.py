@@ -8,14 +8,15 @@ agent on the agent axis, so several seeds train in the same program.
 Shapes: A = agents, N = evaluation states, D = latent size.
 """
 
+import contextlib
 import functools
-import json
 import os
 from typing import Any, Sequence
 
 from absl import logging
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -64,6 +65,27 @@ def check_resumable(meta: dict, config: ml_collections.ConfigDict, roster: agent
                      "use another workdir to train with new settings.")
 
 
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """One trainer per workdir: process 0 holds ``<workdir>/.lock`` for the block, and every
+  process of a multi-process run learns whether it got it."""
+  with contextlib.ExitStack() as stack:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(checkpointing.workdir_lock(workdir))
+      except checkpointing.WorkdirLockedError as e:
+        error = e
+    if jax.process_count() > 1:
+      held = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+      if not held and error is None:
+        error = checkpointing.WorkdirLockedError(
+            f"Workdir {workdir!r} is in use by another trainer (process 0 names it).")
+    if error is not None:
+      raise error
+    yield
+
+
 # --- Devices -----------------------------------------------------------------------------
 
 def shardings(num_agents: int, batch_size: int):
@@ -85,6 +107,31 @@ def shardings(num_agents: int, batch_size: int):
   raise ValueError(f"Cannot split {num_agents} agents or a batch of {batch_size} over {n} "
                    f"devices: choose data.batch_size divisible by {n}, or a number of views "
                    f"divisible by {n}.")
+
+
+def to_global(tree: Any, sharding: jax.NamedSharding) -> Any:
+  """Places values every process holds whole (the same on each) on ``sharding``: each
+  process hands over only the shards of its own devices, so nothing crosses hosts. One
+  process: a plain ``device_put``. PRNG key arrays travel as their raw key data."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # global already (restored)
+      return x
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x)))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(one, tree)
+
+
+def host_local(tree: Any) -> Any:
+  """Whole values on this process: gathered from every process's shards when there are
+  several (a collective: every process calls it), unchanged when there is one."""
+  if jax.process_count() == 1:
+    return tree
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def replicated(sharding: jax.NamedSharding) -> jax.NamedSharding:
@@ -199,12 +246,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the end-of-training probe report (also written to ``<workdir>/probe.json``).
   """
-  # Setup.
   agents.validate(config)
   views = data.parse_views(config, views)
   roster = agents.roster(views, seeds)
-  names = roster.names
   check_workdir(workdir)
+  with hold_workdir(workdir):
+    return _train_and_evaluate(config, workdir, views, roster)
+
+
+def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[str, Any]:
+  """The run, once the config is checked and the workdir held."""
+  # Setup.
+  names = roster.names
   agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
   stacked_views = data.stack_views(config, roster.views)
   train_images = data.load_images(config, config.data.train_split)
@@ -214,19 +267,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Model and checkpoint: resume from the latest checkpoint when there is one.
   initial = agents.init_agents(config, roster.views, roster.seeds)
+  if jax.process_index() == 0:
+    checkpointing.set_aside_damaged(workdir)
+  if jax.process_count() > 1:  # every process sees the same checkpoints from here on
+    multihost_utils.sync_global_devices("sjepa_checkpoints_checked")
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
   start = 0
   if mngr.latest_step() is not None:
     meta, _ = checkpointing.read_meta(workdir)
     check_resumable(meta, config, roster, workdir)
-    state, start = checkpointing.restore(mngr, jax.eval_shape(lambda: initial))
+    abstract = jax.eval_shape(lambda: initial)
+    if jax.process_count() > 1:  # each process reads only its own shards
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                             sharding=agent_sharding), abstract)
+    state, start = checkpointing.restore(mngr, abstract)
     logging.info("Resumed from step %d in %s.", start, workdir)
   else:
     state = jax.tree.map(jnp.copy, initial)
   if agent_sharding is not None:
-    state, stacked_views, keys = jax.device_put((state, stacked_views, keys), agent_sharding)
+    state, stacked_views, keys = to_global((state, stacked_views, keys), agent_sharding)
   if pixels is not None and jax.device_count() > 1:  # once, not a copy per step
-    pixels = jax.device_put(pixels, replicated(agent_sharding or batch_sharding))
+    pixels = to_global(pixels, replicated(agent_sharding or batch_sharding))
   step_fn = make_step(config, agent_sharding, batch_sharding, len(names))
   encode_all = make_encoder(config)
 
@@ -257,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state, metrics = step_fn(state, stacked_views, keys, step, pixels)
       done = step + 1
       if done % config.log_every == 0 or done == stop:
-        metrics = jax.device_get(metrics)
+        metrics = jax.device_get(host_local(metrics))
         check_finite(metrics, names, last_logged, done, mngr.latest_step())
         last_logged = done
         scalars = {f"train/agent_{v}/{k}": float(m[a])
@@ -267,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           scalars["steps_per_sec"] = rate
         if align_set is not None:
           scalars.update(alignment_scores(
-              encode_all(state.params, align_set.obs, view_index), names))
+              encode_all(host_local(state.params), align_set.obs, view_index), names))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop:
         _save_if_finite(mngr, done, state, config, roster)
@@ -280,11 +341,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         num = min(num, len(eval_images.labels))
       probe_set = data.paired_set(config, jax.random.fold_in(eval_key, 1), eval_views, num,
                                   eval_images)
-      report = probe_report(config, encode_all, state, initial, probe_set, view_index, names)
+      report = probe_report(config, encode_all, state._replace(params=host_local(state.params)),
+                            initial, probe_set, view_index, names)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
-      with open(os.path.join(workdir, "probe.json"), "w") as f:
-        json.dump(report, f, indent=2)
+      if jax.process_index() == 0:
+        checkpointing.write_json(report, os.path.join(workdir, "probe.json"))
   mngr.close()
   return report
 
@@ -293,7 +355,7 @@ def _save_if_finite(mngr, step, state, config, roster: agents.Roster) -> None:
   """Saves a checkpoint only if every agent's parameters are finite."""
   finite = jax.vmap(lambda p: jnp.all(jnp.asarray(
       [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(state.params)
-  finite = np.asarray(finite)
+  finite = np.asarray(host_local(finite))
   if not finite.all():
     bad = int(np.flatnonzero(~finite)[0])
     raise FloatingPointError(
