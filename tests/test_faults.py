@@ -189,7 +189,7 @@ def test_a_missing_step_lists_the_saved_ones(trained):
 
 def test_help_shows_the_main_flags_and_the_config_fields():
   train_help = _cli("experiments.train", "--help").stdout
-  for text in ("--views:", "--view:", "--workdir:", "--[no]traceback:", "num_train_steps = 600",
+  for text in ("--views:", "--view:", "--workdir:", "--[no]traceback:", "num_train_steps = 1500",
                "keep_checkpoints = 3", "model.encoder"):
     assert text in train_help, text
   migrate_help = _cli("experiments.migrate", "--help").stdout

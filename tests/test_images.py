@@ -190,10 +190,10 @@ def test_runs_saved_before_datasets_resume_as_world_runs(config):
   for k in agents.DATA_DEFAULTS:
     del old["data"][k]
   meta = {"views": ["forest"], "seed": 0, "config": old}
-  train.check_resumable(meta, config, ["forest"], 0, "/tmp/old_run")  # no error
+  train.check_resumable(meta, config, agents.roster(["forest"], 0), "/tmp/old_run")  # no error
   config.data.dataset = "stripes"
   with pytest.raises(ValueError, match=r"other settings for \['data.dataset'\]"):
-    train.check_resumable(meta, config, ["forest"], 0, "/tmp/old_run")
+    train.check_resumable(meta, config, agents.roster(["forest"], 0), "/tmp/old_run")
 
 
 def test_import_images_refuses_float_images(tmp_path):

@@ -88,7 +88,7 @@ def test_durations_round_up_never_to_zero():
 def test_progress_rate_starts_at_the_first_logged_step(caplog):
   now = [1000.0]
   progress = metrics_io.Progress(total_steps=600, clock=lambda: now[0])
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     assert progress(100) is None  # compile time before this call is not a rate
     now[0] += 50.0
     assert progress(200) == pytest.approx(2.0)
