@@ -44,7 +44,7 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
        "--pairs=96", "--test_pairs=48", "--probe_steps=20"],
       cwd=ROOT, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "Controls, means over pairs" in out.stdout
+  assert "Controls, means over the pairs" in out.stdout
   report = json.load(open(os.path.join(main, "report.json")))
   assert len(report["pairs"]) == 6  # ordered pairs of three views
   assert sorted(os.listdir(os.path.join(main, "figures"))) == [
