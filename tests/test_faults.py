@@ -18,15 +18,10 @@ from sjepa_jax import checkpointing
 from sjepa_jax import images
 from sjepa_jax import train
 from tests.conftest import tiny_config
+from tests.test_train import _TINY_FLAGS  # the same tiny run, flag by flag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = ["mountain", "forest"]
-_TINY_FLAGS = [
-    "--config=experiments/configs/smoke.py", "--config.num_train_steps=4",
-    "--config.log_every=2", "--config.checkpoint_every=2", "--config.data.image_size=16",
-    "--config.model.patch=4", "--config.data.batch_size=8", "--config.eval.probe_train=48",
-    "--config.eval.probe_test=16", "--config.eval.alignment_pairs=16",
-    "--config.eval.probe_steps=10"]
 
 
 def _cli(*args):
