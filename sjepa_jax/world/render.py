@@ -74,7 +74,7 @@ def movable_prims(state: scene.WorldState) -> dict[str, Prims]:
   ext = scene.half_extents(state.shape, state.size)
   centre = jnp.concatenate([state.pos, ext[:, 2:]], -1)  # objects rest on the ground
   ids = jnp.arange(scene.NUM_OBJECTS, dtype=jnp.int32)
-  kind_of_shape = {"sphere": (0,), "cylinder": (2, scene.PUCK), "box": (1, 3)}
+  kind_of_shape = {"sphere": (0,), "cylinder": (scene.PUCK,), "box": (1, 2)}
   return {kind: Prims(centre, ext, state.colour, ids, jnp.isin(state.shape, jnp.asarray(s)))
           for kind, s in kind_of_shape.items()}
 

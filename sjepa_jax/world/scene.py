@@ -6,7 +6,9 @@ a fixed layout of static landmarks (a grove of trees to the south, rocks, low wa
 probe labels (class, position, velocity) and is pushed by the action; the others drift at
 constant velocity. Every object bounces off the arena walls.
 
-Class = shape x size (``NUM_CLASSES`` = 4 x 3). Colour is drawn independently of the class,
+Class = shape x size (``NUM_CLASSES`` = 3 x 3). The shapes differ in silhouette (round, flat
+and wide, tall and thin), so they stay apart at a few pixels across, where a cube and a
+cylinder did not (a supervised encoder confused them at 32x32). Colour is drawn independently of the class,
 so a probe cannot read the class off the colour (a pixel-PCA baseline could).
 
 The labels must be readable from one frame, so the focal object is the only one of its
@@ -25,9 +27,9 @@ import numpy as np
 
 ARENA_HALF = 2.5
 NUM_OBJECTS = 3
-SHAPES = ("sphere", "cube", "cylinder", "pillar")  # the focal object's shapes (its class)
+SHAPES = ("sphere", "slab", "pillar")  # the focal object's shapes (its class)
 PUCK = len(SHAPES)  # the distractors' shape: a flat disc, never the focal object's
-SIZES = (0.25, 0.45, 0.7)  # characteristic half-size of each size class, world units
+SIZES = (0.35, 0.55, 0.8)  # characteristic half-size of each size class, world units
 NUM_CLASSES = len(SHAPES) * len(SIZES)
 MAX_PUSH = 0.6  # largest action component, world units per step per step
 FRICTION = 0.85  # the focal object's velocity decays by this factor each step
@@ -55,9 +57,8 @@ def half_extents(shape: jax.Array, size: jax.Array) -> jax.Array:
   s = jnp.asarray(SIZES, jnp.float32)[size]
   ratio = jnp.asarray(
       [[1.0, 1.0, 1.0],  # sphere: radius s
-       [0.85, 0.85, 0.85],  # cube
-       [0.9, 0.9, 1.0],  # upright cylinder, height 2s
-       [0.6, 0.6, 1.6],  # pillar: a tall, thin box
+       [1.0, 1.0, 0.4],  # slab: a wide, low box
+       [0.55, 0.55, 1.6],  # pillar: a tall, thin box
        [1.0, 1.0, 0.15]],  # puck: a flat disc (distractors only)
       jnp.float32)[shape]
   return ratio * s[..., None]

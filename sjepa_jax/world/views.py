@@ -39,7 +39,7 @@ VIEWS: dict[str, View] = {
     "mountain": make_view(eye=(0.0, -6.2, 5.2), target=(0.0, -0.1, 0.2), fov_deg=46.0,
                           fog_density=0.015, fog_colour=(0.8, 0.85, 0.92)),
     # Low inside the grove, between the trunks, looking down across the arena.
-    "forest": make_view(eye=(0.3, -4.4, 1.4), target=(0.0, 0.0, 0.2), fov_deg=62.0,
+    "forest": make_view(eye=(0.3, -4.8, 1.8), target=(0.0, 0.0, 0.2), fov_deg=62.0,
                         fog_density=0.04, fog_colour=(0.35, 0.45, 0.35),
                         tint=(0.85, 1.0, 0.85), noise_std=0.02),
     # Oblique, from above the east side.
