@@ -1,5 +1,5 @@
 r"""Default agents, sized for 2 CPU cores: 32x32 images, a one-block patch mixer, D = 64,
-online stop-gradient target + VICReg + inverse dynamics, 1500 steps.
+online stop-gradient target + VICReg + inverse dynamics (weight 10), 1500 steps.
 
   python -m experiments.train --views=mountain,forest --workdir=/tmp/sjepa
 
@@ -41,7 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.regularizer = "vicreg"  # vicreg | sigreg | none
   c.objective.prediction_weight = 1.0
   # Inverse dynamics: predict the action from (z_t, z_t+1), so latents keep what it moves.
-  c.objective.inverse_weight = 0.0
+  # Without it the latents keep what stays still (colour, shape, the slow pucks) and the
+  # predictor barely beats copying; 10 lifted position R^2 from 0.38 to 0.79 (mountain,
+  # README "What the default run reaches"); 0 turns it off.
+  c.objective.inverse_weight = 10.0
   c.objective.variance_weight = 1.0
   c.objective.covariance_weight = 0.04
   c.objective.sigreg_weight = 0.05
