@@ -129,7 +129,7 @@ def autoencoder_loss_fn(params: PyTree, batch: data.Batch, config: ml_collection
   loss = jnp.mean((recon - batch.obs) ** 2)
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
   metrics = {"reconstruction": loss, "embedding_std": losses.embedding_std(z_flat),
-             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0])), "loss": loss}
+             "loss": loss}
   return loss, metrics
 
 
@@ -148,8 +148,7 @@ def supervised_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
   metrics = {"class_xent": ce, "position_mse": mse,
              "class_acc": jnp.mean(jnp.argmax(logits, -1) == labels["class"]),
-             "embedding_std": losses.embedding_std(z_flat),
-             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0])), "loss": loss}
+             "embedding_std": losses.embedding_std(z_flat), "loss": loss}
   return loss, metrics
 
 
@@ -185,8 +184,7 @@ def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Ba
     copy += losses.prediction_loss(target_z[:, 0], target_z[:, t + 1]) / horizon
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
   metrics = {"prediction": pred, "copy_prediction": jax.lax.stop_gradient(copy),
-             "embedding_std": losses.embedding_std(z_flat),
-             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0]))}
+             "embedding_std": losses.embedding_std(z_flat)}
   loss = o.prediction_weight * pred
   if o.inverse_weight > 0:
     # Inverse dynamics: the action must be readable from two consecutive latents, so the

@@ -25,6 +25,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import losses
 from sjepa_jax import metrics_io
 from sjepa_jax import probes
 
@@ -183,6 +184,32 @@ def make_encoder(config: ml_collections.ConfigDict):
   return encode_all
 
 
+# Rank metrics need many more states than dimensions: N = 8 D keeps isotropic Gaussian
+# latents' effective rank above 0.9 D (at N = D / 2 it is below D / 2).
+RANK_STATES_PER_DIM = 8
+
+
+def eval_set_size(config: ml_collections.ConfigDict) -> int:
+  """Paired states for the running evaluation: ``eval.alignment_pairs``, or 8 D if more."""
+  return max(config.eval.alignment_pairs, RANK_STATES_PER_DIM * config.model.dim)
+
+
+@jax.jit
+def _spectra(z_AxNxD):
+  return jax.vmap(losses.spectrum_stats)(z_AxNxD)
+
+
+def spectrum_scalars(z_AxNxD: jax.Array, names: Sequence[str],
+                     reference: dict[str, float]) -> dict[str, float]:
+  """Each agent's ``losses.spectrum_stats`` on the evaluation states, and beside them under
+  ``train/isotropic_reference/`` those of isotropic Gaussian latents of the same N and D."""
+  stats = jax.device_get(_spectra(z_AxNxD))
+  out = {f"train/agent_{v}/{k}": float(x[a]) for k, x in stats.items()
+         for a, v in enumerate(names)}
+  out.update({f"train/isotropic_reference/{k}": x for k, x in reference.items()})
+  return out
+
+
 def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, float]:
   """Unbiased linear CKA between every pair of agents on the paired set."""
   scores = {}
@@ -291,17 +318,18 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[s
   step_fn = make_step(config, agent_sharding, batch_sharding, len(names))
   encode_all = make_encoder(config)
 
-  # Evaluation data: fixed paired states, the same for every run, rendered once per view.
+  # Evaluation data: fixed paired states, the same for every run, rendered once per view:
+  # the running cross-agent CKA and every agent's latent spectrum are measured on them.
   e = config.eval
   eval_key = jax.random.key(e.seed)
   eval_views = data.stack_views(config, views)
   view_index = np.asarray([views.index(v) for v in roster.views])
-  align_set = None  # cross-agent alignment needs two agents or more
-  if len(names) > 1:
-    num = e.alignment_pairs if eval_images is None else min(e.alignment_pairs,
-                                                            len(eval_images.labels))
-    align_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), eval_views, num,
-                                eval_images)
+  num = eval_set_size(config)
+  if eval_images is not None:
+    num = min(num, len(eval_images.labels))
+  eval_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), eval_views, num,
+                             eval_images)
+  reference = losses.isotropic_reference(num, config.model.dim)
 
   main_process = jax.process_index() == 0  # one writer of event files and log lines
   writer = metrics_io.MetricWriter(workdir, enabled=main_process)
@@ -326,9 +354,10 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[s
         rate = progress(done)  # after device_get: the steps have run, not just been queued
         if rate is not None:
           scalars["steps_per_sec"] = rate
-        if align_set is not None:
-          scalars.update(alignment_scores(
-              encode_all(host_local(state.params), align_set.obs, view_index), names))
+        z = encode_all(host_local(state.params), eval_set.obs, view_index)
+        scalars.update(spectrum_scalars(z, names, reference))
+        if len(names) > 1:
+          scalars.update(alignment_scores(z, names))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop:
         _save_if_finite(mngr, done, state, config, roster)
