@@ -12,10 +12,10 @@ Gradients do not flow through it, so the student is pulled toward the teacher's 
 up to a rotation and a scale, never forced into the teacher's coordinates. Refitting it
 (one D x D SVD) is inside the compiled step, so its cost is counted with the step's.
 
-**Compute** is counted in FLOPs from XLA's cost analysis of each compiled step
-(``flops.compiled_flops``): the student's forward and backward passes, the teacher's
-forward passes and the map fit for the migrating student; the same step without teacher or
-map for the scratch student. Evaluation probes are measurement, not training, and are
+**Compute** is counted in FLOPs on each step's traced program (``flops.count_flops``:
+loops times their trip count, the SVD from its analytic count): the student's forward and
+backward passes, its batch's rendering, the teacher's forward passes and the map fit for
+the migrating student; the same step without teacher or map for the scratch student. Evaluation probes are measurement, not training, and are
 counted for neither. Both students start from the same initial parameters and see the
 same batches of their own view.
 

@@ -144,6 +144,20 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
               num_agents: int = 2):
   """The jitted step over all agents: (state, views, keys, step[, pixels]) -> (state,
   metrics); ``pixels`` are a dataset's train images, shared by every agent (None: world).
+  ``step_function`` says how the agents share it."""
+  step = step_function(config, batch_sharding, num_agents, agent_sharding is not None)
+  if agent_sharding is None:
+    jitted = jax.jit(step, donate_argnums=0)
+  else:
+    jitted = jax.jit(step, donate_argnums=0, in_shardings=(agent_sharding,) * 3 + (None, None),
+                     out_shardings=(agent_sharding, agent_sharding))
+  return lambda state, views, keys, step, pixels=None: jitted(state, views, keys, step, pixels)
+
+
+def step_function(config: ml_collections.ConfigDict, batch_sharding=None, num_agents: int = 2,
+                  agents_sharded: bool = False):
+  """The step over all agents before jitting: (state, views, keys, step, pixels) -> (state,
+  metrics).
 
   One agent skips the vmap: XLA's CPU backend runs a batched matmul with a batch of one
   about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). Several
@@ -156,17 +170,12 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
     squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
     expand = lambda t: jax.tree.map(lambda x: x[None], t)
     step = lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
-  elif agents.agent_map(config, agent_sharding is not None) == "lax_map":  # one at a time
+  elif agents.agent_map(config, agents_sharded) == "lax_map":  # one at a time
     step = lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
   else:
     step = jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p),
                     in_axes=(0, 0, 0, None, None))
-  if agent_sharding is None:
-    jitted = jax.jit(step, donate_argnums=0)
-  else:
-    jitted = jax.jit(step, donate_argnums=0, in_shardings=(agent_sharding,) * 3 + (None, None),
-                     out_shardings=(agent_sharding, agent_sharding))
-  return lambda state, views, keys, step, pixels=None: jitted(state, views, keys, step, pixels)
+  return step
 
 
 # --- Evaluation --------------------------------------------------------------------------
