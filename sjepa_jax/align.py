@@ -170,10 +170,22 @@ def shared_space_map(space: SharedSpace, source: int, target: int) -> LinearMap:
 # --- Metrics -----------------------------------------------------------------------------
 
 def r2_score(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
-  """Coefficient of determination, pooled over output dimensions (variance-weighted)."""
+  """Coefficient of determination, pooled over output dimensions (variance-weighted): with
+  anisotropic targets it mostly measures the top directions (see ``r2_uniform``)."""
   ss_res = jnp.sum((y_NxE - pred_NxE) ** 2)
   ss_tot = jnp.sum((y_NxE - y_NxE.mean(0)) ** 2)
   return 1.0 - ss_res / ss_tot
+
+
+def r2_uniform(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
+  """Coefficient of determination of each output dimension, averaged uniformly over them
+  (scikit-learn's ``uniform_average``): a low-variance direction counts as much as the top
+  one. Dimensions without variance are left out."""
+  ss_res = jnp.sum((y_NxE - pred_NxE) ** 2, 0)
+  ss_tot = jnp.sum((y_NxE - y_NxE.mean(0)) ** 2, 0)
+  varies = ss_tot > 1e-12 * jnp.max(ss_tot)
+  per_dim = jnp.where(varies, 1.0 - ss_res / jnp.where(varies, ss_tot, 1.0), 0.0)
+  return jnp.sum(per_dim) / jnp.maximum(jnp.sum(varies), 1)
 
 
 def relative_residual(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
@@ -285,9 +297,13 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
                   rank: int = 16, k: int = 10) -> dict[str, jax.Array]:
   """Fits every map X -> Y on the fitting pairs and scores it on the held-out pairs.
 
-  ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength chosen on a
-  validation split of the fitting pairs) minus R^2 of the scaled orthogonal map: near 0
-  when the spaces differ by a rotation and one scale. Vmap it to score many pairs at once.
+  ``r2_<map>`` is R^2 pooled over the target's dimensions (variance-weighted),
+  ``r2_<map>_uniform`` the mean of each dimension's R^2, and ``r2_<map>_whitened`` the
+  pooled R^2 of a map refitted between both sides whitened with their fitting pairs'
+  statistics. ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength
+  chosen on a validation split of the fitting pairs) minus R^2 of the scaled orthogonal map:
+  near 0 when the spaces differ by a rotation and one scale. Vmap it to score many pairs at
+  once.
   Mutual k-NN uses ``k`` neighbours, fewer when there are not ``k + 1`` held-out pairs.
   """
   maps = fit_maps(x_fit, y_fit, rank)
@@ -295,6 +311,7 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   for name, m in maps.items():
     pred = apply_map(m, x_test)
     out[f"r2_{name}"] = r2_score(pred, y_test)
+    out[f"r2_{name}_uniform"] = r2_uniform(pred, y_test)
     out[f"residual_{name}"] = relative_residual(pred, y_test)
   out["isometry_gap"] = out["r2_ridge"] - out["r2_procrustes"]
   out.update(singular_value_stats(maps["ridge"].w))

@@ -44,8 +44,8 @@ PyTree = Any
 # "Clearly worse" for a control: its map's held-out R^2 at least this far below.
 GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
          "control_margin_min": 0.1}
-CONTROL_FIELDS = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap",
-                  "isometry_gap_whitened", "cka_unbiased",
+CONTROL_FIELDS = ("r2_lstsq", "r2_identity", "r2_ridge", "r2_ridge_uniform", "r2_procrustes",
+                  "isometry_gap", "isometry_gap_whitened", "cka_unbiased",
                   "native_acc", "transfer_acc", "native_position_r2", "transfer_position_r2")
 R2_CURVE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -216,7 +216,7 @@ def identity_control(source: Space, target: Space, labels: dict[str, jax.Array],
   if source.z.shape[1] != target.z.shape[1]:
     return None
   x, y = target.z[n_fit:], source.z[n_fit:]
-  out = {"r2_lstsq": float(align.r2_score(x, y)),
+  out = {"r2_identity": float(align.r2_score(x, y)),
          "transfer_acc": float(probes.accuracy(source.class_probe, x, labels["class"][n_fit:]))}
   if source.position_probe is not None:
     out["transfer_position_r2"] = float(align.r2_score(
@@ -402,7 +402,8 @@ def _shared_space_r2(main: dict, trained: dict, n_fit: int) -> dict | None:
           for i, src in enumerate(views) for j, tgt in enumerate(views) if i != j}
 
 
-HEADLINE = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "r2_ridge_whitened",
+HEADLINE = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "r2_ridge_uniform",
+            "r2_procrustes_uniform", "r2_ridge_whitened",
             "r2_procrustes_whitened", "isometry_gap_whitened", "cka_unbiased",
             "native_acc", "transfer_acc", "transfer_acc_procrustes", "native_position_r2",
             "transfer_position_r2")
@@ -453,7 +454,7 @@ def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
                                            / max(out["native_acc"] - chance_acc, 1e-6))
   # How far each null control falls below the real result (the ceilings are not nulls).
   out["control_margins"] = {
-      name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c["r2_lstsq"]),
+      name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c.get("r2_identity")),
              "transfer_acc": out["transfer_acc"] - c["transfer_acc"]}
       for name, c in out["controls"].items() if name not in ("same_view", "supervised")}
   out["goals"] = dict(GOALS)

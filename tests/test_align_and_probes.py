@@ -122,6 +122,19 @@ def test_whitening_does_not_invent_a_relation_between_unrelated_spaces():
   assert float(out["r2_procrustes_whitened"]) < 0.05
 
 
+def test_uniform_r2_counts_every_dimension_where_pooled_r2_counts_the_top_one():
+  """One direction of std 10 mapped exactly, nine of std 1 unrelated: pooled R^2 is about
+  100 / 109, the mean of the dimensions' R^2 about 1 / 10."""
+  k1, k2 = jax.random.split(jax.random.fold_in(KEY, 11))
+  x = jax.random.normal(k1, (1200, 10))
+  y = jnp.concatenate([10.0 * x[:, :1], jax.random.normal(k2, (1200, 9))], axis=1)
+  out = align.evaluate_pair(x[:800], y[:800], x[800:], y[800:], rank=4, k=5)
+  np.testing.assert_allclose(float(out["r2_ridge"]), 100 / 109, atol=0.02)
+  np.testing.assert_allclose(float(out["r2_ridge_uniform"]), 0.1, atol=0.02)
+  assert float(out["r2_procrustes_uniform"]) < 0.15
+  np.testing.assert_allclose(float(align.r2_uniform(y, y)), 1.0)
+
+
 def test_unrelated_spaces_score_near_zero_held_out():
   k1, k2 = jax.random.split(KEY)
   x, y = jax.random.normal(k1, (600, 16)), jax.random.normal(k2, (600, 16))
