@@ -10,9 +10,9 @@ mapped (``vmap`` or ``lax.map``). The rules:
   its length; a ``cond`` counts its most expensive branch; a ``while_loop`` (whose trip
   count is data-dependent) is refused rather than guessed.
 - Everything else: one FLOP per output element for elementwise operations (transcendental
-  and integer ones included), one per input element for reductions, cumulative sums and sorts, one per update for
-  combining scatters, none for
-  data movement (reshape, broadcast, transpose, slice, gather, concatenate, convert, ...).
+  and integer ones included), one per input element for reductions, cumulative sums and
+  sorts, one per update for combining scatters, none for data movement (reshape,
+  broadcast, transpose, slice, gather, concatenate, convert, ...).
 
 This counts the program as written, before XLA fuses, simplifies or eliminates anything.
 XLA's own cost analysis (``xla_flops``) counts a loop body once whatever its trip count
@@ -64,8 +64,8 @@ def linalg_flops(name: str, m: int, n: int, r: int = 0, **params: Any) -> float:
   - ``svd``: values only 4 l k^2 - 4 k^3 / 3; with thin U and V 14 l k^2 + 8 k^3; with full
     U and V 4 l^2 k + 8 l k^2 + 9 k^3.
   - ``eigh`` (n x n): values only 4 n^3 / 3; with vectors 9 n^3.
-  - ``lu``: l k^2 - k^3 / 3 (2 n^3 / 3 for a square matrix). ``cholesky``: n^3 / 3. ``triangular_solve``: m^2 r, for an
-    m x m triangle and r right-hand sides.
+  - ``lu``: l k^2 - k^3 / 3 (2 n^3 / 3 for a square matrix). ``cholesky``: n^3 / 3.
+  - ``triangular_solve``: m^2 r, for an m x m triangle and r right-hand sides.
   - ``qr``: R alone 2 l k^2 - 2 k^3 / 3; twice that with the thin Q; R plus
     4 (l^2 k - l k^2 + k^3 / 3) with the full Q.
   """

@@ -15,9 +15,10 @@ up to a rotation and a scale, never forced into the teacher's coordinates. Refit
 **Compute** is counted in FLOPs on each step's traced program (``flops.count_flops``:
 loops times their trip count, the SVD from its analytic count): the student's forward and
 backward passes, its batch's rendering, the teacher's forward passes and the map fit for
-the migrating student; the same step without teacher or map for the scratch student. Evaluation probes are measurement, not training, and are
-counted for neither. Both students start from the same initial parameters and see the
-same batches of their own view.
+the migrating student; the same step without teacher or map for the scratch student.
+Evaluation probes are measurement, not training, and are counted for neither. Both
+students start from the same initial parameters and see the same batches of their own
+view.
 
 Shapes: B = batch, L = frames, D = student latent size, E = teacher latent size.
 """
