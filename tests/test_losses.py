@@ -66,6 +66,15 @@ def test_isotropic_gaussian_latents_score_close_to_d_only_with_many_samples():
     assert few[k] < 64, (k, few)
 
 
+def test_sigreg_of_gaussian_latents_averages_its_stated_expectation_not_zero():
+  expected = losses.sigreg_gaussian_expectation()
+  np.testing.assert_allclose(expected, 1.05, atol=0.01)
+  for b in (64, 1024):  # the expectation does not depend on the batch size
+    values = jax.vmap(lambda k: losses.sigreg(
+        jax.random.normal(k, (b, 16)), jax.random.fold_in(k, 1), 64))(jax.random.split(KEY, 16))
+    np.testing.assert_allclose(float(values.mean()), expected, rtol=0.05)
+
+
 def test_prediction_loss_is_mean_squared_error_per_dim():
   a, b = jnp.zeros((4, 8)), jnp.full((4, 8), 2.0)
   np.testing.assert_allclose(float(losses.prediction_loss(a, b)), 4.0)
