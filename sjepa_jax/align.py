@@ -45,11 +45,14 @@ def fit_lstsq(x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
   return LinearMap(mx, my, jnp.linalg.lstsq(x, y)[0])
 
 
-def _ridge_w(x, y, l2):
-  d = x.shape[1]
-  gram = x.T @ x
-  lam = l2 * jnp.trace(gram) / d  # relative strength: invariant to the latents' scale
-  return jnp.linalg.solve(gram + lam * jnp.eye(d), x.T @ y)
+def ridge_weights(x_NxD: jax.Array, y_NxE: jax.Array, l2: float | jax.Array) -> jax.Array:
+  """Ridge regression weights (D, E) of centred Y on centred X. ``l2`` is relative to the
+  mean eigenvalue of X^T X (for standardised X, about N), so it is invariant to the
+  latents' scale. The one ridge solve of the maps and the probes."""
+  d = x_NxD.shape[1]
+  gram = x_NxD.T @ x_NxD
+  lam = l2 * jnp.trace(gram) / d
+  return jnp.linalg.solve(gram + lam * jnp.eye(d), x_NxD.T @ y_NxE)
 
 
 @functools.partial(jax.jit, static_argnames="val_fraction")
@@ -62,11 +65,11 @@ def fit_ridge(x_NxD: jax.Array, y_NxE: jax.Array, l2: float | None = None,
     n_fit = int(round(x.shape[0] * (1 - val_fraction)))
     m_fit, mean_fit = x[:n_fit].mean(0), y[:n_fit].mean(0)
     def val_r2(l):
-      w = _ridge_w(x[:n_fit] - m_fit, y[:n_fit] - mean_fit, l)
+      w = ridge_weights(x[:n_fit] - m_fit, y[:n_fit] - mean_fit, l)
       return r2_score((x[n_fit:] - m_fit) @ w + mean_fit, y[n_fit:])
     grid = jnp.asarray(RIDGE_GRID)
     l2 = grid[jnp.argmax(jax.vmap(val_r2)(grid))]
-  return LinearMap(mx, my, _ridge_w(x, y, l2))
+  return LinearMap(mx, my, ridge_weights(x, y, l2))
 
 
 @functools.partial(jax.jit, static_argnames="rank")
@@ -78,7 +81,7 @@ def fit_reduced_rank(x_NxD: jax.Array, y_NxE: jax.Array, rank: int,
   References: Izenman, J. Multivariate Anal. 1975.
   """
   mx, my, x, y = _centre(x_NxD, y_NxE)
-  w = _ridge_w(x, y, l2)
+  w = ridge_weights(x, y, l2)
   v_ExK = jnp.linalg.svd(x @ w, full_matrices=False)[2][:rank].T
   return LinearMap(mx, my, w @ v_ExK @ v_ExK.T)
 
@@ -92,9 +95,16 @@ def fit_procrustes(x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
   References: Schoenemann, Psychometrika 1966.
   """
   mx, my, x, y = _centre(x_NxD, y_NxE)
-  u, sv, vt = jnp.linalg.svd(x.T @ y, full_matrices=False)
-  scale = sv.sum() / jnp.sum(x ** 2)
-  return LinearMap(mx, my, scale * (u @ vt))
+  return procrustes_from_moments(x.T @ y, jnp.sum(x ** 2), mx, my)
+
+
+def procrustes_from_moments(cross_DxE: jax.Array, sq_norm_x: jax.Array, x_mean: jax.Array,
+                            y_mean: jax.Array) -> LinearMap:
+  """The scaled orthogonal map from second moments of centred pairs: ``cross`` = X^T Y and
+  ``sq_norm_x`` = |X|^2 (both sums, or both means, over the same pairs). With
+  X^T Y = U S V^T the rotation is U V^T and the scale trace(S) / |X|^2."""
+  u, sv, vt = jnp.linalg.svd(cross_DxE, full_matrices=False)
+  return LinearMap(x_mean, y_mean, sv.sum() / jnp.maximum(sq_norm_x, 1e-12) * (u @ vt))
 
 
 def _inv_sqrt_and_sqrt(c):

@@ -35,13 +35,12 @@ def apply(probe: LinearProbe, z_NxD: jax.Array) -> jax.Array:
 
 
 def fit_ridge(z_NxD: jax.Array, y_NxC: jax.Array, l2: float = 1e-2) -> LinearProbe:
-  """Closed-form ridge regression of targets (e.g. one-hot classes) on latents."""
+  """Closed-form ridge regression of targets (e.g. one-hot classes) on standardised latents
+  (``align.ridge_weights``: ``l2`` relative to the mean eigenvalue of the Gram matrix)."""
   mean, std = _standardise(z_NxD)
   x = (z_NxD - mean) / std
   y_mean = y_NxC.mean(0)
-  n, d = x.shape
-  w = jnp.linalg.solve(x.T @ x + l2 * n * jnp.eye(d), x.T @ (y_NxC - y_mean))
-  return LinearProbe(mean, std, w, y_mean)
+  return LinearProbe(mean, std, align.ridge_weights(x, y_NxC - y_mean, l2), y_mean)
 
 
 def _logistic_loss(wb, x_NxD, labels_N, l2):
@@ -89,6 +88,26 @@ def logistic_grad_norm(probe: LinearProbe, z_NxD: jax.Array, labels_N: jax.Array
   the optimum."""
   x = (z_NxD - probe.mean) / probe.std
   return optax.tree.norm(jax.grad(_logistic_loss)((probe.w, probe.b), x, labels_N, l2))
+
+
+def evaluate(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int, num_classes: int,
+             steps: int = 500) -> tuple[LinearProbe, LinearProbe | None, dict[str, float]]:
+  """The probes of every study: the class probe (logistic) and, where the labels have a
+  ``position`` (the world), the position probe (ridge), fitted on the first ``n_fit`` rows.
+
+  Returns (class probe, position probe or None, scores): ``class_acc`` and
+  ``position_r2`` on the held-out rows, and ``class_probe_grad_norm``, how far the class
+  probe's solver stopped from the optimum (near 0: converged).
+  """
+  cls, pos = labels["class"], labels.get("position")
+  clf = fit_logistic(z_NxD[:n_fit], cls[:n_fit], num_classes, steps=steps)
+  scores = {"class_acc": float(accuracy(clf, z_NxD[n_fit:], cls[n_fit:])),
+            "class_probe_grad_norm": float(logistic_grad_norm(clf, z_NxD[:n_fit], cls[:n_fit]))}
+  if pos is None:
+    return clf, None, scores
+  reg = fit_ridge(z_NxD[:n_fit], pos[:n_fit])
+  scores["position_r2"] = float(align.r2_score(apply(reg, z_NxD[n_fit:]), pos[n_fit:]))
+  return clf, reg, scores
 
 
 def accuracy(probe: LinearProbe, z_NxD: jax.Array, labels_N: jax.Array) -> jax.Array:

@@ -65,13 +65,10 @@ class Agent:
 
 def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
   """Every agent of the run in ``workdir``, at ``step`` (default: the latest checkpoint)."""
-  meta, step = checkpointing.read_meta(workdir, step)
-  config = agents.config_from_meta(meta)
+  state, config = agents.restore_run(workdir, step)
+  meta, _ = checkpointing.read_meta(workdir, step)
   views, seeds = meta["views"], agents.meta_seeds(meta)
   initial = agents.init_agents(config, views, seeds)
-  mngr = checkpointing.reader(workdir)
-  state, _ = checkpointing.restore(mngr, jax.eval_shape(lambda: initial), step)
-  mngr.close()
   take = lambda tree, a: jax.tree.map(lambda x: x[a], tree["encoder"])
   several = len(set(seeds)) > 1
   return [Agent(f"{v}_s{s}" if several else v, v, config.objective.kind, s, workdir, config,
@@ -129,16 +126,9 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
 
 # --- Features ----------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames="config")
-def _encode_chunk(config, params, obs):
-  return agents.encode(config, params, obs)
-
-
 def encode(agent: Agent, params: PyTree, obs_NxHxWx3: jax.Array) -> jax.Array:
-  """Latents of many observations, in chunks that bound memory: (N, D)."""
-  config = ml_collections.FrozenConfigDict(agent.config)
-  return jnp.concatenate([_encode_chunk(config, params, obs_NxHxWx3[i:i + 256])
-                          for i in range(0, obs_NxHxWx3.shape[0], 256)])
+  """Latents of many observations with ``agent``'s architecture: (N, D)."""
+  return agents.encode_chunked(agent.config, params, obs_NxHxWx3)
 
 
 @functools.partial(jax.jit, static_argnames=("n_fit", "dim"))
@@ -166,20 +156,16 @@ class Space:
   position_probe: probes.LinearProbe | None  # None without position labels (datasets)
   native_acc: float
   native_position_r2: float | None
+  class_probe_grad_norm: float | None = None  # near 0: the class probe converged
 
 
 def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
                probe_steps: int, num_classes: int = world.NUM_CLASSES) -> Space:
   """Fits the class probe (and the position probe where there are positions: the world)
   on the fitting rows; scores them held out."""
-  cls, pos = labels["class"], labels.get("position")
-  clf = probes.fit_logistic(z_NxD[:n_fit], cls[:n_fit], num_classes, steps=probe_steps)
-  acc = float(probes.accuracy(clf, z_NxD[n_fit:], cls[n_fit:]))
-  if pos is None:
-    return Space(z_NxD, clf, None, acc, None)
-  reg = probes.fit_ridge(z_NxD[:n_fit], pos[:n_fit])
-  return Space(z_NxD, clf, reg, acc,
-               float(align.r2_score(probes.apply(reg, z_NxD[n_fit:]), pos[n_fit:])))
+  clf, reg, scores = probes.evaluate(z_NxD, labels, n_fit, num_classes, probe_steps)
+  return Space(z_NxD, clf, reg, scores["class_acc"], scores.get("position_r2"),
+               scores["class_probe_grad_norm"])
 
 
 def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: int,
@@ -343,6 +329,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           "workdir": a.workdir, "native_acc": trained[a.name].native_acc,
                           "native_position_r2": trained[a.name].native_position_r2,
+                          "class_probe_grad_norm": trained[a.name].class_probe_grad_norm,
                           **spectrum(trained[a.name].z[n_fit:]),
                           **({"random_init_acc": initial[a.name].native_acc,
                               "random_init_position_r2": initial[a.name].native_position_r2}

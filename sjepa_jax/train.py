@@ -181,16 +181,9 @@ def step_function(config: ml_collections.ConfigDict, batch_sharding=None, num_ag
 # --- Evaluation --------------------------------------------------------------------------
 
 def make_encoder(config: ml_collections.ConfigDict):
-  """Jitted ``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes
-  the states as seen from view ``index[a]`` (agents of several seeds share a view's frames,
-  which are rendered once)."""
-  enc = jax.jit(jax.vmap(lambda p, o: agents.encode(config, p["encoder"], o)))
-
-  def encode_all(params, obs_UxNxHxWx3, index):
-    chunks = [enc(params, obs_UxNxHxWx3[:, i:i + 256][index])
-              for i in range(0, obs_UxNxHxWx3.shape[1], 256)]
-    return jnp.concatenate(chunks, axis=1)
-  return encode_all
+  """``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes the
+  states as seen from view ``index[a]`` (``agents.encode_chunked``)."""
+  return lambda params, obs, index: agents.encode_chunked(config, params["encoder"], obs, index)
 
 
 # Rank metrics need many more states than dimensions: N = 8 D keeps isotropic Gaussian
@@ -232,24 +225,17 @@ def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, floa
 def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
                  initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
                  names: Sequence[str]) -> dict[str, dict[str, float]]:
-  """Held-out class accuracy and position R^2 of linear probes, trained vs random-init;
-  agent ``a`` sees the probe states from view ``index[a]`` of ``probe_set``."""
+  """``probes.evaluate`` of every agent, trained vs random-init: held-out class accuracy,
+  position R^2 (the world only) and the class probe's final gradient norm; agent ``a`` sees
+  the probe states from view ``index[a]`` of ``probe_set``."""
   n_train = probe_train_size(config, probe_set.obs.shape[1])
-  labels = probe_set.labels["class"]
-  pos = probe_set.labels.get("position")  # the world's focal position; datasets have none
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
     z = encode_all(s.params, probe_set.obs, index)
     for a, view in enumerate(names):
-      za = z[a]
-      clf = probes.fit_logistic(za[:n_train], labels[:n_train], probe_set.num_classes,
-                                steps=config.eval.probe_steps)
-      report.setdefault(view, {})[f"{name}/class_acc"] = float(
-          probes.accuracy(clf, za[n_train:], labels[n_train:]))
-      if pos is not None:
-        reg = probes.fit_ridge(za[:n_train], pos[:n_train])
-        report[view][f"{name}/position_r2"] = float(
-            align.r2_score(probes.apply(reg, za[n_train:]), pos[n_train:]))
+      scores = probes.evaluate(z[a], probe_set.labels, n_train, probe_set.num_classes,
+                               config.eval.probe_steps)[2]
+      report.setdefault(view, {}).update({f"{name}/{k}": v for k, v in scores.items()})
   return report
 
 

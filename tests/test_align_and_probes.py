@@ -64,6 +64,20 @@ def test_logistic_probe_reaches_its_optimum_on_ill_conditioned_latents():
   assert float(probes.logistic_grad_norm(probe, base @ mix, labels)) < 1e-4
 
 
+def test_probe_evaluation_scores_class_and_position_held_out():
+  """``probes.evaluate``, the one probe evaluation of training, migration and the study."""
+  k1, k2, k3 = jax.random.split(jax.random.fold_in(KEY, 9), 3)
+  labels = jax.random.randint(k1, (300,), 0, 3)
+  position = jax.random.normal(k2, (300, 2))
+  z = jnp.concatenate([4.0 * jax.nn.one_hot(labels, 3), position,
+                       0.1 * jax.random.normal(k3, (300, 3))], axis=1)
+  clf, reg, scores = probes.evaluate(z, {"class": labels, "position": position}, 200, 3)
+  assert scores["class_acc"] > 0.98 and scores["position_r2"] > 0.98
+  assert scores["class_probe_grad_norm"] < 1e-4 and reg is not None
+  _, none, scores = probes.evaluate(z, {"class": labels}, 200, 3)  # datasets: no position
+  assert none is None and "position_r2" not in scores
+
+
 def test_ridge_recovers_a_planted_linear_map():
   k1, k2 = jax.random.split(KEY)
   z = jax.random.normal(k1, (500, 12))

@@ -47,6 +47,19 @@ def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_
       assert 0.85 * d < scalars[f"train/agent_{view}/{k}"] <= d, (k, scalars)
 
 
+def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
+  """``agents.encode_chunked``, the one chunked encoder of training, migration and study."""
+  state = agents.init_agents(config, VIEWS, [0, 1])  # 4 agents: views x seeds
+  obs = jax.random.uniform(jax.random.key(0), (2, 20, 16, 16, 3))
+  index = [0, 0, 1, 1]
+  stacked = agents.encode_chunked(config, state.params["encoder"], obs, index, chunk=8)
+  for a, u in enumerate(index):
+    one = jax.tree.map(lambda x: x[a], state.params["encoder"])
+    np.testing.assert_allclose(stacked[a], agents.encode(config, one, obs[u]), atol=1e-5)
+    np.testing.assert_allclose(agents.encode_chunked(config, one, obs[u], chunk=8),
+                               stacked[a], atol=1e-5)
+
+
 def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):
   report = train.train_and_evaluate(config, str(tmp_path / "straight"), VIEWS)
   assert set(report) == set(VIEWS)
