@@ -342,9 +342,12 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
 
 
 def spectrum(z_NxD: jax.Array) -> dict[str, float]:
-  """Effective rank and participation ratio of held-out latents (N >= several D, so the
-  covariance is not rank-limited by the sample)."""
-  return {k: float(v) for k, v in losses.spectrum_stats(z_NxD).items()}
+  """Effective rank, participation ratio and RankMe of held-out latents, and under
+  ``isotropic_<name>`` those of isotropic Gaussian latents of the same N and D: what fully
+  used latents score on so many states."""
+  out = {k: float(v) for k, v in losses.spectrum_stats(z_NxD).items()}
+  reference = losses.isotropic_reference(*z_NxD.shape)
+  return {**out, **{f"isotropic_{k}": v for k, v in reference.items()}}
 
 
 def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections.ConfigDict:

@@ -114,4 +114,5 @@ def test_seeds_give_pairs_per_seed_spreads_and_free_same_view_ceilings(tmp_path)
                                                     f"{p['source']}_supervised"]
   assert s["controls"]["same_view"]["pairs"] == 4
   assert report["agents"]["mountain_supervised"]["kind"] == "supervised"
-  assert {"participation_ratio", "effective_rank"} <= set(report["agents"]["forest_s1"])
+  assert {"participation_ratio", "effective_rank", "rankme", "isotropic_effective_rank"} <= set(
+      report["agents"]["forest_s1"])
