@@ -49,7 +49,8 @@ def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_
 
 def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
   """``agents.encode_chunked``, the one chunked encoder of training, migration and study."""
-  state = agents.init_agents(config, VIEWS, [0, 1])  # 4 agents: views x seeds
+  roster = agents.roster(VIEWS, [0, 1])  # 4 agents: views x seeds
+  state = agents.init_agents(config, roster.views, roster.seeds)
   obs = jax.random.uniform(jax.random.key(0), (2, 20, 16, 16, 3))
   index = [0, 0, 1, 1]
   stacked = agents.encode_chunked(config, state.params["encoder"], obs, index, chunk=8)
