@@ -67,7 +67,8 @@ def print_table(report: dict) -> None:
   sp = s["spread"]
   print(f"\nMeans over pairs, +- the spread (std) of the per-seed means over {len(s['seeds'])} "
         f"seed(s) {s['seeds']}:")
-  for k in ("r2_ridge", "r2_procrustes", "isometry_gap", "cka_unbiased", "native_acc",
+  for k in ("r2_ridge", "r2_ridge_uniform", "r2_ridge_whitened", "r2_procrustes",
+            "isometry_gap", "cka_unbiased", "native_acc",
             "transfer_acc", "native_position_r2", "transfer_position_r2"):
     if s.get(k) is not None:
       print(f"  {k:<22}{_pm(s[k], sp.get(k, 0.0), 16)}")
@@ -77,7 +78,7 @@ def print_table(report: dict) -> None:
         f"{'pos R2 transfer':>18}")
   for name, c in s["controls"].items():
     cs = sp["controls"].get(name, {})
-    r2 = "r2_ridge" if "r2_ridge" in c else "r2_lstsq"
+    r2 = "r2_ridge" if "r2_ridge" in c else "r2_identity"
     print(f"{name:<16}{c['pairs']:>6}{_pm(c.get(r2), cs.get(r2, 0.0), 16)}"
           f"{_pm(c.get('r2_procrustes'), cs.get('r2_procrustes', 0.0), 16)}"
           f"{_pm(c.get('transfer_acc'), cs.get('transfer_acc', 0.0), 16)}"

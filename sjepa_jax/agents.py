@@ -10,12 +10,14 @@ whether it is trained alone or beside others.
 Shapes: A = agents, B = batch, L = frames per sample, D = latent size.
 """
 
+import functools
 import zlib
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from sjepa_jax import checkpointing
@@ -120,6 +122,35 @@ def encode(config: ml_collections.ConfigDict, encoder_params: PyTree,
   return z.reshape(lead + z.shape[-1:])
 
 
+@functools.partial(jax.jit, static_argnames="config")
+def _encode_one(config, encoder_params, obs):
+  return encode(config, encoder_params, obs)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _encode_stacked(config, encoder_params, obs):
+  return jax.vmap(lambda p, o: encode(config, p, o))(encoder_params, obs)
+
+
+def encode_chunked(config: ml_collections.ConfigDict, encoder_params: PyTree,
+                   obs: jax.Array, index: Sequence[int] | None = None,
+                   chunk: int = 256) -> jax.Array:
+  """Latents of many observations, jitted ``chunk`` states at a time to bound memory.
+
+  Without ``index``: one agent's encoder params, obs (N, H, W, 3) -> (N, D). With
+  ``index`` (A,): stacked agents' params and obs (U, N, H, W, 3) of U views; agent ``a``
+  encodes the states as seen from view ``index[a]`` -> (A, N, D) (agents of several seeds
+  share a view's frames, rendered once).
+  """
+  frozen = ml_collections.FrozenConfigDict(config)
+  if index is None:
+    return jnp.concatenate([_encode_one(frozen, encoder_params, obs[i:i + chunk])
+                            for i in range(0, obs.shape[0], chunk)])
+  index = np.asarray(index)
+  return jnp.concatenate([_encode_stacked(frozen, encoder_params, obs[:, i:i + chunk][index])
+                          for i in range(0, obs.shape[1], chunk)], axis=1)
+
+
 def autoencoder_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections.ConfigDict
                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Pixel reconstruction of every frame through the latent: the non-predictive control."""
@@ -129,7 +160,7 @@ def autoencoder_loss_fn(params: PyTree, batch: data.Batch, config: ml_collection
   loss = jnp.mean((recon - batch.obs) ** 2)
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
   metrics = {"reconstruction": loss, "embedding_std": losses.embedding_std(z_flat),
-             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0])), "loss": loss}
+             "loss": loss}
   return loss, metrics
 
 
@@ -148,8 +179,7 @@ def supervised_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
   metrics = {"class_xent": ce, "position_mse": mse,
              "class_acc": jnp.mean(jnp.argmax(logits, -1) == labels["class"]),
-             "embedding_std": losses.embedding_std(z_flat),
-             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0])), "loss": loss}
+             "embedding_std": losses.embedding_std(z_flat), "loss": loss}
   return loss, metrics
 
 
@@ -185,8 +215,7 @@ def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Ba
     copy += losses.prediction_loss(target_z[:, 0], target_z[:, t + 1]) / horizon
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
   metrics = {"prediction": pred, "copy_prediction": jax.lax.stop_gradient(copy),
-             "embedding_std": losses.embedding_std(z_flat),
-             **losses.spectrum_stats(jax.lax.stop_gradient(z_BxLxD[:, 0]))}
+             "embedding_std": losses.embedding_std(z_flat)}
   loss = o.prediction_weight * pred
   if o.inverse_weight > 0:
     # Inverse dynamics: the action must be readable from two consecutive latents, so the
@@ -213,9 +242,8 @@ def apply_gradients(state: AgentState, grads: PyTree, config: ml_collections.Con
   """The optimiser update of the online networks, then the EMA update of the target."""
   updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = config.objective.ema_decay
-  target = jax.tree.map(lambda t, p: decay * t + (1 - decay) * p, state.target,
-                        params["encoder"])
+  target = optax.incremental_update(params["encoder"], state.target,
+                                    step_size=1 - config.objective.ema_decay)
   return AgentState(params, target, opt_state)
 
 
@@ -352,9 +380,18 @@ def load_agent(workdir: str, view: str, step: int | None = None, seed: int | Non
     what = "No agent" if not held else "Several agents (give seed=)"
     raise ValueError(f"{what} for view {view!r}{'' if seed is None else f' seed {seed}'} in "
                      f"{workdir!r}; it holds {have}.")
+  state, config = restore_run(workdir, step)
+  return jax.tree.map(lambda x: x[held[0]], state.params), config
+
+
+def restore_run(workdir: str, step: int | None = None
+                ) -> tuple[AgentState, ml_collections.ConfigDict]:
+  """Every agent of a training run at ``step`` (default: the latest checkpoint), stacked as
+  in training (the checkpoint's ``views`` and seeds in order), and the run's config."""
+  meta, step = checkpointing.read_meta(workdir, step)
   config = config_from_meta(meta)
-  abstract = jax.eval_shape(lambda: init_agents(config, views, seeds))
+  abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta_seeds(meta)))
   mngr = checkpointing.reader(workdir)
   state, _ = checkpointing.restore(mngr, abstract, step)
   mngr.close()
-  return jax.tree.map(lambda x: x[held[0]], state.params), config
+  return state, config

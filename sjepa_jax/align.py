@@ -45,11 +45,14 @@ def fit_lstsq(x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
   return LinearMap(mx, my, jnp.linalg.lstsq(x, y)[0])
 
 
-def _ridge_w(x, y, l2):
-  d = x.shape[1]
-  gram = x.T @ x
-  lam = l2 * jnp.trace(gram) / d  # relative strength: invariant to the latents' scale
-  return jnp.linalg.solve(gram + lam * jnp.eye(d), x.T @ y)
+def ridge_weights(x_NxD: jax.Array, y_NxE: jax.Array, l2: float | jax.Array) -> jax.Array:
+  """Ridge regression weights (D, E) of centred Y on centred X. ``l2`` is relative to the
+  mean eigenvalue of X^T X (for standardised X, about N), so it is invariant to the
+  latents' scale. The one ridge solve of the maps and the probes."""
+  d = x_NxD.shape[1]
+  gram = x_NxD.T @ x_NxD
+  lam = l2 * jnp.trace(gram) / d
+  return jnp.linalg.solve(gram + lam * jnp.eye(d), x_NxD.T @ y_NxE)
 
 
 @functools.partial(jax.jit, static_argnames="val_fraction")
@@ -62,11 +65,11 @@ def fit_ridge(x_NxD: jax.Array, y_NxE: jax.Array, l2: float | None = None,
     n_fit = int(round(x.shape[0] * (1 - val_fraction)))
     m_fit, mean_fit = x[:n_fit].mean(0), y[:n_fit].mean(0)
     def val_r2(l):
-      w = _ridge_w(x[:n_fit] - m_fit, y[:n_fit] - mean_fit, l)
+      w = ridge_weights(x[:n_fit] - m_fit, y[:n_fit] - mean_fit, l)
       return r2_score((x[n_fit:] - m_fit) @ w + mean_fit, y[n_fit:])
     grid = jnp.asarray(RIDGE_GRID)
     l2 = grid[jnp.argmax(jax.vmap(val_r2)(grid))]
-  return LinearMap(mx, my, _ridge_w(x, y, l2))
+  return LinearMap(mx, my, ridge_weights(x, y, l2))
 
 
 @functools.partial(jax.jit, static_argnames="rank")
@@ -78,7 +81,7 @@ def fit_reduced_rank(x_NxD: jax.Array, y_NxE: jax.Array, rank: int,
   References: Izenman, J. Multivariate Anal. 1975.
   """
   mx, my, x, y = _centre(x_NxD, y_NxE)
-  w = _ridge_w(x, y, l2)
+  w = ridge_weights(x, y, l2)
   v_ExK = jnp.linalg.svd(x @ w, full_matrices=False)[2][:rank].T
   return LinearMap(mx, my, w @ v_ExK @ v_ExK.T)
 
@@ -92,9 +95,16 @@ def fit_procrustes(x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
   References: Schoenemann, Psychometrika 1966.
   """
   mx, my, x, y = _centre(x_NxD, y_NxE)
-  u, sv, vt = jnp.linalg.svd(x.T @ y, full_matrices=False)
-  scale = sv.sum() / jnp.sum(x ** 2)
-  return LinearMap(mx, my, scale * (u @ vt))
+  return procrustes_from_moments(x.T @ y, jnp.sum(x ** 2), mx, my)
+
+
+def procrustes_from_moments(cross_DxE: jax.Array, sq_norm_x: jax.Array, x_mean: jax.Array,
+                            y_mean: jax.Array) -> LinearMap:
+  """The scaled orthogonal map from second moments of centred pairs: ``cross`` = X^T Y and
+  ``sq_norm_x`` = |X|^2 (both sums, or both means, over the same pairs). With
+  X^T Y = U S V^T the rotation is U V^T and the scale trace(S) / |X|^2."""
+  u, sv, vt = jnp.linalg.svd(cross_DxE, full_matrices=False)
+  return LinearMap(x_mean, y_mean, sv.sum() / jnp.maximum(sq_norm_x, 1e-12) * (u @ vt))
 
 
 def _inv_sqrt_and_sqrt(c):
@@ -170,10 +180,22 @@ def shared_space_map(space: SharedSpace, source: int, target: int) -> LinearMap:
 # --- Metrics -----------------------------------------------------------------------------
 
 def r2_score(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
-  """Coefficient of determination, pooled over output dimensions (variance-weighted)."""
+  """Coefficient of determination, pooled over output dimensions (variance-weighted): with
+  anisotropic targets it mostly measures the top directions (see ``r2_uniform``)."""
   ss_res = jnp.sum((y_NxE - pred_NxE) ** 2)
   ss_tot = jnp.sum((y_NxE - y_NxE.mean(0)) ** 2)
   return 1.0 - ss_res / ss_tot
+
+
+def r2_uniform(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
+  """Coefficient of determination of each output dimension, averaged uniformly over them
+  (scikit-learn's ``uniform_average``): a low-variance direction counts as much as the top
+  one. Dimensions without variance are left out."""
+  ss_res = jnp.sum((y_NxE - pred_NxE) ** 2, 0)
+  ss_tot = jnp.sum((y_NxE - y_NxE.mean(0)) ** 2, 0)
+  varies = ss_tot > 1e-12 * jnp.max(ss_tot)
+  per_dim = jnp.where(varies, 1.0 - ss_res / jnp.where(varies, ss_tot, 1.0), 0.0)
+  return jnp.sum(per_dim) / jnp.maximum(jnp.sum(varies), 1)
 
 
 def relative_residual(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
@@ -285,9 +307,13 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
                   rank: int = 16, k: int = 10) -> dict[str, jax.Array]:
   """Fits every map X -> Y on the fitting pairs and scores it on the held-out pairs.
 
-  ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength chosen on a
-  validation split of the fitting pairs) minus R^2 of the scaled orthogonal map: near 0
-  when the spaces differ by a rotation and one scale. Vmap it to score many pairs at once.
+  ``r2_<map>`` is R^2 pooled over the target's dimensions (variance-weighted),
+  ``r2_<map>_uniform`` the mean of each dimension's R^2, and ``r2_<map>_whitened`` the
+  pooled R^2 of a map refitted between both sides whitened with their fitting pairs'
+  statistics. ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength
+  chosen on a validation split of the fitting pairs) minus R^2 of the scaled orthogonal map:
+  near 0 when the spaces differ by a rotation and one scale. Vmap it to score many pairs at
+  once.
   Mutual k-NN uses ``k`` neighbours, fewer when there are not ``k + 1`` held-out pairs.
   """
   maps = fit_maps(x_fit, y_fit, rank)
@@ -295,6 +321,7 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   for name, m in maps.items():
     pred = apply_map(m, x_test)
     out[f"r2_{name}"] = r2_score(pred, y_test)
+    out[f"r2_{name}_uniform"] = r2_uniform(pred, y_test)
     out[f"residual_{name}"] = relative_residual(pred, y_test)
   out["isometry_gap"] = out["r2_ridge"] - out["r2_procrustes"]
   out.update(singular_value_stats(maps["ridge"].w))

@@ -12,12 +12,13 @@ Gradients do not flow through it, so the student is pulled toward the teacher's 
 up to a rotation and a scale, never forced into the teacher's coordinates. Refitting it
 (one D x D SVD) is inside the compiled step, so its cost is counted with the step's.
 
-**Compute** is counted in FLOPs from XLA's cost analysis of each compiled step
-(``flops.compiled_flops``): the student's forward and backward passes, the teacher's
-forward passes and the map fit for the migrating student; the same step without teacher or
-map for the scratch student. Evaluation probes are measurement, not training, and are
-counted for neither. Both students start from the same initial parameters and see the
-same batches of their own view.
+**Compute** is counted in FLOPs on each step's traced program (``flops.count_flops``:
+loops times their trip count, the SVD from its analytic count): the student's forward and
+backward passes, its batch's rendering, the teacher's forward passes and the map fit for
+the migrating student; the same step without teacher or map for the scratch student.
+Evaluation probes are measurement, not training, and are counted for neither. Both
+students start from the same initial parameters and see the same batches of their own
+view.
 
 Shapes: B = batch, L = frames, D = student latent size, E = teacher latent size.
 """
@@ -76,9 +77,7 @@ def update_stats(stats: MapStats, z_s: jax.Array, z_t: jax.Array, decay: float) 
 
 def procrustes_map(stats: MapStats) -> align.LinearMap:
   """The scaled orthogonal map student -> teacher from the running statistics."""
-  u, sv, vt = jnp.linalg.svd(stats.cross, full_matrices=False)
-  return align.LinearMap(stats.mean_s, stats.mean_t,
-                         sv.sum() / jnp.maximum(stats.var_s, 1e-12) * (u @ vt))
+  return align.procrustes_from_moments(stats.cross, stats.var_s, stats.mean_s, stats.mean_t)
 
 
 def migrate_step(student: Student, student_view: world.View, teacher_view: world.View,
@@ -147,15 +146,11 @@ def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
 
 def evaluate(config: ml_collections.ConfigDict, params: PyTree, probe_set: data.PairedSet,
              n_fit: int) -> dict[str, float]:
-  """Held-out focal-class accuracy and position R^2 of linear probes on frozen latents."""
-  z = jnp.concatenate([agents.encode(config, params["encoder"], probe_set.obs[0, i:i + 256])
-                       for i in range(0, probe_set.obs.shape[1], 256)])
-  cls, pos = probe_set.labels["class"], probe_set.labels["position"]
-  clf = probes.fit_logistic(z[:n_fit], cls[:n_fit], world.NUM_CLASSES,
-                            steps=config.eval.probe_steps)
-  reg = probes.fit_ridge(z[:n_fit], pos[:n_fit])
-  return {"class_acc": float(probes.accuracy(clf, z[n_fit:], cls[n_fit:])),
-          "position_r2": float(align.r2_score(probes.apply(reg, z[n_fit:]), pos[n_fit:]))}
+  """Held-out focal-class accuracy and position R^2 of linear probes on frozen latents
+  (``probes.evaluate``), and the class probe's final gradient norm."""
+  z = agents.encode_chunked(config, params["encoder"], probe_set.obs[0])
+  return probes.evaluate(z, probe_set.labels, n_fit, world.NUM_CLASSES,
+                         config.eval.probe_steps)[2]
 
 
 def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"

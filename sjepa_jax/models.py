@@ -54,7 +54,8 @@ class MlpBlock(nn.Module):
 
 
 class MixerEncoder(nn.Module):
-  """MLP-Mixer over patches (arXiv 2105.01601), mean-pooled to D. The default encoder."""
+  """MLP-Mixer over patches (arXiv 2105.01601), read out to D by ``pool`` (the flattened
+  tokens by default). The default encoder."""
   dim: int
   patch: int = 8
   width: int = 128

@@ -44,8 +44,8 @@ PyTree = Any
 # "Clearly worse" for a control: its map's held-out R^2 at least this far below.
 GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
          "control_margin_min": 0.1}
-CONTROL_FIELDS = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap",
-                  "isometry_gap_whitened", "cka_unbiased",
+CONTROL_FIELDS = ("r2_lstsq", "r2_identity", "r2_ridge", "r2_ridge_uniform", "r2_procrustes",
+                  "isometry_gap", "isometry_gap_whitened", "cka_unbiased",
                   "native_acc", "transfer_acc", "native_position_r2", "transfer_position_r2")
 R2_CURVE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -65,13 +65,10 @@ class Agent:
 
 def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
   """Every agent of the run in ``workdir``, at ``step`` (default: the latest checkpoint)."""
-  meta, step = checkpointing.read_meta(workdir, step)
-  config = agents.config_from_meta(meta)
+  state, config = agents.restore_run(workdir, step)
+  meta, _ = checkpointing.read_meta(workdir, step)
   views, seeds = meta["views"], agents.meta_seeds(meta)
   initial = agents.init_agents(config, views, seeds)
-  mngr = checkpointing.reader(workdir)
-  state, _ = checkpointing.restore(mngr, jax.eval_shape(lambda: initial), step)
-  mngr.close()
   take = lambda tree, a: jax.tree.map(lambda x: x[a], tree["encoder"])
   several = len(set(seeds)) > 1
   return [Agent(f"{v}_s{s}" if several else v, v, config.objective.kind, s, workdir, config,
@@ -129,16 +126,9 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
 
 # --- Features ----------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames="config")
-def _encode_chunk(config, params, obs):
-  return agents.encode(config, params, obs)
-
-
 def encode(agent: Agent, params: PyTree, obs_NxHxWx3: jax.Array) -> jax.Array:
-  """Latents of many observations, in chunks that bound memory: (N, D)."""
-  config = ml_collections.FrozenConfigDict(agent.config)
-  return jnp.concatenate([_encode_chunk(config, params, obs_NxHxWx3[i:i + 256])
-                          for i in range(0, obs_NxHxWx3.shape[0], 256)])
+  """Latents of many observations with ``agent``'s architecture: (N, D)."""
+  return agents.encode_chunked(agent.config, params, obs_NxHxWx3)
 
 
 @functools.partial(jax.jit, static_argnames=("n_fit", "dim"))
@@ -166,20 +156,16 @@ class Space:
   position_probe: probes.LinearProbe | None  # None without position labels (datasets)
   native_acc: float
   native_position_r2: float | None
+  class_probe_grad_norm: float | None = None  # near 0: the class probe converged
 
 
 def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
                probe_steps: int, num_classes: int = world.NUM_CLASSES) -> Space:
   """Fits the class probe (and the position probe where there are positions: the world)
   on the fitting rows; scores them held out."""
-  cls, pos = labels["class"], labels.get("position")
-  clf = probes.fit_logistic(z_NxD[:n_fit], cls[:n_fit], num_classes, steps=probe_steps)
-  acc = float(probes.accuracy(clf, z_NxD[n_fit:], cls[n_fit:]))
-  if pos is None:
-    return Space(z_NxD, clf, None, acc, None)
-  reg = probes.fit_ridge(z_NxD[:n_fit], pos[:n_fit])
-  return Space(z_NxD, clf, reg, acc,
-               float(align.r2_score(probes.apply(reg, z_NxD[n_fit:]), pos[n_fit:])))
+  clf, reg, scores = probes.evaluate(z_NxD, labels, n_fit, num_classes, probe_steps)
+  return Space(z_NxD, clf, reg, scores["class_acc"], scores.get("position_r2"),
+               scores["class_probe_grad_norm"])
 
 
 def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: int,
@@ -216,7 +202,7 @@ def identity_control(source: Space, target: Space, labels: dict[str, jax.Array],
   if source.z.shape[1] != target.z.shape[1]:
     return None
   x, y = target.z[n_fit:], source.z[n_fit:]
-  out = {"r2_lstsq": float(align.r2_score(x, y)),
+  out = {"r2_identity": float(align.r2_score(x, y)),
          "transfer_acc": float(probes.accuracy(source.class_probe, x, labels["class"][n_fit:]))}
   if source.position_probe is not None:
     out["transfer_position_r2"] = float(align.r2_score(
@@ -343,6 +329,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           "workdir": a.workdir, "native_acc": trained[a.name].native_acc,
                           "native_position_r2": trained[a.name].native_position_r2,
+                          "class_probe_grad_norm": trained[a.name].class_probe_grad_norm,
                           **spectrum(trained[a.name].z[n_fit:]),
                           **({"random_init_acc": initial[a.name].native_acc,
                               "random_init_position_r2": initial[a.name].native_position_r2}
@@ -355,9 +342,12 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
 
 
 def spectrum(z_NxD: jax.Array) -> dict[str, float]:
-  """Effective rank and participation ratio of held-out latents (N >= several D, so the
-  covariance is not rank-limited by the sample)."""
-  return {k: float(v) for k, v in losses.spectrum_stats(z_NxD).items()}
+  """Effective rank, participation ratio and RankMe of held-out latents, and under
+  ``isotropic_<name>`` those of isotropic Gaussian latents of the same N and D: what fully
+  used latents score on so many states."""
+  out = {k: float(v) for k, v in losses.spectrum_stats(z_NxD).items()}
+  reference = losses.isotropic_reference(*z_NxD.shape)
+  return {**out, **{f"isotropic_{k}": v for k, v in reference.items()}}
 
 
 def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections.ConfigDict:
@@ -402,7 +392,8 @@ def _shared_space_r2(main: dict, trained: dict, n_fit: int) -> dict | None:
           for i, src in enumerate(views) for j, tgt in enumerate(views) if i != j}
 
 
-HEADLINE = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "r2_ridge_whitened",
+HEADLINE = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "r2_ridge_uniform",
+            "r2_procrustes_uniform", "r2_ridge_whitened",
             "r2_procrustes_whitened", "isometry_gap_whitened", "cka_unbiased",
             "native_acc", "transfer_acc", "transfer_acc_procrustes", "native_position_r2",
             "transfer_position_r2")
@@ -453,7 +444,7 @@ def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
                                            / max(out["native_acc"] - chance_acc, 1e-6))
   # How far each null control falls below the real result (the ceilings are not nulls).
   out["control_margins"] = {
-      name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c["r2_lstsq"]),
+      name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c.get("r2_identity")),
              "transfer_acc": out["transfer_acc"] - c["transfer_acc"]}
       for name, c in out["controls"].items() if name not in ("same_view", "supervised")}
   out["goals"] = dict(GOALS)

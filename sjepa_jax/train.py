@@ -25,6 +25,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import losses
 from sjepa_jax import metrics_io
 from sjepa_jax import probes
 
@@ -143,6 +144,20 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
               num_agents: int = 2):
   """The jitted step over all agents: (state, views, keys, step[, pixels]) -> (state,
   metrics); ``pixels`` are a dataset's train images, shared by every agent (None: world).
+  ``step_function`` says how the agents share it."""
+  step = step_function(config, batch_sharding, num_agents, agent_sharding is not None)
+  if agent_sharding is None:
+    jitted = jax.jit(step, donate_argnums=0)
+  else:
+    jitted = jax.jit(step, donate_argnums=0, in_shardings=(agent_sharding,) * 3 + (None, None),
+                     out_shardings=(agent_sharding, agent_sharding))
+  return lambda state, views, keys, step, pixels=None: jitted(state, views, keys, step, pixels)
+
+
+def step_function(config: ml_collections.ConfigDict, batch_sharding=None, num_agents: int = 2,
+                  agents_sharded: bool = False):
+  """The step over all agents before jitting: (state, views, keys, step, pixels) -> (state,
+  metrics).
 
   One agent skips the vmap: XLA's CPU backend runs a batched matmul with a batch of one
   about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). Several
@@ -155,32 +170,46 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
     squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
     expand = lambda t: jax.tree.map(lambda x: x[None], t)
     step = lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
-  elif agents.agent_map(config, agent_sharding is not None) == "lax_map":  # one at a time
+  elif agents.agent_map(config, agents_sharded) == "lax_map":  # one at a time
     step = lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
   else:
     step = jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p),
                     in_axes=(0, 0, 0, None, None))
-  if agent_sharding is None:
-    jitted = jax.jit(step, donate_argnums=0)
-  else:
-    jitted = jax.jit(step, donate_argnums=0, in_shardings=(agent_sharding,) * 3 + (None, None),
-                     out_shardings=(agent_sharding, agent_sharding))
-  return lambda state, views, keys, step, pixels=None: jitted(state, views, keys, step, pixels)
+  return step
 
 
 # --- Evaluation --------------------------------------------------------------------------
 
 def make_encoder(config: ml_collections.ConfigDict):
-  """Jitted ``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes
-  the states as seen from view ``index[a]`` (agents of several seeds share a view's frames,
-  which are rendered once)."""
-  enc = jax.jit(jax.vmap(lambda p, o: agents.encode(config, p["encoder"], o)))
+  """``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes the
+  states as seen from view ``index[a]`` (``agents.encode_chunked``)."""
+  return lambda params, obs, index: agents.encode_chunked(config, params["encoder"], obs, index)
 
-  def encode_all(params, obs_UxNxHxWx3, index):
-    chunks = [enc(params, obs_UxNxHxWx3[:, i:i + 256][index])
-              for i in range(0, obs_UxNxHxWx3.shape[1], 256)]
-    return jnp.concatenate(chunks, axis=1)
-  return encode_all
+
+# Rank metrics need many more states than dimensions: N = 8 D keeps isotropic Gaussian
+# latents' effective rank above 0.9 D (at N = D / 2 it is below D / 2).
+RANK_STATES_PER_DIM = 8
+
+
+def eval_set_size(config: ml_collections.ConfigDict) -> int:
+  """Paired states for the running evaluation: ``eval.alignment_pairs``, or 8 D if more."""
+  return max(config.eval.alignment_pairs, RANK_STATES_PER_DIM * config.model.dim)
+
+
+@jax.jit
+def _spectra(z_AxNxD):
+  return jax.vmap(losses.spectrum_stats)(z_AxNxD)
+
+
+def spectrum_scalars(z_AxNxD: jax.Array, names: Sequence[str],
+                     reference: dict[str, float]) -> dict[str, float]:
+  """Each agent's ``losses.spectrum_stats`` on the evaluation states, and beside them under
+  ``train/isotropic_reference/`` those of isotropic Gaussian latents of the same N and D."""
+  stats = jax.device_get(_spectra(z_AxNxD))
+  out = {f"train/agent_{v}/{k}": float(x[a]) for k, x in stats.items()
+         for a, v in enumerate(names)}
+  out.update({f"train/isotropic_reference/{k}": x for k, x in reference.items()})
+  return out
 
 
 def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, float]:
@@ -196,24 +225,17 @@ def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, floa
 def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
                  initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
                  names: Sequence[str]) -> dict[str, dict[str, float]]:
-  """Held-out class accuracy and position R^2 of linear probes, trained vs random-init;
-  agent ``a`` sees the probe states from view ``index[a]`` of ``probe_set``."""
+  """``probes.evaluate`` of every agent, trained vs random-init: held-out class accuracy,
+  position R^2 (the world only) and the class probe's final gradient norm; agent ``a`` sees
+  the probe states from view ``index[a]`` of ``probe_set``."""
   n_train = probe_train_size(config, probe_set.obs.shape[1])
-  labels = probe_set.labels["class"]
-  pos = probe_set.labels.get("position")  # the world's focal position; datasets have none
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
     z = encode_all(s.params, probe_set.obs, index)
     for a, view in enumerate(names):
-      za = z[a]
-      clf = probes.fit_logistic(za[:n_train], labels[:n_train], probe_set.num_classes,
-                                steps=config.eval.probe_steps)
-      report.setdefault(view, {})[f"{name}/class_acc"] = float(
-          probes.accuracy(clf, za[n_train:], labels[n_train:]))
-      if pos is not None:
-        reg = probes.fit_ridge(za[:n_train], pos[:n_train])
-        report[view][f"{name}/position_r2"] = float(
-            align.r2_score(probes.apply(reg, za[n_train:]), pos[n_train:]))
+      scores = probes.evaluate(z[a], probe_set.labels, n_train, probe_set.num_classes,
+                               config.eval.probe_steps)[2]
+      report.setdefault(view, {}).update({f"{name}/{k}": v for k, v in scores.items()})
   return report
 
 
@@ -291,17 +313,18 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[s
   step_fn = make_step(config, agent_sharding, batch_sharding, len(names))
   encode_all = make_encoder(config)
 
-  # Evaluation data: fixed paired states, the same for every run, rendered once per view.
+  # Evaluation data: fixed paired states, the same for every run, rendered once per view:
+  # the running cross-agent CKA and every agent's latent spectrum are measured on them.
   e = config.eval
   eval_key = jax.random.key(e.seed)
   eval_views = data.stack_views(config, views)
   view_index = np.asarray([views.index(v) for v in roster.views])
-  align_set = None  # cross-agent alignment needs two agents or more
-  if len(names) > 1:
-    num = e.alignment_pairs if eval_images is None else min(e.alignment_pairs,
-                                                            len(eval_images.labels))
-    align_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), eval_views, num,
-                                eval_images)
+  num = eval_set_size(config)
+  if eval_images is not None:
+    num = min(num, len(eval_images.labels))
+  eval_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), eval_views, num,
+                             eval_images)
+  reference = losses.isotropic_reference(num, config.model.dim)
 
   main_process = jax.process_index() == 0  # one writer of event files and log lines
   writer = metrics_io.MetricWriter(workdir, enabled=main_process)
@@ -326,9 +349,10 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[s
         rate = progress(done)  # after device_get: the steps have run, not just been queued
         if rate is not None:
           scalars["steps_per_sec"] = rate
-        if align_set is not None:
-          scalars.update(alignment_scores(
-              encode_all(host_local(state.params), align_set.obs, view_index), names))
+        z = encode_all(host_local(state.params), eval_set.obs, view_index)
+        scalars.update(spectrum_scalars(z, names, reference))
+        if len(names) > 1:
+          scalars.update(alignment_scores(z, names))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop:
         _save_if_finite(mngr, done, state, config, roster)

@@ -80,7 +80,7 @@ def test_autoencoder_objective_learns_to_reconstruct(config):
   assert "decoder" in state.params  # JEPA agents have none
   _, first = _train(config, ["mountain"], steps=1)
   _, last = _train(config, ["mountain"], steps=12)
-  assert set(first) >= {"reconstruction", "embedding_std", "effective_rank"}
+  assert set(first) >= {"reconstruction", "embedding_std"}
   assert float(last["reconstruction"][0]) < 0.7 * float(first["reconstruction"][0])
 
 

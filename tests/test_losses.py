@@ -47,6 +47,34 @@ def test_spectrum_stats_count_the_dimensions_in_use():
   assert float(losses.embedding_std(z)) < 1.0
 
 
+def test_rankme_is_the_entropy_of_the_singular_values_as_published():
+  """RankMe (arXiv 2210.02885, eq. 1) on planted singular values 4, 2, 1, 1, uncentred."""
+  q, _ = jnp.linalg.qr(jax.random.normal(KEY, (64, 4)))
+  z = q * jnp.asarray([4.0, 2.0, 1.0, 1.0]) + 5.0 * q[:, :1]  # a mean it must not remove
+  s = np.linalg.svd(np.asarray(z), compute_uv=False)
+  p = s / s.sum() + 1e-7
+  np.testing.assert_allclose(float(losses.spectrum_stats(z)["rankme"]),
+                             np.exp(-np.sum(p * np.log(p))), rtol=1e-4)
+
+
+def test_isotropic_gaussian_latents_score_close_to_d_only_with_many_samples():
+  """The isotropic reference at N = 16 D is near D; at N = D / 2 it is capped by N (the old
+  training metric's 64 samples of 128 dimensions: effective rank about 49)."""
+  many, few = losses.isotropic_reference(16 * 32, 32), losses.isotropic_reference(64, 128)
+  for k in ("effective_rank", "participation_ratio", "rankme"):
+    assert 0.9 * 32 < many[k] <= 32, (k, many)
+    assert few[k] < 64, (k, few)
+
+
+def test_sigreg_of_gaussian_latents_averages_its_stated_expectation_not_zero():
+  expected = losses.sigreg_gaussian_expectation()
+  np.testing.assert_allclose(expected, 1.05, atol=0.01)
+  for b in (64, 1024):  # the expectation does not depend on the batch size
+    values = jax.vmap(lambda k: losses.sigreg(
+        jax.random.normal(k, (b, 16)), jax.random.fold_in(k, 1), 64))(jax.random.split(KEY, 16))
+    np.testing.assert_allclose(float(values.mean()), expected, rtol=0.05)
+
+
 def test_prediction_loss_is_mean_squared_error_per_dim():
   a, b = jnp.zeros((4, 8)), jnp.full((4, 8), 2.0)
   np.testing.assert_allclose(float(losses.prediction_loss(a, b)), 4.0)

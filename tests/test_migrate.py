@@ -35,6 +35,15 @@ def test_map_from_running_statistics_recovers_a_planted_rotation_and_scale():
   np.testing.assert_allclose(align.apply_map(m, z), 0.4 * z @ r + 3.0, atol=1e-3)
 
 
+def test_the_running_map_of_one_batch_is_the_procrustes_fit_of_that_batch():
+  """One Procrustes (``align.procrustes_from_moments``) for the study and the migration."""
+  k1, k2 = jax.random.split(jax.random.key(3))
+  z_s, z_t = jax.random.normal(k1, (40, 6)), jax.random.normal(k2, (40, 5))
+  stats = migrate.update_stats(migrate.init_stats(6, 5), z_s, z_t, decay=0.9)
+  chex.assert_trees_all_close(migrate.procrustes_map(stats), align.fit_procrustes(z_s, z_t),
+                              atol=1e-5)
+
+
 def test_flops_to_reach_is_the_first_point_at_target_or_none():
   curve = [{"flops": 0.0, "class_acc": 0.1}, {"flops": 5.0, "class_acc": 0.6},
            {"flops": 9.0, "class_acc": 0.5}]

@@ -27,6 +27,20 @@ def test_pixel_pca_keeps_the_top_principal_variance():
                                                         * 200))[::-1], top, rtol=1e-3)
 
 
+def test_the_identity_control_has_its_own_r2_key_and_the_margins_read_it():
+  """The identity map's R^2 was stored as ``r2_lstsq``, the name of a fitted map's."""
+  k1, k2 = jax.random.split(jax.random.key(2))
+  z = jax.random.normal(k1, (64, 4))
+  labels = {"class": jax.random.randint(k2, (64,), 0, 3), "position": z[:, :2]}
+  space = study.make_space(z, labels, 48, probe_steps=5, num_classes=3)
+  out = study.identity_control(space, space, labels, 48)
+  assert out["r2_identity"] == pytest.approx(1.0) and "r2_lstsq" not in out
+  pair = {"seed": 0, "r2_ridge": 0.5, "isometry_gap": 0.1, "native_acc": 0.8, "transfer_acc": 0.6,
+          "controls": {"identity": {"r2_identity": -3.0, "transfer_acc": 0.1}}}
+  margins = study.summarise([pair], chance_acc=0.1)["control_margins"]
+  assert margins["identity"]["r2"] == pytest.approx(3.5)
+
+
 def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
   config = tiny_config()
   config.optim.eps = 1e-3  # so an agent trained alone equals its vmapped self to ~1e-6
@@ -100,4 +114,5 @@ def test_seeds_give_pairs_per_seed_spreads_and_free_same_view_ceilings(tmp_path)
                                                     f"{p['source']}_supervised"]
   assert s["controls"]["same_view"]["pairs"] == 4
   assert report["agents"]["mountain_supervised"]["kind"] == "supervised"
-  assert {"participation_ratio", "effective_rank"} <= set(report["agents"]["forest_s1"])
+  assert {"participation_ratio", "effective_rank", "rankme", "isotropic_effective_rank"} <= set(
+      report["agents"]["forest_s1"])

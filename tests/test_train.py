@@ -1,5 +1,6 @@
 """The training loop end to end: resume exactly, survive a kill, stop on NaN, clear errors."""
 
+import importlib
 import json
 import os
 import signal
@@ -28,6 +29,36 @@ def _final_state(config, workdir, seed=0):
   state, step = checkpointing.restore(mngr, abstract)
   mngr.close()
   return state, step
+
+
+@pytest.mark.parametrize("recipe", ["default", "long"])
+def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_near_d(recipe):
+  """Rank metrics are logged on the evaluation states, not on one batch's first frames (64
+  samples of 128 dimensions capped the effective rank of Gaussian latents at about 49), with
+  isotropic Gaussian latents of the same N and D beside them."""
+  config = importlib.import_module(f"experiments.configs.{recipe}").get_config()
+  n, d = train.eval_set_size(config), config.model.dim
+  z = jax.random.normal(jax.random.key(0), (2, n, d))
+  reference = {"effective_rank": 0.0}
+  scalars = train.spectrum_scalars(z, VIEWS, reference)
+  assert scalars["train/isotropic_reference/effective_rank"] == 0.0
+  for view in VIEWS:
+    for k in ("effective_rank", "participation_ratio", "rankme"):
+      assert 0.85 * d < scalars[f"train/agent_{view}/{k}"] <= d, (k, scalars)
+
+
+def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
+  """``agents.encode_chunked``, the one chunked encoder of training, migration and study."""
+  roster = agents.roster(VIEWS, [0, 1])  # 4 agents: views x seeds
+  state = agents.init_agents(config, roster.views, roster.seeds)
+  obs = jax.random.uniform(jax.random.key(0), (2, 20, 16, 16, 3))
+  index = [0, 0, 1, 1]
+  stacked = agents.encode_chunked(config, state.params["encoder"], obs, index, chunk=8)
+  for a, u in enumerate(index):
+    one = jax.tree.map(lambda x: x[a], state.params["encoder"])
+    np.testing.assert_allclose(stacked[a], agents.encode(config, one, obs[u]), atol=1e-5)
+    np.testing.assert_allclose(agents.encode_chunked(config, one, obs[u], chunk=8),
+                               stacked[a], atol=1e-5)
 
 
 def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):

@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.probe_train = 4000  # paired held-out states for the end-of-training probe
   c.eval.probe_test = 1000
-  c.eval.alignment_pairs = 512  # fixed paired states for the running cross-agent CKA
-  c.eval.probe_steps = 500
+  c.eval.alignment_pairs = 512  # fixed paired states for the running CKA and ranks (>= 8 D)
+  c.eval.probe_steps = 500  # most L-BFGS iterations of the class probe; it stops converged
   c.eval.seed = 1234  # the evaluation states are the same for every run and seed
   return c

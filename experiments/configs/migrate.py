@@ -22,6 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.probe_train = 2000  # held-out states of the student's view for the probes
   c.eval.probe_test = 1000
-  c.eval.probe_steps = 500
+  c.eval.probe_steps = 500  # most L-BFGS iterations of the class probe; it stops converged
   c.eval.seed = 1234
   return c

@@ -22,7 +22,7 @@ class View(NamedTuple):
   fog_density: np.ndarray  # () per world unit; 0 = no fog
   fog_colour: np.ndarray  # (3,)
   tint: np.ndarray  # (3,) multiplies the shaded colour
-  noise_std: np.ndarray  # () std of additive Gaussian sensor noise (needs a render key)
+  noise_std: np.ndarray  # () std of additive uniform sensor noise (needs a render key)
 
 
 def make_view(eye, target, fov_deg, fog_density=0.0, fog_colour=(0.7, 0.75, 0.8),
