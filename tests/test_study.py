@@ -116,3 +116,25 @@ def test_seeds_give_pairs_per_seed_spreads_and_free_same_view_ceilings(tmp_path)
   assert report["agents"]["mountain_supervised"]["kind"] == "supervised"
   assert {"participation_ratio", "effective_rank", "rankme", "isotropic_effective_rank"} <= set(
       report["agents"]["forest_s1"])
+
+
+@pytest.mark.parametrize("change, failed", [
+    ({}, None),
+    ({"r2_ridge": 0.89}, "r2"),
+    ({"isometry_gap": 0.06}, "isometry_gap"),
+    ({"transfer_acc": 0.84, "native_acc": 0.86}, "transfer"),  # 98% of native, under 0.85
+    ({"transfer_acc": 0.86, "native_acc": 0.95}, "transfer"),  # over 0.85, 90% of native
+    ({"pixel_pca": 0.81}, "controls_worse"),  # a control's transfer only 0.09 below
+])
+def test_goal_verdicts_fail_exactly_the_goal_that_is_missed(change, failed):
+  """A planted summary that meets every goal, then one goal missed at a time."""
+  pair = {"seed": 0, "r2_ridge": 0.95, "isometry_gap": 0.02, "native_acc": 0.92,
+          "transfer_acc": 0.9,
+          "controls": {"random_init": {"r2_ridge": 0.1, "transfer_acc": 0.2},
+                       # R^2 far below, transfer set by the case: a verdict on R^2 passes it.
+                       "pixel_pca": {"r2_ridge": 0.5, "transfer_acc": 0.5}}}
+  pair.update({k: v for k, v in change.items() if k != "pixel_pca"})
+  if "pixel_pca" in change:
+    pair["controls"]["pixel_pca"]["transfer_acc"] = change["pixel_pca"]
+  met = study.summarise([pair], chance_acc=0.1)["goals_met"]
+  assert {k for k, ok in met.items() if not ok} == ({failed} if failed else set())
