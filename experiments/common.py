@@ -95,6 +95,14 @@ _TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, print the whole
 # checkpoint, a workdir in use, a diverged run. Anything else is a bug: full traceback.
 USER_ERRORS = (ValueError, OSError, FloatingPointError, checkpointing.WorkdirLockedError)
 _MAX_LINE = 400
+PEER_LOST = "A process of this multi-process run stopped or cannot be reached"
+
+
+def _peer_lost(error: BaseException) -> bool:
+  """Whether ``error`` says that another process of a multi-process run is gone."""
+  return isinstance(error, checkpointing.PeerLostError) or any(
+      k in str(error) for k in ("Gloo", "heartbeat timeout", "Barrier failed",
+                                "Connection reset by peer"))
 
 
 def user_error_line(error: BaseException) -> str | None:
@@ -110,12 +118,10 @@ def user_error_line(error: BaseException) -> str | None:
       return f"No space left on device{where}: free some space (or use another --workdir) " \
              "and rerun; the run resumes from its last checkpoint."
   for e in chain:
-    if any(k in str(e) for k in ("Gloo", "heartbeat timeout", "Barrier failed",
-                                 "Connection reset by peer")):
+    if _peer_lost(e):
       first = " ".join(str(e).split())[:200]
-      return ("A process of this multi-process run stopped or cannot be reached "
-              f"({first}); rerun every process with the same command: training resumes from "
-              "the last checkpoint.")
+      return (f"{PEER_LOST} ({first}); rerun every process with the same command: "
+              "training resumes from the last checkpoint.")
   for e in chain:
     if isinstance(e, USER_ERRORS):
       text = " ".join(str(e).split()) or type(e).__name__
@@ -139,6 +145,12 @@ def run(main) -> None:
       if line is None or _TRACEBACK.value or flags.FLAGS.verbosity >= 1:
         raise
       print(f"error: {line}", file=sys.stderr)
+      if line.startswith(PEER_LOST):
+        # Not sys.exit: it joins Orbax's save threads, which wait for the lost process; the
+        # group's save cannot complete without it, and a rerun resumes from the last one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # pylint: disable=protected-access
       sys.exit(1)
   app.run(wrapped)
 
@@ -163,13 +175,14 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
 def finish_distributed(timeout_s: int = 300) -> None:
   """Leaves a multi-process run in order once every process is done: the others first,
   then process 0, whose coordination service must outlive them (recoverable tasks, see
-  ``initialize_distributed``, do not get JAX's own shutdown barrier)."""
+  ``initialize_distributed``, do not get JAX's own shutdown barrier). A process that died
+  is named within the heartbeat timeout, not waited for."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   client = distributed.global_state.client
   if client is None:
     return
-  client.wait_at_barrier("sjepa_finished", timeout_s * 1000)
+  checkpointing.barrier_noticing_lost_peers(key="sjepa_finished", timeout_ms=timeout_s * 1000)
   if jax.process_index() == 0:
     deadline = time.time() + timeout_s
     others = list(range(jax.process_count()))

@@ -9,7 +9,8 @@ Around Orbax: a SHA-256 per checkpoint file, written into the checkpoint before 
 commits it (``checksums.json``) and verified before a restore, so a flipped bit, a
 truncated or missing file is caught and named; a damaged checkpoint is set aside (moved to
 ``<workdir>/checkpoints_damaged/<step>``, never deleted) and training resumes from the
-newest intact one; and a lock, so one trainer at a time writes a workdir.
+newest intact one; a lock, so one trainer at a time writes a workdir; and, on several
+processes, save barriers that notice a process that died (``PeerLostError``).
 """
 
 import contextlib
@@ -22,6 +23,7 @@ from typing import Any, Iterator
 
 from absl import logging
 import jax
+from jax._src import distributed
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -38,6 +40,10 @@ class DamagedCheckpointError(ValueError):
 
 class WorkdirLockedError(RuntimeError):
   """Another trainer holds the workdir."""
+
+
+class PeerLostError(RuntimeError):
+  """A process of a multi-process run stopped while the others waited for it at a barrier."""
 
 
 # --- Files -------------------------------------------------------------------------------
@@ -133,6 +139,27 @@ def _record_in_flight(directory: str) -> None:
 
 # --- Orbax -------------------------------------------------------------------------------
 
+def barrier_noticing_lost_peers(*, key: str, timeout_ms: int) -> None:
+  """A barrier of every process that raises ``PeerLostError`` naming a process that died,
+  instead of waiting for it; Orbax's save barrier (``AsyncOptions.barrier_sync_fn``).
+
+  Orbax's own barrier waits out its whole timeout (20 minutes) for a dead process: JAX's
+  coordination barrier does not fail when a recoverable task (``jax_enable_recoverability``)
+  dies. The coordination service's list of live processes is itself a barrier of the live
+  processes, and it drops a process once its heartbeat stops (``heartbeat_timeout_seconds``
+  of ``jax.distributed.initialize``): it returns when every process has arrived, or names
+  the lost ones. A live but stuck process is waited for, as by every collective.
+  """
+  del timeout_ms  # bounded by the heartbeat timeout instead, for a dead process
+  everyone = list(range(jax.process_count()))
+  live = distributed.global_state.client.get_live_nodes(everyone)
+  lost = [p for p in everyone if p not in live]
+  if lost:
+    raise PeerLostError(
+        f"process {', '.join(map(str, lost))} stopped (no heartbeat) while process "
+        f"{jax.process_index()} waited for it at barrier {key!r}")
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -143,7 +170,8 @@ def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=True,
       async_options=ocp.options.AsyncOptions(
-          post_finalization_callback=lambda: _record_in_flight(directory)))
+          post_finalization_callback=lambda: _record_in_flight(directory),
+          barrier_sync_fn=barrier_noticing_lost_peers if jax.process_count() > 1 else None))
   return ocp.CheckpointManager(directory, options=options)
 
 

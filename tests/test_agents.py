@@ -22,6 +22,19 @@ def _train(config, views, steps, seed=0):
   return state, metrics
 
 
+# warmup_steps = 1 (tiny_config): step 0 has learning rate 0, so comparisons of trained
+# states take REAL_STEPS more steps and check that the parameters moved.
+REAL_STEPS = 3
+
+
+def _assert_moved(before, after, at_least=1e-4):
+  """Some parameter of ``after`` differs from ``before`` by more than ``at_least`` (a
+  learning rate of 0, or a missing update, leaves them equal)."""
+  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  assert moved > at_least, f"parameters moved by at most {moved:.1e}"
+
+
 @pytest.mark.parametrize("regularizer,target", [("vicreg", "online"), ("sigreg", "ema")])
 def test_vmapped_agents_equal_agents_trained_alone(config, regularizer, target):
   config.objective.regularizer = regularizer
@@ -29,10 +42,11 @@ def test_vmapped_agents_equal_agents_trained_alone(config, regularizer, target):
   # vmap batches matmuls differently, so results differ by float rounding (~1e-7); Adam's
   # first steps divide by sqrt(v) and would blow that up for near-zero gradients.
   config.optim.eps = 1e-3
-  together, metrics = _train(config, ["mountain", "forest"], steps=2)
+  together, metrics = _train(config, ["mountain", "forest"], steps=REAL_STEPS + 1)
   chex.assert_tree_all_finite(metrics)
+  _assert_moved(agents.init_agents(config, ["mountain", "forest"], 0).params, together.params)
   for a, view in enumerate(["mountain", "forest"]):
-    alone, _ = _train(config, [view], steps=2)
+    alone, _ = _train(config, [view], steps=REAL_STEPS + 1)
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[a], together),
                                 jax.tree.map(lambda x: x[0], alone), atol=1e-5, rtol=1e-5)
 
@@ -65,11 +79,18 @@ def test_step_compiles_once(config):
 def test_ema_target_follows_the_encoder(config):
   config.objective.target = "ema"
   config.objective.ema_decay = 0.5
-  state0 = agents.init_agents(config, ["drone"], 0)
-  state1, _ = _train(config, ["drone"], steps=1)
-  expected = jax.tree.map(lambda t, p: 0.5 * t + 0.5 * p, state0.target,
-                          state1.params["encoder"])
-  chex.assert_trees_all_close(state1.target, expected, atol=1e-6)
+  views = ["drone"]
+  state = agents.init_agents(config, views, 0)
+  step = jax.jit(jax.vmap(functools.partial(agents.train_step, config=config),
+                          in_axes=(0, 0, 0, None)))
+  stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
+  for i in range(REAL_STEPS + 1):
+    new, _ = step(state, stacked, keys, i)
+    expected = jax.tree.map(lambda t, p: 0.5 * t + 0.5 * p, state.target, new.params["encoder"])
+    chex.assert_trees_all_close(new.target, expected, atol=1e-6)
+    state = new
+  _assert_moved(agents.init_agents(config, views, 0).params["encoder"], state.params["encoder"])
+  _assert_moved(state.params["encoder"], state.target)  # lags behind: not a copy
 
 
 def test_autoencoder_objective_learns_to_reconstruct(config):
@@ -123,9 +144,11 @@ def test_single_agent_step_equals_the_vmapped_step(config):
   views = ["forest"]
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
   plain = train.make_step(config, None, None, num_agents=1)
-  state, _ = plain(agents.init_agents(config, views, 0), stacked, keys, 0)
-  state, metrics = plain(state, stacked, keys, 1)
-  vmapped, vmetrics = _train(config, views, steps=2)
+  state = agents.init_agents(config, views, 0)
+  for i in range(REAL_STEPS + 1):
+    state, metrics = plain(state, stacked, keys, i)
+  vmapped, vmetrics = _train(config, views, steps=REAL_STEPS + 1)
+  _assert_moved(agents.init_agents(config, views, 0).params, vmapped.params)
   chex.assert_trees_all_close(state, vmapped, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(metrics, vmetrics, atol=1e-5, rtol=1e-5)
 
@@ -139,8 +162,11 @@ def test_lax_map_over_agents_equals_vmap(config):
   for agent_map in ("vmap", "lax_map"):
     config.agent_map = agent_map
     step = train.make_step(config, None, None, num_agents=2)
-    state, metrics = step(agents.init_agents(config, views, 0), stacked, keys, 0)
-    results.append(step(state, stacked, keys, 1))
+    state = agents.init_agents(config, views, 0)
+    for i in range(REAL_STEPS + 1):
+      state, metrics = step(state, stacked, keys, i)
+    results.append((state, metrics))
+  _assert_moved(agents.init_agents(config, views, 0).params, results[0][0].params)
   chex.assert_trees_all_close(results[0], results[1], atol=1e-5, rtol=1e-5)
 
 
