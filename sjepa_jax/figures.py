@@ -89,7 +89,7 @@ def transfer_table(report: dict, path: str) -> str:
     for c in _CONTROLS:
       ctl = p["controls"].get(c)
       row.append("-" if not ctl else
-                 f"{ctl['transfer_acc']:.3f} / {ctl.get('r2_ridge', ctl['r2_identity']):.2f}")
+                 f"{ctl['transfer_acc']:.3f} / {ctl.get('r2_ridge', ctl.get('r2_identity')):.2f}")
     rows.append(row)
   fig, ax = plt.subplots(figsize=(1.25 * len(head), 0.25 * len(rows) + 0.6))
   ax.axis("off")
