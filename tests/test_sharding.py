@@ -28,7 +28,7 @@ def run(views, config, sharded, pixels=None):
     step = jax.jit(jax.vmap(lambda s, v, k, i, p: agents.train_step(s, v, k, i, config,
                                                                     pixels=p),
                             in_axes=(0, 0, 0, None, None)))
-  for i in range(2):
+  for i in range(4):  # step 0 has learning rate 0 (warmup_steps = 1): three real updates
     state, metrics = step(state, stacked, keys, i, pixels)
   return state, metrics
 
@@ -39,12 +39,17 @@ views = ["mountain", "forest", "drone", "river"]
 sharded, _ = run(views, config, True)
 assert len(jax.tree.leaves(sharded)[0].sharding.device_set) == 4
 chex.assert_trees_all_close(sharded, run(views, config, False)[0], atol=1e-5, rtol=1e-5)
-# Two agents, batch of 8 split over 4 devices: VICReg statistics must stay global.
+# Two agents, batch of 8 split over 4 devices: VICReg's and SIGReg's statistics must stay
+# global (a per-shard statistic of 2 samples would differ).
 views = ["mountain", "forest"]
-a, ma = run(views, config, True)
-b, mb = run(views, config, False)
-chex.assert_trees_all_close(ma, mb, atol=1e-5, rtol=1e-5)
-chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
+for regularizer in ("vicreg", "sigreg"):
+  config.objective.regularizer = regularizer
+  a, ma = run(views, config, True)
+  b, mb = run(views, config, False)
+  assert any(k.startswith(regularizer) for k in ma), sorted(ma)
+  chex.assert_trees_all_close(ma, mb, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
+config.objective.regularizer = "vicreg"
 # Four region agents of a dataset: the images are replicated, the agents split.
 config.data.dataset = "in-memory"
 pixels = jax.random.randint(jax.random.key(0), (32, 20, 20, 3), 0, 256).astype("uint8")
