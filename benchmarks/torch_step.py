@@ -2,6 +2,7 @@ r"""A PyTorch yardstick: the default agent's train step in PyTorch on CPU agains
 
   pip install torch   # benchmark-only, not in requirements.txt; without it this says so
   python -m benchmarks.torch_step [--rounds=7] [--steps=5] [--json=/tmp/torch_step.json]
+      [--components] [--torch_threads=1] [--config.objective.inverse_weight=0]
 
 Both sides run the same step for one agent of ``experiments/configs/default.py`` (read at
 run time, so the figures follow the default; ``--config.<field>=<value>`` overrides a field):
@@ -40,6 +41,9 @@ _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per side; the median i
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed round.")
 _JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
 _COMPONENTS = flags.DEFINE_bool("components", False, "Also time forward and backward parts.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0, "torch's intra-op threads; 0 keeps torch's default (one per core). "
+    "On a loaded machine its OpenMP workers wait for a free core at every op; 1 avoids that.")
 _CONFIG = common.define_config_flag("experiments/configs/default.py",
                                     "The agent to time (the twin refuses what it lacks).")
 
@@ -320,6 +324,8 @@ def main(argv):
   obs = rng.random((d.batch_size, d.frames, d.image_size, d.image_size, 3), np.float32)
   actions = rng.normal(size=(d.batch_size, d.frames - 1, data.action_dim(config)))
   actions = actions.astype(np.float32)
+  if _TORCH_THREADS.value > 0:
+    torch.set_num_threads(_TORCH_THREADS.value)
   threads = torch.get_num_threads()
   print(f"agent, batch {d.batch_size} x {d.frames} frames x {d.image_size}x"
         f"{d.image_size}x3, D = {config.model.dim}, {config.model.encoder} (patch "
