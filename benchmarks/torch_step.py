@@ -2,21 +2,24 @@ r"""A PyTorch yardstick: the default agent's train step in PyTorch on CPU agains
 
   pip install torch   # benchmark-only, not in requirements.txt; without it this says so
   python -m benchmarks.torch_step [--rounds=7] [--steps=5] [--json=/tmp/torch_step.json]
+      [--components] [--torch_threads=1] [--config.objective.inverse_weight=0]
 
 Both sides run the same step for one agent of ``experiments/configs/default.py`` (read at
-run time, so the figures follow the default): the mixer encoder on every frame, the
-predictor rolled out over the frames, loss = prediction + VICReg variance/covariance
-against the stop-gradient online target, the same diagnostics (embedding std, gradient
-norm), then global-norm clipping and AdamW. The batch is given, one
-fixed random tensor on both sides, so rendering is not timed. Each figure is the median over
-``--rounds`` of the mean step time over ``--steps`` steps, after warm-up (and compilation);
-both sides run in this one process on the same cores, alternating round by round.
-``jax/torch`` < 1 means ours is faster.
+run time, so the figures follow the default; ``--config.<field>=<value>`` overrides a field):
+the mixer encoder on every frame, the predictor rolled out over the frames, loss =
+prediction + VICReg variance/covariance against the stop-gradient online target (+ inverse
+dynamics when ``objective.inverse_weight > 0``), the same diagnostics (embedding std,
+copy-predictor loss, gradient norm), then global-norm clipping and
+AdamW. The torch twin starts from our initial weights, and the run stops unless both sides
+have the same parameter count and the same first loss. The batch is given, one fixed random
+tensor on both sides, so rendering is not timed. Each figure is the median over ``--rounds``
+of the mean step time over ``--steps`` steps, after warm-up (and compilation); both sides
+run in this one process on the same cores, alternating round by round. ``jax/torch`` < 1
+means ours is faster.
 
 Profile (per-component timing): ``--components`` also times the forward (encoder only,
 encoder + loss) and forward + backward on both sides, to show where the time goes.
 """
-
 import json
 import math
 import os
@@ -30,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.configs import default
+from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import data
 
@@ -38,6 +41,11 @@ _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per side; the median i
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed round.")
 _JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
 _COMPONENTS = flags.DEFINE_bool("components", False, "Also time forward and backward parts.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0, "torch's intra-op threads; 0 keeps torch's default (one per core). "
+    "On a loaded machine its OpenMP workers wait for a free core at every op; 1 avoids that.")
+_CONFIG = common.define_config_flag("experiments/configs/default.py",
+                                    "The agent to time (the twin refuses what it lacks).")
 
 try:
   import torch  # pylint: disable=g-import-not-at-top
@@ -98,7 +106,7 @@ class _Predictor(nn.Module if torch else object):
     self.norm = _layer_norm(dim)
     sizes = [dim + action_dim] + [hidden] * depth
     self.layers = nn.ModuleList([nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
-    self.out = nn.Linear(hidden, dim)
+    self.out = nn.Linear(sizes[-1], dim)
 
   def forward(self, z, action):
     x = torch.cat([self.norm(z), action], -1)
@@ -107,44 +115,121 @@ class _Predictor(nn.Module if torch else object):
     return z + self.out(x)
 
 
-def _torch_loss(encoder, predictor, obs, actions, o):
-  """agents.jepa_loss with the online stop-gradient target and VICReg."""
+class _Inverse(nn.Module if torch else object):
+  """models.InverseDynamics: MLP([LN(z_t), LN(z_t+1)]) -> a_t."""
+
+  def __init__(self, dim: int, action_dim: int, hidden: int):
+    super().__init__()
+    self.norm, self.norm_next = _layer_norm(dim), _layer_norm(dim)
+    self.block = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(approximate="tanh"),
+                               nn.Linear(hidden, action_dim))
+
+  def forward(self, z, z_next):
+    return self.block(torch.cat([self.norm(z), self.norm_next(z_next)], -1))
+
+
+class _Agent(nn.Module if torch else object):
+  """models.WorldModel for the JEPA objective: encoder, predictor, inverse model if used."""
+
+  def __init__(self, config, action_dim: int):
+    super().__init__()
+    m = config.model
+    self.encoder = _Mixer(m, config.data.image_size)
+    self.predictor = _Predictor(m.dim, action_dim, m.predictor_hidden, m.predictor_depth)
+    self.inverse = (_Inverse(m.dim, action_dim, m.predictor_hidden)
+                    if config.objective.inverse_weight > 0 else None)
+
+
+def _copy_dense(linear, p):
+  linear.weight.copy_(torch.tensor(np.asarray(p["kernel"]).T))
+  linear.bias.copy_(torch.tensor(np.asarray(p["bias"])))
+
+
+def _copy_norm(norm, p):
+  norm.weight.copy_(torch.tensor(np.asarray(p["scale"])))
+  norm.bias.copy_(torch.tensor(np.asarray(p["bias"])))
+
+
+def _copy_mlp(block, p):  # flax names the outer (down) Dense first: Dense_0 = down
+  _copy_dense(block.up, p["Dense_1"])
+  _copy_dense(block.down, p["Dense_0"])
+
+
+def load_jax_params(agent, params) -> None:
+  """Copies one agent's flax params (agents.init_agent(...).params) into the torch twin."""
+  with torch.no_grad():
+    e, enc = params["encoder"], agent.encoder
+    _copy_dense(enc.embed, e["Dense_0"])
+    for i, (norm1, tokens, norm2, channels) in enumerate(enc.blocks):
+      _copy_norm(norm1, e[f"LayerNorm_{2 * i}"])
+      _copy_mlp(tokens, e[f"MlpBlock_{2 * i}"])
+      _copy_norm(norm2, e[f"LayerNorm_{2 * i + 1}"])
+      _copy_mlp(channels, e[f"MlpBlock_{2 * i + 1}"])
+    _copy_norm(enc.norm, e[f"LayerNorm_{2 * len(enc.blocks)}"])
+    _copy_dense(enc.head, e["Dense_1"])
+    p, pred = params["predictor"], agent.predictor
+    _copy_norm(pred.norm, p["LayerNorm_0"])
+    for i, layer in enumerate(pred.layers):
+      _copy_dense(layer, p[f"Dense_{i}"])
+    _copy_dense(pred.out, p[f"Dense_{len(pred.layers)}"])
+    if agent.inverse is not None:
+      p, inv = params["inverse"], agent.inverse
+      _copy_norm(inv.norm, p["LayerNorm_0"])
+      _copy_norm(inv.norm_next, p["LayerNorm_1"])
+      _copy_dense(inv.block[0], p["Dense_1"])  # the outer Dense is Dense_0, as in MlpBlock
+      _copy_dense(inv.block[2], p["Dense_0"])
+
+
+def _prediction_loss(pred, target):  # losses.prediction_loss
+  return ((pred - target) ** 2).sum(-1).mean() / pred.shape[-1]
+
+
+def torch_loss(agent, obs, actions, o):
+  """agents.jepa_loss with the online stop-gradient target and VICReg: (loss, metrics)."""
   b, l = obs.shape[:2]
-  z = encoder(obs.reshape((b * l,) + obs.shape[2:])).reshape(b, l, -1)
+  z = agent.encoder(obs.reshape((b * l,) + obs.shape[2:])).reshape(b, l, -1)
   target = z.detach()
   z_hat, pred = z[:, 0], 0.0
   for t in range(l - 1):
-    z_hat = predictor(z_hat, actions[:, t])
-    pred = pred + ((z_hat - target[:, t + 1]) ** 2).sum(-1).mean() / z.shape[-1] / (l - 1)
+    z_hat = agent.predictor(z_hat, actions[:, t])
+    pred = pred + _prediction_loss(z_hat, target[:, t + 1]) / (l - 1)
   z_flat = z.reshape(b * l, -1)
-  variance = F.relu(1.0 - torch.sqrt(z_flat.var(0, unbiased=False) + 1e-4)).mean()
+  with torch.no_grad():  # the diagnostics our step computes too
+    metrics = {"copy_prediction": sum(_prediction_loss(target[:, 0], target[:, t + 1])
+                                      for t in range(l - 1)) / (l - 1),
+               "embedding_std": z_flat.std(0, unbiased=False).mean()}
+  loss = o.prediction_weight * pred
+  if o.inverse_weight > 0:  # through the online encoder, as ours
+    a_hat = agent.inverse(z[:, :-1], z[:, 1:])
+    metrics["inverse_dynamics"] = ((a_hat - actions) ** 2).sum(-1).mean()
+    loss = loss + o.inverse_weight * metrics["inverse_dynamics"]
+  metrics["vicreg_variance"] = F.relu(
+      1.0 - torch.sqrt(z_flat.var(0, unbiased=False) + 1e-4)).mean()
   zc = z_flat - z_flat.mean(0)
   cov = zc.T @ zc / (z_flat.shape[0] - 1)
-  covariance = (cov - torch.diag(torch.diag(cov))).pow(2).sum() / z_flat.shape[1]
-  with torch.no_grad():  # the diagnostics our step computes too
-    metrics = {"embedding_std": z_flat.std(0, unbiased=False).mean()}
-  loss = (o.prediction_weight * pred + o.variance_weight * variance
-          + o.covariance_weight * covariance)
+  metrics["vicreg_covariance"] = (cov - torch.diag(torch.diag(cov))).pow(2).sum() / z.shape[-1]
+  loss = loss + o.variance_weight * metrics["vicreg_variance"]
+  loss = loss + o.covariance_weight * metrics["vicreg_covariance"]
   return loss, metrics
 
 
-def torch_step_fn(config, obs, actions):
-  """A closure running one training step of the torch agent on the given batch."""
-  torch.manual_seed(0)
-  encoder = _Mixer(config.model, config.data.image_size)
-  predictor = _Predictor(config.model.dim, actions.shape[-1], config.model.predictor_hidden,
-                         config.model.predictor_depth)
-  params = list(encoder.parameters()) + list(predictor.parameters())
+def torch_step_fn(config, obs, actions, jax_params):
+  """A closure running one training step of the torch agent, started from ``jax_params``,
+  on the given batch; and the closures timing its parts."""
+  agent = _Agent(config, actions.shape[-1])
+  load_jax_params(agent, jax_params)
+  params = list(agent.parameters())
   o = config.optim
   opt = torch.optim.AdamW(params, lr=o.lr, eps=o.eps, weight_decay=o.weight_decay)
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, 1.0, min(o.warmup_steps, config.num_train_steps - 1), config.num_train_steps,
       end_value=o.final_lr_fraction)
   lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: float(schedule(i)))
+  loss_fn = lambda: torch_loss(agent, obs, actions, config.objective)[0]
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss, _ = _torch_loss(encoder, predictor, obs, actions, config.objective)
+    loss = loss_fn()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, o.grad_clip)  # returns the norm, as ours logs
     opt.step()
@@ -152,19 +237,17 @@ def torch_step_fn(config, obs, actions):
     return loss
 
   step.params = params
-  parts = {"forward: encoder": lambda: encoder(obs.reshape((-1,) + obs.shape[2:])),
-           "forward: loss": lambda: _torch_loss(encoder, predictor, obs, actions,
-                                                config.objective)[0],
-           "forward + backward": lambda: _torch_loss(encoder, predictor, obs, actions,
-                                                     config.objective)[0].backward()}
+  parts = {"forward: encoder": lambda: agent.encoder(obs.reshape((-1,) + obs.shape[2:])),
+           "forward: loss": loss_fn,
+           "forward + backward": lambda: loss_fn().backward()}
   return step, {k: torch.no_grad()(f) if "backward" not in k else f for k, f in parts.items()}
 
 
 # --- JAX: our own step on the same batch -------------------------------------------------
 
-def jax_step_fn(config, obs, actions):
-  """agents.train_step without the rendering: grad of agents.loss_fn, then the update."""
-  state = agents.init_agent(jax.random.key(0), config)
+def jax_step_fn(config, obs, actions, state):
+  """agents.train_step without the rendering: grad of agents.loss_fn, then the update,
+  from ``state`` (donated); and the closures timing its parts."""
   batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
   key = jax.random.key(1)
 
@@ -175,7 +258,7 @@ def jax_step_fn(config, obs, actions):
     return agents.apply_gradients(state, grads, config), metrics
 
   jitted = jax.jit(train_step, donate_argnums=0)
-  box = [state]
+  box = [jax.tree.map(jnp.copy, state)]  # ours to donate
 
   def step():
     box[0], metrics = jitted(box[0], batch)
@@ -211,39 +294,57 @@ def median_step_seconds(jax_step, torch_step, rounds: int, steps: int) -> tuple[
   return tuple(float(x) for x in np.median(times, axis=0))
 
 
+def unsupported(config) -> str | None:
+  """Why the torch twin cannot run ``config`` (one line), or None when it can."""
+  m, o = config.model, config.objective
+  for field, value, want in (("model.encoder", m.encoder, "mixer"),
+                             ("model.pool", m.pool, "flatten"),
+                             ("objective.kind", o.kind, "jepa"),
+                             ("objective.target", o.target, "online"),
+                             ("objective.regularizer", o.regularizer, "vicreg")):
+    if value != want:
+      return f"{field} is {value!r}, the twin has only {want!r}"
+  return None
+
+
 def main(argv):
   del argv
   if torch is None:
     print("benchmarks.torch_step needs PyTorch, a benchmark-only dependency: "
           "pip install torch")
     sys.exit(0)
-  config = default.get_config()
-  if config.model.encoder != "mixer" or config.objective.kind != "jepa" or \
-      config.objective.target != "online" or config.objective.regularizer != "vicreg":
-    sys.exit(f"The torch twin mirrors the mixer / jepa / online / vicreg agent; the default "
-             f"is now {config.model.encoder} / {config.objective.kind} / "
-             f"{config.objective.target} / {config.objective.regularizer}: extend _Mixer.")
+  config = _CONFIG.value
+  reason = unsupported(config)
+  if reason:
+    sys.exit(f"The torch twin does not implement this config: {reason}.")
   d = config.data
   rng = np.random.default_rng(0)
   obs = rng.random((d.batch_size, d.frames, d.image_size, d.image_size, 3), np.float32)
   actions = rng.normal(size=(d.batch_size, d.frames - 1, data.action_dim(config)))
   actions = actions.astype(np.float32)
+  if _TORCH_THREADS.value > 0:
+    torch.set_num_threads(_TORCH_THREADS.value)
   threads = torch.get_num_threads()
-  print(f"default agent, batch {d.batch_size} x {d.frames} frames x {d.image_size}x"
+  print(f"agent, batch {d.batch_size} x {d.frames} frames x {d.image_size}x"
         f"{d.image_size}x3, D = {config.model.dim}, {config.model.encoder} (patch "
-        f"{config.model.patch}, width {config.model.width}, depth {config.model.depth}); "
+        f"{config.model.patch}, width {config.model.width}, depth {config.model.depth}), inverse "
+        f"dynamics weight {config.objective.inverse_weight}; "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), jax "
         f"{jax.__version__} ({jax.default_backend()}); median of {_ROUNDS.value} rounds of "
         f"{_STEPS.value} steps")
-  jax_step, jax_parts = jax_step_fn(config, obs, actions)
+  state = agents.init_agent(jax.random.key(0), config)
   torch_step, torch_parts = torch_step_fn(config, torch.from_numpy(obs),
-                                          torch.from_numpy(actions))
-  counts = (sum(x.size for x in jax.tree.leaves(agents.init_agent(jax.random.key(0),
-                                                                   config).params)),
+                                          torch.from_numpy(actions), state.params)
+  jax_step, jax_parts = jax_step_fn(config, obs, actions, state)
+  counts = (sum(x.size for x in jax.tree.leaves(state.params)),
             sum(p.numel() for p in torch_step.params))
   print(f"parameters: jax {counts[0]}, torch {counts[1]}")
   if counts[0] != counts[1]:
     sys.exit("The torch twin's parameter count differs from ours: fix the twin first.")
+  losses = float(jax_parts["forward: loss"]()), float(torch_parts["forward: loss"]())
+  print(f"first loss: jax {losses[0]:.6f}, torch {losses[1]:.6f}")
+  if not math.isclose(*losses, rel_tol=1e-4):
+    sys.exit("The torch twin's loss differs from ours on the same weights: fix the twin.")
   rows = {"train step": (jax_step, torch_step)}
   if _COMPONENTS.value:
     rows.update({k: (jax_parts[k], torch_parts[k]) for k in jax_parts})
@@ -259,7 +360,10 @@ def main(argv):
     with open(_JSON.value, "w") as f:
       json.dump({"config": {"batch": d.batch_size, "frames": d.frames,
                             "image_size": d.image_size, "dim": config.model.dim,
-                            "encoder": config.model.encoder, "patch": config.model.patch},
+                            "encoder": config.model.encoder, "patch": config.model.patch,
+                            "width": config.model.width, "depth": config.model.depth,
+                            "inverse_weight": config.objective.inverse_weight,
+                            "parameters": counts[0]},
                  "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": threads,
                  "jax": jax.__version__, "rounds": _ROUNDS.value, "steps": _STEPS.value,
                  "rows": table}, f, indent=1)

@@ -1,0 +1,65 @@
+"""The PyTorch yardstick's twin computes our JEPA loss: same weights, same loss and gradients.
+
+The twin tests need torch (a benchmark-only dependency) and skip without it.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from benchmarks import torch_step
+from sjepa_jax import agents
+from sjepa_jax import data
+
+
+def test_unsupported_names_the_field_and_accepts_the_default(config):
+  config.model.encoder = "mixer"
+  config.objective.update(kind="jepa", target="online", regularizer="vicreg")
+  assert torch_step.unsupported(config) is None
+  config.objective.regularizer = "sigreg"
+  assert "objective.regularizer is 'sigreg'" in torch_step.unsupported(config)
+  config.model.encoder = "vit"
+  assert "model.encoder is 'vit'" in torch_step.unsupported(config)
+
+
+@pytest.mark.parametrize("inverse_weight", [0.0, 10.0])
+def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight):
+  torch = pytest.importorskip("torch")
+  config.model.update(encoder="mixer", depth=2, pool="flatten")
+  config.objective.update(kind="jepa", target="online", regularizer="vicreg",
+                          inverse_weight=inverse_weight)
+  d = config.data
+  rng = np.random.default_rng(0)
+  obs = rng.random((d.batch_size, d.frames, d.image_size, d.image_size, 3), np.float32)
+  actions = rng.normal(size=(d.batch_size, d.frames - 1, data.action_dim(config)))
+  actions = actions.astype(np.float32)
+  params = agents.init_agent(jax.random.key(0), config).params
+  twin = torch_step._Agent(config, actions.shape[-1])
+  torch_step.load_jax_params(twin, params)
+  assert sum(p.numel() for p in twin.parameters()) == sum(
+      x.size for x in jax.tree.leaves(params))
+  assert ("inverse" in params) == (twin.inverse is not None) == (inverse_weight > 0)
+
+  batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
+  grads, ours = jax.grad(agents.loss_fn, has_aux=True)(
+      params, params["encoder"], batch, jax.random.key(1), config)
+  loss, theirs = torch_step.torch_loss(twin, torch.from_numpy(obs), torch.from_numpy(actions),
+                                       config.objective)
+  loss.backward()
+  np.testing.assert_allclose(loss.item(), ours["loss"], rtol=1e-5)
+  for name in ("vicreg_variance", "vicreg_covariance", "copy_prediction", "embedding_std") + (
+      ("inverse_dynamics",) if inverse_weight else ()):
+    np.testing.assert_allclose(theirs[name].item(), ours[name], rtol=1e-4, atol=1e-7,
+                               err_msg=name)
+  grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in twin.parameters()))
+  np.testing.assert_allclose(grad_norm.item(), optax.tree.norm(grads), rtol=1e-4)
+  # One weight per network, by its flax name: the copy maps every name to its torch twin.
+  np.testing.assert_allclose(twin.encoder.embed.weight.grad.numpy().T,
+                             grads["encoder"]["Dense_0"]["kernel"], rtol=1e-3, atol=1e-6)
+  np.testing.assert_allclose(twin.predictor.out.weight.grad.numpy().T,
+                             grads["predictor"]["Dense_2"]["kernel"], rtol=1e-3, atol=1e-6)
+  if inverse_weight:
+    np.testing.assert_allclose(twin.inverse.block[0].weight.grad.numpy().T,
+                               grads["inverse"]["Dense_1"]["kernel"], rtol=1e-3, atol=1e-6)
