@@ -106,18 +106,19 @@ def test_autoencoder_objective_learns_to_reconstruct(config):
 
 
 def test_supervised_objective_learns_the_labels(config):
-  """The ceiling's objective reads the focal position off the latent: in 20 steps its
-  position error falls below a tenth of the untrained head's (measured 6.2 -> 0.38; with the
-  position term dropped from the loss it stays at 1.4, and this test fails)."""
+  """The ceiling's objective reads the focal position off the latent: in 80 steps its
+  position error falls below 0.35 of the untrained head's (measured 2.43 -> 0.63, 0.26;
+  with the position term dropped from the loss it only falls to 1.11, 0.46, and this test
+  fails)."""
   config.objective.kind = "supervised"
-  config.num_train_steps = 20
+  config.num_train_steps = 80
   config.optim.lr = 3e-3
   state = agents.init_agents(config, ["mountain"], 0)
   assert "head" in state.params and "decoder" not in state.params
   _, first = _train(config, ["mountain"], steps=1)
-  _, last = _train(config, ["mountain"], steps=20)
+  _, last = _train(config, ["mountain"], steps=80)
   assert set(first) >= {"class_xent", "position_mse", "class_acc", "embedding_std"}
-  assert float(last["position_mse"][0]) < 0.1 * float(first["position_mse"][0])
+  assert float(last["position_mse"][0]) < 0.35 * float(first["position_mse"][0])
 
 
 def test_bad_objective_settings_are_clear_errors(config):
