@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments.configs import migrate as migrate_config
@@ -59,23 +60,45 @@ def _student_config(teacher_config):
   return migrate.student_config(teacher_config, c)
 
 
-def test_zero_weight_migration_is_exactly_scratch_training():
+def _scratch_and_student(weight: float, steps: int = 2):
+  """A scratch and a migrating student after ``steps`` steps from the same initial
+  parameters, keys and batches; the migrating student's last metrics."""
   teacher_config = tiny_config()
   config = _student_config(teacher_config)
-  config.migrate.weight = 0.0
+  config.migrate.weight = weight
   teacher = agents.init_agents(teacher_config, ["mountain"], 7).params["encoder"]
   teacher = jax.tree.map(lambda x: x[0], teacher)
   key = agents.agent_keys(0, ["forest"])[0]
   scratch = agents.init_agent(key, config)
   student = migrate.Student(scratch, migrate.init_stats(16, 16))
   sv, tv = world.get_view("forest"), world.get_view("mountain")
-  for i in range(2):
-    scratch, _ = jax.jit(lambda s, i: agents.train_step(s, sv, key, i, config))(scratch, i)
-    student, metrics = jax.jit(lambda s, i: migrate.migrate_step(
-        s, sv, tv, key, i, teacher, config, teacher_config))(student, i)
+  scratch_step = jax.jit(lambda s, i: agents.train_step(s, sv, key, i, config))
+  student_step = jax.jit(lambda s, i: migrate.migrate_step(s, sv, tv, key, i, teacher, config,
+                                                           teacher_config))
+  for i in range(steps):
+    scratch, _ = scratch_step(scratch, i)
+    student, metrics = student_step(student, i)
+  return scratch, student, metrics
+
+
+def test_zero_weight_migration_is_exactly_scratch_training():
+  scratch, student, metrics = _scratch_and_student(0.0)
   chex.assert_trees_all_close(student.agent, scratch, atol=1e-6)
   assert float(metrics["distill"]) > 0  # measured, but weightless
   assert int(student.stats.count) == 2
+
+
+def test_weighted_migration_moves_the_student_away_from_scratch():
+  """The converse: with the same keys and batches, a weight > 0 must change the encoder
+  (else the comparison of the scratch and migrating curves measures nothing)."""
+  scratch, student, _ = _scratch_and_student(1.0, steps=3)
+  init = agents.init_agent(agents.agent_keys(0, ["forest"])[0], _student_config(tiny_config()))
+  norm = lambda a, b: float(optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
+  moved = norm(scratch.params["encoder"], init.params["encoder"])
+  apart = norm(student.agent.params["encoder"], scratch.params["encoder"])
+  # Measured: apart = 0.9% of moved (two updates after a zero-learning-rate first step); a
+  # weight the step ignores leaves apart at 0 (the zero-weight test holds it to 1e-6).
+  assert apart > 1e-3 * moved, (apart, moved)
 
 
 def test_migrate_command_end_to_end_counts_the_teachers_flops(tmp_path):
