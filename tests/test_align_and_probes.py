@@ -117,6 +117,25 @@ def test_every_map_recovers_a_planted_isometry_and_the_gap_is_near_zero():
   np.testing.assert_allclose(out["canonical_correlations"], 1.0, atol=0.03)
 
 
+def test_cca_finds_exactly_the_shared_directions_of_spaces_sharing_fewer_than_all():
+  """X and Y are different mixings of (k = 3 shared sources + sources of their own):
+  the population canonical correlations are 1, 1, 1, 0, ..., 0, and the map through the top
+  3 canonical pairs predicts Y as well as the full ridge map, through 2 it does not."""
+  k, d = 3, 8
+  keys = jax.random.split(jax.random.fold_in(KEY, 11), 5)
+  shared = jax.random.normal(keys[0], (3000, k))
+  own_x, own_y = (jax.random.normal(kk, (3000, d - k)) for kk in keys[1:3])
+  scales = jnp.linspace(0.5, 2.0, d)  # anisotropic but well conditioned: l2 = 1e-3 is small
+  x = jnp.concatenate([shared, own_x], 1) * scales @ _rotation(keys[3], d)
+  y = jnp.concatenate([shared, own_y], 1) * scales[::-1] @ _rotation(keys[4], d) + 2.0
+  _, rho = align.fit_cca(x[:2000], y[:2000])
+  np.testing.assert_allclose(rho[:k], 1.0, atol=0.01)  # l2 = 1e-3 shrinks them a little
+  assert float(jnp.max(rho[k:])) < 0.15, rho  # sampling noise at N = 2000: 0.09 here
+  r2 = {r: float(align.r2_score(align.apply_map(align.fit_cca(x[:2000], y[:2000], rank=r)[0],
+                                                x[2000:]), y[2000:])) for r in (k - 1, k, d)}
+  assert abs(r2[k] - r2[d]) < 0.01 and r2[k - 1] < r2[k] - 0.05, r2
+
+
 def test_a_non_isometric_linear_map_opens_the_isometry_gap():
   k1, k2 = jax.random.split(KEY)
   x = jax.random.normal(k1, (600, 8))

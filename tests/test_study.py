@@ -64,13 +64,16 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
   assert sorted(os.listdir(os.path.join(main, "figures"))) == [
       "alignment_scatter.png", "overlap_vs_alignment.png", "r2_vs_pairs.png",
       "singular_values.png", "transfer_table.png"]
+  views, overlap = report["overlap"]["views"], np.asarray(report["overlap"]["matrix"])
+  np.testing.assert_allclose(np.diag(overlap), 1.0)  # a view sees all it sees
+  assert not np.allclose(overlap, overlap.T)  # asymmetric: a swapped pair would show
   for p in report["pairs"]:
     for field in ("source", "target", "overlap", "n_fit", "n_test", "r2_lstsq",
                   "r2_procrustes", "isometry_gap", "cka_unbiased", "native_acc",
                   "transfer_acc", "r2_shared_space"):
       assert field in p, field
     assert (p["n_fit"], p["n_test"]) == (96, 48)
-    assert 0.0 <= p["overlap"] <= 1.0
+    assert p["overlap"] == overlap[views.index(p["source"]), views.index(p["target"])]
     c = p["controls"]
     assert {"random_init", "shuffled_pairs", "identity", "pixel_pca"} <= set(c)
     assert c["shuffled_pairs"]["r2_ridge"] < 0.1  # a map of shuffled pairs predicts nothing

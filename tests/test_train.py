@@ -7,15 +7,18 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import data
 from sjepa_jax import train
 from tests.conftest import tiny_config
 
@@ -61,15 +64,42 @@ def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
                                stacked[a], atol=1e-5)
 
 
+def test_probe_report_scores_each_agent_on_its_own_latents(config):
+  """Planted latents with known answers: agent 0 reads class and position, agent 1 class
+  only, the random-init agents neither (3 classes, 48 probe-training and 16 test states)."""
+  k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+  labels = {"class": jax.random.randint(k1, (64,), 0, 3),
+            "position": jax.random.normal(k2, (64, 2))}
+  noise = jax.random.normal(k3, (64, 2))
+  readable = {"class": 4.0 * jax.nn.one_hot(labels["class"], 3), "position": labels["position"],
+              "noise": noise}
+  latents = {"trained": [("class", "position"), ("class", "noise")],
+             "initial": [("noise",), ("noise",)]}
+  encode_all = lambda params, obs, index: jnp.stack([
+      jnp.concatenate([readable[k] for k in latents[params][a]] + [jnp.zeros((64, 1))], 1)
+      for a in index])
+  probe_set = data.PairedSet(jnp.zeros((2, 64, 1)), labels, num_classes=3)
+  state = lambda params: types.SimpleNamespace(params=params)
+  report = train.probe_report(config, encode_all, state("trained"), state("initial"),
+                              probe_set, np.array([0, 1]), VIEWS)
+  assert report["mountain"]["trained/class_acc"] == report["forest"]["trained/class_acc"] == 1
+  assert report["mountain"]["trained/position_r2"] > 0.99
+  assert report["forest"]["trained/position_r2"] < 0.2
+  for view in VIEWS:
+    assert report[view]["random_init/class_acc"] < 0.7
+    assert report[view]["random_init/position_r2"] < 0.2
+
+
 def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):
   report = train.train_and_evaluate(config, str(tmp_path / "straight"), VIEWS)
   assert set(report) == set(VIEWS)
-  assert 0.0 <= report["forest"]["trained/class_acc"] <= 1.0
   config.max_steps_per_run = 2
   split = str(tmp_path / "split")
   assert train.train_and_evaluate(config, split, VIEWS) == {}  # stopped at step 2 of 4
   assert _final_state(config, split)[1] == 2
-  train.train_and_evaluate(config, split, VIEWS)  # the same command again resumes
+  # The same command again resumes, and scores the same final agents the same: the probe
+  # set and the probes depend on the config, never on how the run was split.
+  assert train.train_and_evaluate(config, split, VIEWS) == report
   straight, step = _final_state(config, str(tmp_path / "straight"))
   resumed, step_resumed = _final_state(config, split)
   assert step == step_resumed == 4

@@ -214,13 +214,24 @@ def test_colour_is_independent_of_class():
 
 # --- Overlap --------------------------------------------------------------------------
 
-def test_overlap_of_a_view_with_itself_is_one_and_pairs_lie_in_unit_interval():
+def test_overlap_of_a_view_with_itself_is_one_and_opposite_views_see_less():
   states = jax.vmap(world.random_state)(jax.random.split(jax.random.key(15), 2))
   views = world.stack_views(["mountain", "forest", "river"])
   m = np.asarray(world.overlap_matrix(states, views, size=SIZE))
   np.testing.assert_allclose(np.diag(m), 1.0)
-  assert np.all((m >= 0) & (m <= 1))
   assert m[1, 2] < 0.9 and m[2, 1] < 0.9  # views from opposite sides see different surfaces
+
+
+def test_overlap_of_nested_frames_from_one_eye_is_their_area_ratio():
+  """One eye straight above the floor (every pixel sees a surface, and a point one eye sees is never hidden from it):
+  the narrow frame's half-width is half the wide one's (tan 26.57 deg = tan 45 deg / 2), so
+  exactly the central 8 x 8 of the wide frame's 16 x 16 pixel centres fall inside it."""
+  state = world.random_state(jax.random.key(16))
+  look_down = lambda fov: views_lib.make_view(eye=(0.0, 0.0, 3.0), target=(0.0, 0.0, 0.0),
+                                              fov_deg=fov)
+  wide, narrow = look_down(90.0), look_down(float(np.degrees(2 * np.arctan(0.5))))
+  assert float(overlap_lib.overlap(state, wide, narrow, size=16)) == 64 / 256
+  assert float(overlap_lib.overlap(state, narrow, wide, size=16)) == 1.0
 
 
 def test_overlap_with_a_view_looking_at_the_empty_sky_is_zero():
