@@ -19,11 +19,13 @@ import numpy as np
 from scipy import linalg as sla
 
 from sjepa_jax import align
+from sjepa_jax import checkpointing
 
 _N = flags.DEFINE_integer("n", 10000, "Paired latents for the maps and biased CKA.")
 _DIM = flags.DEFINE_integer("dim", 256, "Latent size.")
 _NQ = flags.DEFINE_integer("n_quadratic", 2000, "Rows for the N x N metrics.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per figure; the median is kept.")
+_JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
 
 
 def _median_seconds(fn, *args, repeats: int) -> float:
@@ -127,10 +129,12 @@ def main(argv):
         f"median of {reps}")
   print(f"{'operation':<22}{'shape':>12}{'jax ms':>10}{'numpy ms':>10}{'numpy/jax':>11}")
   total_j = total_np = 0.0
+  rows = []
   for name, shape, fj, fnp, args_j, args_np in cases:
     tj = _median_seconds(fj, *args_j, repeats=reps)
     tn = _median_seconds(fnp, *args_np, repeats=reps)
     total_j, total_np = total_j + tj, total_np + tn
+    rows.append({"operation": name, "shape": shape, "jax_ms": 1e3 * tj, "numpy_ms": 1e3 * tn})
     print(f"{name:<22}{shape:>12}{1e3 * tj:>10.1f}{1e3 * tn:>10.1f}{tn / tj:>11.2f}")
   print(f"{'suite total':<22}{'':>12}{1e3 * total_j:>10.1f}{1e3 * total_np:>10.1f}"
         f"{total_np / total_j:>11.2f}")
@@ -141,6 +145,11 @@ def main(argv):
                        xj, yj, repeats=reps)
   print(f"evaluate_pair, {cut} fit + {n - cut} held-out pairs, all maps and metrics: "
         f"{1e3 * te:.0f} ms")
+  if _JSON.value:
+    checkpointing.write_json({"device": jax.devices()[0].device_kind, "n": n, "dim": d,
+                       "n_quadratic": nq, "repeats": reps, "rows": rows,
+                       "total_jax_ms": 1e3 * total_j, "total_numpy_ms": 1e3 * total_np,
+                       "evaluate_pair_ms": 1e3 * te}, _JSON.value)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 r"""Rendering throughput: frames/s per view at several batch sizes, in one run.
 
-  python -m benchmarks.render [--batches=1,64,256] [--size=64] [--repeats=5]
+  python -m benchmarks.render [--batches=1,64,256] [--size=64] [--repeats=5] [--json=PATH]
 
 Each figure is the median over ``--repeats`` timed calls of a jitted, vmapped render
 (compile excluded), on whatever device JAX picks (CPU here; GPU when one is present).
@@ -13,6 +13,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from sjepa_jax import checkpointing
 from sjepa_jax import world
 from sjepa_jax.world import render
 
@@ -20,6 +21,7 @@ _BATCHES = flags.DEFINE_list("batches", ["1", "64", "256"], "Batch sizes (states
 _SIZE = flags.DEFINE_integer("size", 64, "Image height and width.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per figure; the median is kept.")
 _VIEWS = flags.DEFINE_string("views", "mountain,forest,drone,river", "Views to time.")
+_JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
 
 
 def frames_per_second(view: world.View, batch: int, size: int, repeats: int) -> float:
@@ -43,10 +45,15 @@ def main(argv):
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"{_SIZE.value}x{_SIZE.value}, median of {_REPEATS.value}")
   print(f"{'view':<10}" + "".join(f"{'batch ' + str(b):>12}" for b in batches) + "   frames/s")
+  table = {}
   for name in names:
     fps = [frames_per_second(world.get_view(name), b, _SIZE.value, _REPEATS.value)
            for b in batches]
+    table[name] = dict(zip(map(str, batches), fps))
     print(f"{name:<10}" + "".join(f"{f:>12.0f}" for f in fps))
+  if _JSON.value:
+    checkpointing.write_json({"device": jax.devices()[0].device_kind, "size": _SIZE.value,
+                       "repeats": _REPEATS.value, "frames_per_second": table}, _JSON.value)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import numpy as np
 
 from experiments.configs import default
 from sjepa_jax import agents
+from sjepa_jax import checkpointing
 from sjepa_jax import world
 
 _ENCODERS = flags.DEFINE_list("encoders", [default.get_config().model.encoder],
@@ -31,6 +32,7 @@ _AGENTS = flags.DEFINE_list("agents", ["2", "4"], "Numbers of agents.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Batch size per agent.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds per figure; the median is kept.")
 _MODES = flags.DEFINE_list("modes", ["vmap", "loop", "lax_map"], "Ways to run A agents.")
+_JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
 
 
 def _seconds(fn, i: int) -> float:
@@ -83,7 +85,7 @@ def main(argv):
   config.agent_map = "auto"
   auto = agents.agent_map(config)  # what a default run picks on this machine
   other = {"vmap": "lax_map", "lax_map": "vmap"}[auto]
-  wins = []
+  wins, rows = [], []
   for encoder in _ENCODERS.value:
     config = default.get_config()
     config.model.encoder = encoder
@@ -97,12 +99,16 @@ def main(argv):
       lax_vmap = rates.get("lax_map", float("nan")) / rates.get("vmap", float("nan"))
       print(f"{encoder:<8}{a:>3}" + "".join(f"{rates[m]:>10.2f}" for m in _MODES.value)
             + f"{ratio:>11.2f}{per_agent:>11.2f}{lax_vmap:>10.2f}", flush=True)
+      rows.append({"encoder": encoder, "agents": a, "agent_steps_per_second": rates})
       if a > 1 and {auto, other} <= rates.keys():  # one agent runs without either
         wins.append(rates[auto] / rates[other])
   if wins:
     print(f"agent_map=auto picks {auto} on {jax.default_backend()}: faster than {other} in "
           f"{sum(w > 1 for w in wins)} of {len(wins)} rows with A > 1 ({auto}/{other} "
           f"{min(wins):.2f}-{max(wins):.2f}x).")
+  if _JSON.value:
+    checkpointing.write_json({"device": jax.devices()[0].device_kind, "batch": _BATCH.value,
+                       "repeats": _REPEATS.value, "auto": auto, "rows": rows}, _JSON.value)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ _ROWS = flags.DEFINE_integer("rows", 4, "Random states shown, one per row.")
 _SIZE = flags.DEFINE_integer("size", 64, "Image height and width in pixels.")
 _STATES = flags.DEFINE_integer("overlap_states", 256, "Random states the overlap averages.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random states.")
+_JSON = flags.DEFINE_string("json", None, "Also write the overlap matrix and the focal "
+                            "object's pixel counts here as JSON.")
 flags.adopt_module_key_flags(common)  # --traceback (and shared flags) show in --help
 
 
@@ -76,6 +78,13 @@ def main(argv):
   print("\nFocal object per view: median pixels, fraction of states with >= 4 pixels")
   for name, p in zip(names, pixels.T):
     print(f"  {name:<{width}} {np.median(p):6.1f} {np.mean(p >= 4):8.3f}")
+  if _JSON.value:
+    common.write_json({
+        "size": _SIZE.value, "states": _STATES.value, "seed": _SEED.value, "views": names,
+        "overlap": matrix.tolist(),  # row A -> column B
+        "focal_pixels_median": {n: float(np.median(p)) for n, p in zip(names, pixels.T)},
+        "focal_visible_4px": {n: float(np.mean(p >= 4)) for n, p in zip(names, pixels.T)},
+    }, _JSON.value)
 
 
 if __name__ == "__main__":

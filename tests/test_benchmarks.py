@@ -1,0 +1,42 @@
+"""The benchmarks and show_views write the tables they print as JSON (what docs/ keeps and
+the README quotes), run here at toy sizes in fresh processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module: str, *flags: str) -> None:
+  out = subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_render_and_align_benchmarks_write_their_tables(tmp_path):
+  render_json, align_json = tmp_path / "render.json", tmp_path / "align.json"
+  _run("benchmarks.render", "--batches=1,2", "--size=8", "--repeats=1",
+       "--views=mountain,river", f"--json={render_json}")
+  table = json.loads(render_json.read_text())["frames_per_second"]
+  assert set(table) == {"mountain", "river"} and set(table["river"]) == {"1", "2"}
+  assert all(f > 0 for row in table.values() for f in row.values())
+  _run("benchmarks.align", "--n=64", "--dim=8", "--n_quadratic=32", "--repeats=1",
+       f"--json={align_json}")
+  report = json.loads(align_json.read_text())
+  assert [r["operation"] for r in report["rows"]][:2] == ["lstsq map", "ridge map (fixed l2)"]
+  assert report["total_jax_ms"] == pytest.approx(sum(r["jax_ms"] for r in report["rows"]))
+
+
+def test_show_views_writes_the_overlap_matrix_it_prints(tmp_path):
+  path = tmp_path / "views.json"
+  _run("experiments.show_views", "--views=mountain,forest", "--size=8", "--rows=1",
+       "--overlap_states=2", f"--out={tmp_path / 'v.png'}", f"--json={path}")
+  report = json.loads(path.read_text())
+  overlap = np.asarray(report["overlap"])
+  assert report["views"] == ["mountain", "forest"] and overlap.shape == (2, 2)
+  np.testing.assert_allclose(np.diag(overlap), 1.0, atol=1e-6)  # a view sees all it sees
