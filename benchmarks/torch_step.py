@@ -17,8 +17,10 @@ of the mean step time over ``--steps`` steps, after warm-up (and compilation); b
 run in this one process on the same cores, alternating round by round. ``jax/torch`` < 1
 means ours is faster.
 
-Profile (per-component timing): ``--components`` also times the forward (encoder only,
-encoder + loss) and forward + backward on both sides, to show where the time goes.
+Where the time goes: ``--components`` also times the forward (encoder only, encoder +
+loss) and forward + backward on both sides; ``--profile`` traces our step with
+jax.profiler and prints its slowest XLA ops (benchmarks/op_profile.py), each with what it
+fuses and whether it is forward, backward or the update.
 """
 import json
 import math
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import op_profile
 from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import data
@@ -41,6 +44,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per side; the median i
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed round.")
 _JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
 _COMPONENTS = flags.DEFINE_bool("components", False, "Also time forward and backward parts.")
+_PROFILE = flags.DEFINE_bool("profile", False, "Also trace our step and print its slowest "
+                             "XLA ops (jax.profiler).")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch's intra-op threads; 0 keeps torch's default (one per core). "
     "On a loaded machine its OpenMP workers wait for a free core at every op; 1 avoids that.")
@@ -247,7 +252,7 @@ def torch_step_fn(config, obs, actions, jax_params):
 
 def jax_step_fn(config, obs, actions, state):
   """agents.train_step without the rendering: grad of agents.loss_fn, then the update,
-  from ``state`` (donated); and the closures timing its parts."""
+  from ``state`` (donated); the closures timing its parts; and its optimised HLO text."""
   batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
   key = jax.random.key(1)
 
@@ -257,11 +262,11 @@ def jax_step_fn(config, obs, actions, state):
     metrics["grad_norm"] = optax.tree.norm(grads)
     return agents.apply_gradients(state, grads, config), metrics
 
-  jitted = jax.jit(train_step, donate_argnums=0)
   box = [jax.tree.map(jnp.copy, state)]  # ours to donate
+  compiled = jax.jit(train_step, donate_argnums=0).lower(box[0], batch).compile()
 
   def step():
-    box[0], metrics = jitted(box[0], batch)
+    box[0], metrics = compiled(box[0], batch)
     return metrics["loss"]
 
   loss = lambda p, t: agents.loss_fn(p, t, batch, key, config)[0]
@@ -270,7 +275,7 @@ def jax_step_fn(config, obs, actions, state):
   parts = {"forward: encoder": lambda: encode(box[0].params),
            "forward: loss": lambda: loss_jit(box[0].params, box[0].target),
            "forward + backward": lambda: grad_jit(box[0].params, box[0].target)}
-  return step, parts
+  return step, parts, compiled.as_text()
 
 
 # --- Timing ------------------------------------------------------------------------------
@@ -335,7 +340,7 @@ def main(argv):
   state = agents.init_agent(jax.random.key(0), config)
   torch_step, torch_parts = torch_step_fn(config, torch.from_numpy(obs),
                                           torch.from_numpy(actions), state.params)
-  jax_step, jax_parts = jax_step_fn(config, obs, actions, state)
+  jax_step, jax_parts, jax_hlo = jax_step_fn(config, obs, actions, state)
   counts = (sum(x.size for x in jax.tree.leaves(state.params)),
             sum(p.numel() for p in torch_step.params))
   print(f"parameters: jax {counts[0]}, torch {counts[1]}")
@@ -356,6 +361,19 @@ def main(argv):
                   "jax_over_torch": jax_s / torch_s})
     print(f"{name:<20}{1e3 * jax_s:>10.1f}{1e3 * torch_s:>10.1f}{jax_s / torch_s:>11.2f}",
           flush=True)
+  profile = None
+  if _PROFILE.value:
+    steps = _ROUNDS.value * _STEPS.value
+    rows = op_profile.op_table(jax_hlo, op_profile.trace_op_seconds(jax_step, steps), steps)
+    profile = {"ops_ms": sum(r["ms"] for r in rows), "shares": op_profile.summarise(rows),
+               "top_ops": rows[:15]}
+    print(f"\nOur step's XLA ops, traced over {steps} steps: {profile['ops_ms']:.1f} ms of "
+          "op time per step (summed over threads); shares: " + ", ".join(
+              f"{k} {v:.0%}" for k, v in sorted(profile["shares"].items())))
+    print(f"{'ms':>6}{'share':>7}  {'phase':<9}{'output':<17}{'what':<30}where")
+    for r in profile["top_ops"]:
+      print(f"{r['ms']:>6.2f}{r['share']:>7.1%}  {r['phase']:<9}{r['shape'][:16]:<17}"
+            f"{r['what'][:29]:<30}{r['where'][-45:]}")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump({"config": {"batch": d.batch_size, "frames": d.frames,
@@ -366,7 +384,7 @@ def main(argv):
                             "parameters": counts[0]},
                  "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": threads,
                  "jax": jax.__version__, "rounds": _ROUNDS.value, "steps": _STEPS.value,
-                 "rows": table}, f, indent=1)
+                 "rows": table, "jax_profile": profile}, f, indent=1)
   assert all(math.isfinite(r["jax_ms"]) for r in table)
 
 

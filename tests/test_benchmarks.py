@@ -40,3 +40,20 @@ def test_show_views_writes_the_overlap_matrix_it_prints(tmp_path):
   overlap = np.asarray(report["overlap"])
   assert report["views"] == ["mountain", "forest"] and overlap.shape == (2, 2)
   np.testing.assert_allclose(np.diag(overlap), 1.0, atol=1e-6)  # a view sees all it sees
+
+
+def test_op_profile_times_the_ops_of_a_gradient_and_names_their_phase():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import op_profile  # pylint: disable=g-import-not-at-top
+  w, x = jnp.ones((64, 48)), jnp.ones((32, 64))
+  compiled = jax.jit(jax.grad(lambda w: jnp.sum(jnp.tanh(x @ w) ** 2))).lower(w).compile()
+  compiled(w).block_until_ready()
+  seconds = op_profile.trace_op_seconds(lambda: compiled(w), steps=3)
+  rows = op_profile.op_table(compiled.as_text(), seconds, steps=3)
+  assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+  assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+  # The forward x @ w is (32, 48); the gradient x^T @ g is (64, 48), under transpose.
+  matmuls = {(r["phase"], r["shape"]) for r in rows if "dot" in r["what"]}
+  assert matmuls == {("forward", "f32[32,48]"), ("backward", "f32[64,48]")}, rows
+  assert op_profile.summarise(rows)["matmul ops"] > 0
