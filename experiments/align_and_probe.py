@@ -34,7 +34,8 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step of the first run (de
 _OUT = flags.DEFINE_string("out", None, "Where report.json and figures/ go (default: the "
                            "first workdir).")
 _SEED = flags.DEFINE_integer("seed", 4321, "Seed of the paired states and the controls.")
-_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Adam steps of the logistic probes.")
+_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Most L-BFGS iterations of the logistic "
+                                    "probes (they stop once converged).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "For runs on a dataset: the tfds data "
                                 "directory holding it (default: the one they trained from).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous study's report.json "

@@ -65,7 +65,8 @@ print("SHARDING OK")
 
 
 def test_sharded_training_equals_single_device_training():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"] +
+             " --xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, "-c", _CHILD.format(root=ROOT)], env=env,
                        capture_output=True, text=True, cwd=ROOT)
