@@ -84,14 +84,15 @@ def print_table(report: dict) -> None:
           f"{_pm(c.get('r2_procrustes'), cs.get('r2_procrustes', 0.0), 16)}"
           f"{_pm(c.get('transfer_acc'), cs.get('transfer_acc', 0.0), 16)}"
           f"{_pm(c.get('transfer_position_r2'), cs.get('transfer_position_r2', 0.0), 18)}")
-  print("\nNative probes per agent (class acc / position R^2), beside the pixel-PCA floor:")
+  fmt = lambda x: "-" if x is None else f"{x:.3f}"
+  print("\nNative probes per agent (class acc / position R^2 / distractors' centroid R^2), "
+        "beside the pixel-PCA floor:")
   for name, a in report["agents"].items():
-    pos = a["native_position_r2"]
-    print(f"  {name:<28}{a['native_acc']:.3f} / {'-' if pos is None else f'{pos:.3f}'}")
+    print(f"  {name:<28}{a['native_acc']:.3f} / {fmt(a['native_position_r2'])} / "
+          f"{fmt(a.get('native_distractor_r2'))}")
   for view, f in report["floors"].items():
-    pos = f["pixel_pca_position_r2"]
     print(f"  {'pixel PCA ' + view:<28}{f['pixel_pca_acc']:.3f} / "
-          f"{'-' if pos is None else f'{pos:.3f}'}")
+          f"{fmt(f['pixel_pca_position_r2'])} / {fmt(f.get('pixel_pca_distractor_r2'))}")
   print(f"\nGoals {s['goals']}: met {s['goals_met']}")
 
 

@@ -97,7 +97,9 @@ def evaluate(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int, num_cla
 
   Returns (class probe, position probe or None, scores): ``class_acc`` and
   ``position_r2`` on the held-out rows, and ``class_probe_grad_norm``, how far the class
-  probe's solver stopped from the optimum (near 0: converged).
+  probe's solver stopped from the optimum (near 0: converged). Where the labels have a
+  ``distractor_centroid`` (the world), a ridge probe on it adds ``distractor_r2``: a
+  diagnostic of what else the latents keep.
   """
   cls, pos = labels["class"], labels.get("position")
   clf = fit_logistic(z_NxD[:n_fit], cls[:n_fit], num_classes, steps=steps)
@@ -107,6 +109,11 @@ def evaluate(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int, num_cla
     return clf, None, scores
   reg = fit_ridge(z_NxD[:n_fit], pos[:n_fit])
   scores["position_r2"] = float(align.r2_score(apply(reg, z_NxD[n_fit:]), pos[n_fit:]))
+  others = labels.get("distractor_centroid")
+  if others is not None:
+    others_probe = fit_ridge(z_NxD[:n_fit], others[:n_fit])
+    scores["distractor_r2"] = float(align.r2_score(apply(others_probe, z_NxD[n_fit:]),
+                                                   others[n_fit:]))
   return clf, reg, scores
 
 

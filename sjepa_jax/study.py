@@ -159,6 +159,7 @@ class Space:
   native_acc: float
   native_position_r2: float | None
   class_probe_grad_norm: float | None = None  # near 0: the class probe converged
+  native_distractor_r2: float | None = None  # the world's diagnostic: what else z keeps
 
 
 def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
@@ -167,7 +168,7 @@ def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
   on the fitting rows; scores them held out."""
   clf, reg, scores = probes.evaluate(z_NxD, labels, n_fit, num_classes, probe_steps)
   return Space(z_NxD, clf, reg, scores["class_acc"], scores.get("position_r2"),
-               scores["class_probe_grad_norm"])
+               scores["class_probe_grad_norm"], scores.get("distractor_r2"))
 
 
 def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: int,
@@ -319,7 +320,8 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                      result["r2_procrustes"], result["transfer_acc"], result["native_acc"])
 
   chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
-  floors = {v: {"pixel_pca_acc": p.native_acc, "pixel_pca_position_r2": p.native_position_r2}
+  floors = {v: {"pixel_pca_acc": p.native_acc, "pixel_pca_position_r2": p.native_position_r2,
+                "pixel_pca_distractor_r2": p.native_distractor_r2}
             for v, p in pca.items()}
   return {
       "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
@@ -331,10 +333,12 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           "workdir": a.workdir, "native_acc": trained[a.name].native_acc,
                           "native_position_r2": trained[a.name].native_position_r2,
+                          "native_distractor_r2": trained[a.name].native_distractor_r2,
                           "class_probe_grad_norm": trained[a.name].class_probe_grad_norm,
                           **spectrum(trained[a.name].z[n_fit:]),
                           **({"random_init_acc": initial[a.name].native_acc,
-                              "random_init_position_r2": initial[a.name].native_position_r2}
+                              "random_init_position_r2": initial[a.name].native_position_r2,
+                              "random_init_distractor_r2": initial[a.name].native_distractor_r2}
                              if a.name in initial else {})}
                  for a in used},
       "floors": floors,

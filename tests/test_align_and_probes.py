@@ -78,6 +78,19 @@ def test_probe_evaluation_scores_class_and_position_held_out():
   assert none is None and "position_r2" not in scores
 
 
+def test_distractor_probe_reads_what_the_latents_keep_and_nothing_else():
+  """The world's diagnostic probe: R^2 near 1 where the latents carry the distractors'
+  centroid, near 0 where they carry only the focal object."""
+  k1, k2, k3 = jax.random.split(jax.random.fold_in(KEY, 10), 3)
+  labels = {"class": jax.random.randint(k1, (400,), 0, 3),
+            "position": jax.random.normal(k2, (400, 2)),
+            "distractor_centroid": jax.random.normal(k3, (400, 2))}
+  focal_only = jnp.concatenate([jax.nn.one_hot(labels["class"], 3), labels["position"]], 1)
+  both = jnp.concatenate([focal_only, labels["distractor_centroid"]], 1)
+  assert probes.evaluate(both, labels, 300, 3)[2]["distractor_r2"] > 0.99
+  assert probes.evaluate(focal_only, labels, 300, 3)[2]["distractor_r2"] < 0.05
+
+
 def test_ridge_recovers_a_planted_linear_map():
   k1, k2 = jax.random.split(KEY)
   z = jax.random.normal(k1, (500, 12))

@@ -194,7 +194,8 @@ def test_episode_shapes_and_labels_follow_the_rollout():
   ep = world.sample_episode(jax.random.key(13), views, length=5, size=16)
   chex.assert_shape(ep.obs, (3, 5, 16, 16, 3))
   chex.assert_shape(ep.actions, (4, 2))
-  chex.assert_shape((ep.labels["position"], ep.labels["velocity"]), (5, 2))
+  chex.assert_shape((ep.labels["position"], ep.labels["velocity"],
+                    ep.labels["distractor_centroid"]), (5, 2))
   labels = np.asarray(ep.labels["class"])
   assert labels.dtype == np.int32 and np.all(labels == labels[0])  # class is constant
   assert 0 <= labels[0] < world.NUM_CLASSES

@@ -62,8 +62,9 @@ class WorldConfig(tfds.core.BuilderConfig):
 class SjepaWorld(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Multi-view episodes of the embedded world (local builder, no download)."""
   name = "sjepa_world"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "The distractors' centroid per frame (a diagnostic label)."}
   BUILDER_CONFIG_CLASS = WorldConfig
   # tfds looks for checksums beside the builder's module via importlib_resources, which is
   # not installed; this builder downloads nothing, so it needs no checksums.
@@ -78,7 +79,8 @@ class SjepaWorld(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     features = {f"obs_{v}": tensor((t, s, s, 3), np.uint8) for v in c.views}
     features.update(actions=tensor((t - 1, 2), np.float32), **{"class": tensor((t,), np.int32)},
                     position=tensor((t, 2), np.float32), velocity=tensor((t, 2), np.float32),
-                    colour=tensor((t, 3), np.float32))
+                    colour=tensor((t, 3), np.float32),
+                    distractor_centroid=tensor((t, 2), np.float32))
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
                                  disable_shuffling=True)  # examples stay in episode order
 

@@ -129,12 +129,16 @@ def rollout(state: WorldState, actions: jax.Array) -> WorldState:
 
 
 def labels(state: WorldState) -> dict[str, jax.Array]:
-  """The focal object's probe labels: class, position, velocity (and its colour)."""
+  """The focal object's probe labels: class, position, velocity (and its colour); and the
+  distractors' centroid (their mean position), which asks whether a latent keeps what the
+  action does not move. The pucks look alike, so only an order-free summary of where they
+  are is readable by a linear probe."""
   return {
       "class": class_id(state.shape[0], state.size[0]).astype(jnp.int32),
       "position": state.pos[0],
       "velocity": state.vel[0],
       "colour": state.colour[0],
+      "distractor_centroid": jnp.mean(state.pos[1:], axis=0),
   }
 
 
