@@ -157,6 +157,7 @@ def test_train_and_align_on_a_dataset_end_to_end(tmp_path, dataset_dir):
   report = json.load(open(os.path.join(main, "report.json")))
   assert report["source"] == {"dataset": "stripes", "split": "test", "region_size": 0.6,
                               "image_shape": [20, 20, 3]}
+  assert report["agents"]["left"]["native_distractor_r2"] is None  # no pucks in a dataset
   assert [(p["source"], p["target"]) for p in report["pairs"]] == [("left", "right"),
                                                                    ("right", "left")]
   for p in report["pairs"]:

@@ -86,6 +86,11 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
       assert abs(twin_result["isometry_gap"]) < 1e-3
       assert twin_result["transfer_acc"] == pytest.approx(twin_result["native_acc"], abs=0.03)
   assert report["r2_vs_pairs"]["forest_to_mountain"]["n"][-1] == 96
+  agents = report["agents"]  # the diagnostic probe of the pucks: per agent, twin for twin
+  assert isinstance(agents["forest"]["native_distractor_r2"], float)
+  assert agents["forest"]["native_distractor_r2"] == agents["forest_seed0"]["native_distractor_r2"]
+  assert agents["forest"]["native_distractor_r2"] != agents["mountain"]["native_distractor_r2"]
+  assert all(isinstance(f["pixel_pca_distractor_r2"], float) for f in report["floors"].values())
   assert set(report["summary"]["goals_met"]) == {"r2", "isometry_gap", "transfer",
                                                  "controls_worse"}
 
