@@ -88,12 +88,11 @@ def main(argv):
     print(f"{'agent':<13} {'class acc':>10} {'(random)':>9} {'pos R^2':>9} {'(random)':>9}"
           f" {'pucks R^2':>9} {'(random)':>9}")
     for view, r in report.items():
-      pos = "".join(f"{r[k]:>9.3f}" if k in r else f"{'-':>9}"
-                    for k in ("trained/position_r2", "random_init/position_r2"))
-      pos += " " + "".join(f"{r[k]:>9.3f}" if k in r else f"{'-':>9}"
-                           for k in ("trained/distractor_r2", "random_init/distractor_r2"))
+      r2 = " ".join(f"{r[k]:>9.3f}" if k in r else f"{'-':>9}"
+                    for k in ("trained/position_r2", "random_init/position_r2",
+                              "trained/distractor_r2", "random_init/distractor_r2"))
       print(f"{view:<13} {r['trained/class_acc']:>10.3f} {r['random_init/class_acc']:>9.3f} "
-            f"{pos}")
+            f"{r2}")
   if _MULTIHOST.value:
     common.finish_distributed()
 
