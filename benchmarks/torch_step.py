@@ -22,6 +22,7 @@ loss) and forward + backward on both sides; ``--profile`` traces our step with
 jax.profiler and prints its slowest XLA ops (benchmarks/op_profile.py), each with what it
 fuses and whether it is forward, backward or the update.
 """
+import functools
 import json
 import math
 import os
@@ -255,12 +256,13 @@ def jax_step_fn(config, obs, actions, state):
   from ``state`` (donated); the closures timing its parts; and its optimised HLO text."""
   batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
   key = jax.random.key(1)
+  learner = agents.learner_from_config(config)
+  loss_fn = functools.partial(agents.loss_fn, learner)
 
   def train_step(state, batch):
-    grads, metrics = jax.grad(agents.loss_fn, has_aux=True)(
-        state.params, state.target, batch, key, config)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.target, batch, key)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    return agents.apply_gradients(state, grads, config), metrics
+    return agents.apply_gradients(learner, state, grads), metrics
 
   box = [jax.tree.map(jnp.copy, state)]  # ours to donate
   compiled = jax.jit(train_step, donate_argnums=0).lower(box[0], batch).compile()
@@ -269,8 +271,8 @@ def jax_step_fn(config, obs, actions, state):
     box[0], metrics = compiled(box[0], batch)
     return metrics["loss"]
 
-  loss = lambda p, t: agents.loss_fn(p, t, batch, key, config)[0]
-  encode = jax.jit(lambda p: agents.encode(config, p["encoder"], batch.obs))
+  loss = lambda p, t: loss_fn(p, t, batch, key)[0]
+  encode = jax.jit(lambda p: agents.encode(learner.model, p["encoder"], batch.obs))
   loss_jit, grad_jit = jax.jit(loss), jax.jit(jax.grad(loss))
   parts = {"forward: encoder": lambda: encode(box[0].params),
            "forward: loss": lambda: loss_jit(box[0].params, box[0].target),
@@ -337,7 +339,7 @@ def main(argv):
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), jax "
         f"{jax.__version__} ({jax.default_backend()}); median of {_ROUNDS.value} rounds of "
         f"{_STEPS.value} steps")
-  state = agents.init_agent(jax.random.key(0), config)
+  state = agents.init_agent(agents.learner_from_config(config), jax.random.key(0))
   torch_step, torch_parts = torch_step_fn(config, torch.from_numpy(obs),
                                           torch.from_numpy(actions), state.params)
   jax_step, jax_parts, jax_hlo = jax_step_fn(config, obs, actions, state)

@@ -57,8 +57,9 @@ def make_run(config, num_agents: int, mode: str):
   names = list(itertools.islice(itertools.cycle(sorted(world.VIEWS)), num_agents))
   views = jax.tree.map(lambda *x: np.stack(x), *[world.get_view(n) for n in names])
   keys = jax.random.split(jax.random.key(0), num_agents)
-  state = jax.jit(jax.vmap(lambda k: agents.init_agent(k, config)))(keys)
-  one = functools.partial(agents.train_step, config=config)
+  learner = agents.learner_from_config(config)
+  state = jax.jit(jax.vmap(functools.partial(agents.init_agent, learner)))(keys)
+  one = functools.partial(agents.train_step, learner)
   if mode == "vmap":
     step = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
     run = lambda i: step(state, views, keys, i)

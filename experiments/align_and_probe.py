@@ -41,6 +41,9 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "For runs on a dataset: the tf
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous study's report.json "
                                 "and figures/ in the output folder (default: write to a fresh "
                                 "study_<n> subfolder beside them).")
+_EXPORT = flags.DEFINE_string("export", None, "Also write each studied pair's maps and each "
+                              "studied agent's probes as small files into this folder "
+                              "(maps/, probes/; load one with sjepa_jax.load).")
 flags.register_multi_flags_validator(
     ["workdir", "workdirs"], lambda f: (f["workdir"] is None) != (f["workdirs"] is None),
     message="Give exactly one of --workdir or --workdirs.")
@@ -84,16 +87,26 @@ def print_table(report: dict) -> None:
           f"{_pm(c.get('r2_procrustes'), cs.get('r2_procrustes', 0.0), 16)}"
           f"{_pm(c.get('transfer_acc'), cs.get('transfer_acc', 0.0), 16)}"
           f"{_pm(c.get('transfer_position_r2'), cs.get('transfer_position_r2', 0.0), 18)}")
-  fmt = lambda x: "-" if x is None else f"{x:.3f}"
-  print("\nNative probes per agent (class acc / position R^2 / distractors' centroid R^2), "
-        "beside the pixel-PCA floor:")
-  for name, a in report["agents"].items():
-    print(f"  {name:<28}{a['native_acc']:.3f} / {fmt(a['native_position_r2'])} / "
-          f"{fmt(a.get('native_distractor_r2'))}")
-  for view, f in report["floors"].items():
-    print(f"  {'pixel PCA ' + view:<28}{f['pixel_pca_acc']:.3f} / "
-          f"{fmt(f['pixel_pca_position_r2'])} / {fmt(f.get('pixel_pca_distractor_r2'))}")
+  print_probes(report)
   print(f"\nGoals {s['goals']}: met {s['goals_met']}")
+
+
+_HEADINGS = {"class_acc": "class", "shape_acc": "shape", "size_acc": "size",
+             "position_r2": "pos R2", "colour_r2": "colour R2",
+             "distractor_centroid_r2": "pucks R2", "class_mlp_acc": "class MLP"}
+
+
+def print_probes(report: dict) -> None:
+  """Per view, each kind of latent's held-out probes, floors first and ceiling last."""
+  by_view = report["probes_by_view"]
+  scores = [k for k in _HEADINGS if any(k in row for kinds in by_view.values()
+                                         for row in kinds.values())]
+  print("\nHeld-out probes per view (accuracy or R^2; mean+-std over seeds where several):")
+  print(f"{'view / latents':<24}" + "".join(f"{_HEADINGS[k]:>14}" for k in scores))
+  for view, kinds in by_view.items():
+    for kind, row in kinds.items():
+      print(f"{view + ' ' + kind:<24}" + "".join(
+          _pm(row[k][0], row[k][1], 14) if k in row else f"{'-':>14}" for k in scores))
 
 
 def fresh_out(out: str, overwrite: bool) -> str:
@@ -127,6 +140,13 @@ def main(argv):
   print_table(report)
   print(f"\nWrote {os.path.join(out, 'report.json')} and {len(paths)} figures in "
         f"{os.path.join(out, 'figures')}.")
+  if _EXPORT.value:
+    sizes = study.export(report, extras, _EXPORT.value)
+    maps = [size for path, size in sizes.items() if "/maps/" in path]
+    frames = report["n_fit"] * extras["frame_bytes"]
+    print(f"Exported {len(maps)} maps and {len(sizes) - len(maps)} probes to {_EXPORT.value}: "
+          f"a map is {max(maps)} bytes; the {report['n_fit']} paired frames per agent it was "
+          f"fitted from are {frames} bytes (uint8).")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,24 @@ def _check_seeds(value):
 flags.register_validator("seeds", _check_seeds)
 
 
+# The probe table's columns: (score in probe.json, heading).
+_COLUMNS = (("class_acc", "class"), ("shape_acc", "shape"), ("size_acc", "size"),
+            ("position_r2", "pos R2"), ("colour_r2", "colour R2"),
+            ("distractor_centroid_r2", "pucks R2"), ("class_mlp_acc", "class MLP"))
+
+
+def print_probes(report: dict, path: str) -> None:
+  """The end-of-run probes, one row per agent and one for its random-init encoder."""
+  columns = [(k, h) for k, h in _COLUMNS if any(f"trained/{k}" in r for r in report.values())]
+  print(f"\nProbes on frozen latents, held-out states ({path}; accuracy or R^2):")
+  print(f"{'agent':<16}" + "".join(f"{h:>10}" for _, h in columns))
+  for agent, r in report.items():
+    for kind, label in (("trained", agent), ("random_init", "  random init")):
+      print(f"{label:<16}" + "".join(
+          f"{r[f'{kind}/{k}']:>10.3f}" if f"{kind}/{k}" in r else f"{'-':>10}"
+          for k, _ in columns))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -84,15 +102,7 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else _SEED.value
   report = train.train_and_evaluate(config, _WORKDIR.value, views, seeds)
   if report and jax.process_index() == 0:
-    print(f"\nLinear probes on frozen latents, held-out states ({_WORKDIR.value}/probe.json):")
-    print(f"{'agent':<13} {'class acc':>10} {'(random)':>9} {'pos R^2':>9} {'(random)':>9}"
-          f" {'pucks R^2':>9} {'(random)':>9}")
-    for view, r in report.items():
-      r2 = " ".join(f"{r[k]:>9.3f}" if k in r else f"{'-':>9}"
-                    for k in ("trained/position_r2", "random_init/position_r2",
-                              "trained/distractor_r2", "random_init/distractor_r2"))
-      print(f"{view:<13} {r['trained/class_acc']:>10.3f} {r['random_init/class_acc']:>9.3f} "
-            f"{r2}")
+    print_probes(report, os.path.join(_WORKDIR.value, "probe.json"))
   if _MULTIHOST.value:
     common.finish_distributed()
 

@@ -1,18 +1,27 @@
-"""Agents: state with a leading agent axis, initialisation, and one agent's train step.
+"""Agents: what one agent is made of, its state, its loss and one train step; and loading a
+trained agent back.
 
-``train_step`` is written for one agent and trained for many with
-``jax.jit(jax.vmap(train_step, in_axes=(0, 0, 0, None)))``: every agent draws its own
-batch from its own view with its own key, so nothing passes between agents. Keys are
-``fold_in(agent_key, step)``, so a resumed run continues exactly and keys are never saved.
-An agent's key depends only on the seed and its view's name, so an agent trains the same
-whether it is trained alone or beside others.
+A ``Learner`` is everything about how an agent learns that is not learnt: its networks
+(``models.WorldModel``), optimiser, ``Objective`` and batch sampler, built once from a run's
+config by ``learner_from_config`` (the one place below the entry points that reads one).
+``train_step(learner, state, view, key, step)`` is written for one agent and trained for
+many with ``jax.vmap`` or ``jax.lax.map`` over a leading agent axis of the state, views
+and keys: every agent draws its own batch from its own view with its own key, so nothing
+passes between agents. Keys are ``fold_in(agent_key, step)``, so a resumed run continues
+exactly and keys are never saved. An agent's key depends only on the seed and its view's
+name, so an agent trains the same whether it is trained alone or beside others.
 
-Shapes: A = agents, B = batch, L = frames per sample, D = latent size.
+``load_agent(workdir, view)`` gives a trained ``Agent``: its name, view, seed, model and
+parameters (no optimiser state), with ``encode(obs)``.
+
+Shapes: A = agents, B = batch, L = frames per sample, D = latent size, P = tokens,
+C = token width.
 """
 
+import dataclasses
 import functools
 import zlib
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,18 +39,71 @@ PyTree = Any
 OBJECTIVES = ("jepa", "autoencoder", "supervised")
 TARGETS = ("ema", "online")
 REGULARIZERS = ("vicreg", "sigreg", "none")
+TOKEN_CONTEXTS = ("tokens", "latent")
 AGENT_MAPS = ("auto", "vmap", "lax_map")
-# The data fields of runs saved before datasets existed (they all used the world).
-DATA_DEFAULTS = {"dataset": "", "data_dir": "", "train_split": "train", "eval_split": "test",
-                 "region_size": 0.6, "min_crop": 0.5}
 
 
 class AgentState(NamedTuple):
   """Everything one agent learns (leaves gain a leading agent axis when stacked)."""
-  params: PyTree  # online encoder and predictor
-  target: PyTree  # EMA copy of the encoder's params (unused when the target is 'online')
+  params: PyTree  # online networks
+  target: PyTree  # EMA copy of the encoder's params (the target of EMA objectives)
   opt_state: optax.OptState
 
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What one agent minimises. ``kind`` is ``jepa`` (latent prediction plus its terms),
+  ``autoencoder`` (pixel reconstruction: a control) or ``supervised`` (the labels: the
+  ceiling). The JEPA terms, each on when its weight is above 0:
+
+  - prediction: the latent ``z`` rolled out over the sample's frames by the predictor,
+    against the target encoder's latents (``target``: the online encoder under
+    stop-gradient, or its EMA copy);
+  - inverse dynamics: the action read back from two consecutive latents;
+  - VICReg or SIGReg (``regularizer``) on the batch's latents;
+  - token prediction (I-JEPA / V-JEPA): the EMA encoder's tokens of frame
+    ``token_horizon`` predicted from frame 0 (``token_context``: its visible tokens, or
+    its latent alone), the action conditioning it across time; with ``mask_blocks`` > 0,
+    that many square blocks of ``mask_block`` x ``mask_block`` tokens, placed where the
+    frames change most, are hidden from the context and are the targets;
+  - seq-JEPA: a transformer aggregates the first L - 1 latents, each with the action to the
+    next frame, and predicts the last frame's (target) latent from the aggregate.
+  """
+  kind: str
+  target: str
+  ema_decay: float
+  regularizer: str
+  prediction_weight: float
+  inverse_weight: float
+  variance_weight: float
+  covariance_weight: float
+  sigreg_weight: float
+  sigreg_directions: int
+  token_weight: float
+  token_context: str
+  token_horizon: int
+  mask_blocks: int
+  mask_block: int
+  seq_weight: float
+
+
+Sampler = Callable[[jax.Array, Any, jax.Array | None], data.Batch]
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """How one agent learns, built once: networks, optimiser, objective, and ``sample(key,
+  view, pixels)`` for its batches (``pixels``: a dataset's train images; None for the
+  world). ``image_size`` and ``action_dim`` shape the dummy input of ``init_agent``."""
+  model: models.WorldModel
+  optimizer: optax.GradientTransformation
+  objective: Objective
+  sample: Sampler
+  image_size: int
+  action_dim: int
+
+
+# --- Keys and state ----------------------------------------------------------------------
 
 class Roster(NamedTuple):
   """Who is on the agent axis: one entry per agent, view-major over (view, seed)."""
@@ -68,73 +130,55 @@ def agent_keys(seeds: int | Sequence[int], views: Sequence[str]) -> jax.Array:
                     for s, v in zip(seeds, views, strict=True)])
 
 
-def _model(config: ml_collections.ConfigDict) -> models.WorldModel:
-  return models.make_model(config, data.action_dim(config))
+def init_params(model: models.WorldModel, key: jax.Array, image_size: int,
+                action_dim: int) -> PyTree:
+  """Fresh parameters of every network of ``model`` from an agent's key."""
+  obs = jnp.zeros((1, image_size, image_size, 3))
+  return model.init(jax.random.fold_in(key, 0), obs, jnp.zeros((1, action_dim)))["params"]
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay over the run, after global-norm clipping."""
-  o = config.optim
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, o.lr, min(o.warmup_steps, config.num_train_steps - 1), config.num_train_steps,
-      end_value=o.lr * o.final_lr_fraction)
-  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                     optax.adamw(schedule, eps=o.eps, weight_decay=o.weight_decay))
-
-
-def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -> str:
-  """How several agents share one program: ``config.agent_map``, with ``auto`` resolved to
-  ``lax_map`` on CPU (agents one after another: up to 3x vmap's speed on 2 cores,
-  benchmarks/vmap_agents.py) and ``vmap`` on GPU and TPU, which batch small agents well,
-  or when the agents are split over devices (a loop over them would run on one at a time)."""
-  if config.agent_map not in AGENT_MAPS:
-    raise ValueError(f"Unknown agent_map {config.agent_map!r}; valid: {', '.join(AGENT_MAPS)}.")
-  if config.agent_map == "auto":
-    return "lax_map" if jax.default_backend() == "cpu" and not agents_sharded else "vmap"
-  return config.agent_map
-
-
-def init_agent(key: jax.Array, config: ml_collections.ConfigDict) -> AgentState:
-  """A fresh agent: random networks, EMA target equal to the encoder, fresh optimizer."""
-  model = _model(config)
-  size = config.data.image_size
-  obs = jnp.zeros((1, size, size, 3))
-  action = jnp.zeros((1, data.action_dim(config)))
-  params = model.init(jax.random.fold_in(key, 0), obs, action)["params"]
+def init_agent(learner: Learner, key: jax.Array) -> AgentState:
+  """A fresh agent: random networks, EMA target equal to the encoder, fresh optimiser."""
+  params = init_params(learner.model, key, learner.image_size, learner.action_dim)
   target = jax.tree.map(jnp.copy, params["encoder"])  # own buffers: the state is donated
-  return AgentState(params, target, make_optimizer(config).init(params))
+  return AgentState(params, target, learner.optimizer.init(params))
 
 
-def init_agents(config: ml_collections.ConfigDict, views: Sequence[str],
-                seeds: int | Sequence[int]) -> AgentState:
+def init_agents(learner: Learner, views: Sequence[str], seeds: int | Sequence[int]
+                ) -> AgentState:
   """Stacked fresh agents, one per (view, seed) entry: leaves have a leading axis of A."""
-  init = jax.jit(jax.vmap(lambda k: init_agent(k, config)))
-  return init(agent_keys(seeds, views))
+  return jax.jit(jax.vmap(functools.partial(init_agent, learner)))(agent_keys(seeds, views))
 
 
-def encode(config: ml_collections.ConfigDict, encoder_params: PyTree,
-           obs: jax.Array) -> jax.Array:
+# --- Encoding ----------------------------------------------------------------------------
+
+def encode(model: models.WorldModel, encoder_params: PyTree, obs: jax.Array) -> jax.Array:
   """Latents of observations (..., H, W, 3) -> (..., D) with one agent's encoder params."""
-  model = _model(config)
   lead = obs.shape[:-3]
   z = model.apply({"params": {"encoder": encoder_params}}, obs.reshape((-1,) + obs.shape[-3:]),
                   method=models.WorldModel.encode)
   return z.reshape(lead + z.shape[-1:])
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _encode_one(config, encoder_params, obs):
-  return encode(config, encoder_params, obs)
+def encode_tokens(model: models.WorldModel, encoder_params: PyTree, obs_BxHxWx3: jax.Array,
+                  mask_BxP: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(latents (B, D), tokens (B, P, C)) of a batch, hiding the tokens ``mask`` marks."""
+  return model.apply({"params": {"encoder": encoder_params}}, obs_BxHxWx3, mask_BxP,
+                     method=models.WorldModel.encode_tokens)
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _encode_stacked(config, encoder_params, obs):
-  return jax.vmap(lambda p, o: encode(config, p, o))(encoder_params, obs)
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_one(model, encoder_params, obs):
+  return encode(model, encoder_params, obs)
 
 
-def encode_chunked(config: ml_collections.ConfigDict, encoder_params: PyTree,
-                   obs: jax.Array, index: Sequence[int] | None = None,
-                   chunk: int = 256) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_stacked(model, encoder_params, obs):
+  return jax.vmap(lambda p, o: encode(model, p, o))(encoder_params, obs)
+
+
+def encode_chunked(model: models.WorldModel, encoder_params: PyTree, obs: jax.Array,
+                   index: Sequence[int] | None = None, chunk: int = 256) -> jax.Array:
   """Latents of many observations, jitted ``chunk`` states at a time to bound memory.
 
   Without ``index``: one agent's encoder params, obs (N, H, W, 3) -> (N, D). With
@@ -142,68 +186,122 @@ def encode_chunked(config: ml_collections.ConfigDict, encoder_params: PyTree,
   encodes the states as seen from view ``index[a]`` -> (A, N, D) (agents of several seeds
   share a view's frames, rendered once).
   """
-  frozen = ml_collections.FrozenConfigDict(config)
   if index is None:
-    return jnp.concatenate([_encode_one(frozen, encoder_params, obs[i:i + chunk])
+    return jnp.concatenate([_encode_one(model, encoder_params, obs[i:i + chunk])
                             for i in range(0, obs.shape[0], chunk)])
   index = np.asarray(index)
-  return jnp.concatenate([_encode_stacked(frozen, encoder_params, obs[:, i:i + chunk][index])
+  return jnp.concatenate([_encode_stacked(model, encoder_params, obs[:, i:i + chunk][index])
                           for i in range(0, obs.shape[1], chunk)], axis=1)
 
 
-def autoencoder_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections.ConfigDict
-                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+# --- Losses ------------------------------------------------------------------------------
+
+def autoencoder_loss(model: models.WorldModel, params: PyTree, batch: data.Batch
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Pixel reconstruction of every frame through the latent: the non-predictive control."""
-  model = _model(config)
-  z_BxLxD = encode(config, params["encoder"], batch.obs)
+  z_BxLxD = encode(model, params["encoder"], batch.obs)
   recon = model.apply({"params": params}, z_BxLxD, method=models.WorldModel.decode)
   loss = jnp.mean((recon - batch.obs) ** 2)
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
-  metrics = {"reconstruction": loss, "embedding_std": losses.embedding_std(z_flat),
-             "loss": loss}
-  return loss, metrics
+  return loss, {"reconstruction": loss, "embedding_std": losses.embedding_std(z_flat),
+                "loss": loss}
 
 
-def supervised_loss_fn(params: PyTree, batch: data.Batch, config: ml_collections.ConfigDict
-                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def supervised_loss(model: models.WorldModel, params: PyTree, batch: data.Batch
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The labels read linearly off the latent of every frame: cross-entropy on the focal
   class plus squared error on its position (in arena half-widths). The same encoder trained
   on what the probes ask for: the ceiling of what one view can give."""
-  model = _model(config)
-  z_BxLxD = encode(config, params["encoder"], batch.obs)
+  z_BxLxD = encode(model, params["encoder"], batch.obs)
   logits, position = model.apply({"params": params}, z_BxLxD, method=models.WorldModel.read)
   labels = batch.labels
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels["class"]).mean()
   mse = jnp.mean(jnp.sum((position - labels["position"] / scene.ARENA_HALF) ** 2, -1))
   loss = ce + mse
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
-  metrics = {"class_xent": ce, "position_mse": mse,
-             "class_acc": jnp.mean(jnp.argmax(logits, -1) == labels["class"]),
-             "embedding_std": losses.embedding_std(z_flat), "loss": loss}
-  return loss, metrics
+  return loss, {"class_xent": ce, "position_mse": mse,
+                "class_acc": jnp.mean(jnp.argmax(logits, -1) == labels["class"]),
+                "embedding_std": losses.embedding_std(z_flat), "loss": loss}
 
 
-def loss_fn(params: PyTree, target: PyTree, batch: data.Batch, key: jax.Array,
-            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """One agent's loss on its batch: by default (JEPA) multi-step latent prediction plus a
-  regulariser; with ``objective.kind = 'autoencoder'``, pixel reconstruction; with
-  ``'supervised'``, the probes' labels."""
-  if config.objective.kind == "autoencoder":
-    return autoencoder_loss_fn(params, batch, config)
-  if config.objective.kind == "supervised":
-    return supervised_loss_fn(params, batch, config)
-  z_BxLxD = encode(config, params["encoder"], batch.obs)
-  return jepa_loss(params, target, z_BxLxD, batch, key, config)
+def motion_blocks(key: jax.Array, obs_Bx2xHxWx3: jax.Array, patch: int, blocks: int,
+                  size: int) -> jax.Array:
+  """Token masks (B, P): ``blocks`` square blocks of ``size`` x ``size`` tokens per sample,
+  centred on tokens drawn with probability rising with how much their pixels change between
+  the two frames (Gumbel top-k on the log change), so that with fixed cameras the blocks
+  fall on what moves rather than on the static background."""
+  change = jnp.abs(obs_Bx2xHxWx3[:, 1] - obs_Bx2xHxWx3[:, 0]).mean(-1)  # (B, H, W)
+  b, h, w = change.shape
+  grid_h, grid_w = h // patch, w // patch
+  per_token = change.reshape(b, grid_h, patch, grid_w, patch).mean((2, 4)).reshape(b, -1)
+  gumbel = jax.random.gumbel(key, per_token.shape)
+  _, centres = jax.lax.top_k(jnp.log(per_token + 1e-6) + gumbel, blocks)  # (B, blocks)
+  rows, cols = jnp.arange(grid_h)[:, None], jnp.arange(grid_w)[None, :]
+  lo = (size - 1) // 2
+
+  def block(c):
+    r0 = jnp.clip(c // grid_w - lo, 0, grid_h - size)
+    c0 = jnp.clip(c % grid_w - lo, 0, grid_w - size)
+    return ((rows >= r0) & (rows < r0 + size) & (cols >= c0) & (cols < c0 + size)).reshape(-1)
+
+  return jnp.any(jax.vmap(jax.vmap(block))(centres), axis=1)
 
 
-def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Batch,
-              key: jax.Array, config: ml_collections.ConfigDict
+def token_loss(model: models.WorldModel, params: PyTree, target: PyTree, batch: data.Batch,
+               z_BxLxD: jax.Array, tokens_BxPxC: jax.Array, key: jax.Array, o: Objective
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Masked / token-level latent prediction (I-JEPA arXiv 2301.08243, V-JEPA 2404.08471).
+
+  Targets are the EMA encoder's tokens of frame ``o.token_horizon``, layer-normalised per
+  token (as I-JEPA's); the context is frame 0, seen by the online encoder with the masked
+  blocks hidden (``z_BxLxD`` and ``tokens_BxPxC`` are its unmasked encoding, reused when
+  nothing is hidden). The loss is the mean over target tokens of their squared error.
+  """
+  h = o.token_horizon
+  obs0 = batch.obs[:, 0]
+  if o.mask_blocks > 0:
+    mask = motion_blocks(key, batch.obs[:, :2], model.encoder.patch, o.mask_blocks,
+                         o.mask_block)
+    z0, tokens0 = encode_tokens(model, params["encoder"], obs0, mask)
+  else:
+    mask = jnp.ones(tokens_BxPxC.shape[:2], bool)
+    z0, tokens0 = z_BxLxD[:, 0], tokens_BxPxC
+  # Stop-gradient: the targets come from the EMA copy, which is not trained.
+  _, goal = jax.lax.stop_gradient(encode_tokens(model, target, batch.obs[:, h]))
+  goal = (goal - goal.mean(-1, keepdims=True)) / jnp.sqrt(goal.var(-1, keepdims=True) + 1e-6)
+  context = tokens0 if o.token_context == "tokens" else z0
+  action = batch.actions[:, 0] if h > 0 else None
+  pred = model.apply({"params": params}, context, action, method=models.WorldModel.predict_tokens)
+  err = jnp.mean((pred - goal) ** 2, -1)  # (B, P)
+  loss = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1)
+  return loss, {"token_prediction": loss, "masked_fraction": jnp.mean(mask)}
+
+
+def seq_loss(model: models.WorldModel, params: PyTree, z_BxLxD: jax.Array,
+             target_BxLxD: jax.Array, actions_BxKxA: jax.Array
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """seq-JEPA (arXiv 2505.03176): the aggregate of frames 0 .. L-2, each with the action to
+  the next, predicts the target latent of frame L-1."""
+  _, pred = model.apply({"params": params}, z_BxLxD[:, :-1], actions_BxKxA,
+                        method=models.WorldModel.aggregate)
+  loss = losses.prediction_loss(pred, target_BxLxD[:, -1])
+  return loss, {"seq_prediction": loss}
+
+
+def jepa_loss(learner: Learner, params: PyTree, target: PyTree, batch: data.Batch,
+              key: jax.Array, z_BxLxD: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The JEPA loss given the online encoder's latents of the batch, ``z_BxLxD``."""
-  model = _model(config)
-  o = config.objective
+  """The JEPA loss of one agent's batch (``Objective``'s terms). ``z_BxLxD``, the online
+  encoder's latents of the batch, is computed here unless given."""
+  model, o = learner.model, learner.objective
+  tokens = None
+  if z_BxLxD is None:
+    b, l = batch.obs.shape[:2]
+    z, tokens = encode_tokens(model, params["encoder"], batch.obs.reshape((b * l,) + batch.obs.shape[2:]))
+    z_BxLxD = z.reshape(b, l, -1)
+    tokens = tokens.reshape((b, l) + tokens.shape[1:])
   # Stop-gradient: the target is not trained through, whether EMA copy or online encoder.
-  target_z = z_BxLxD if o.target == "online" else encode(config, target, batch.obs)
+  target_z = z_BxLxD if o.target == "online" else encode(model, target, batch.obs)
   target_z = jax.lax.stop_gradient(target_z)
   z_hat, pred, copy = z_BxLxD[:, 0], 0.0, 0.0
   horizon = batch.actions.shape[1]
@@ -225,6 +323,18 @@ def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Ba
                         method=models.WorldModel.infer_action)
     metrics["inverse_dynamics"] = jnp.mean(jnp.sum((a_hat - batch.actions) ** 2, -1))
     loss += o.inverse_weight * metrics["inverse_dynamics"]
+  if o.token_weight > 0:
+    tokens_0 = None if tokens is None else tokens[:, 0]
+    if tokens_0 is None:
+      _, tokens_0 = encode_tokens(model, params["encoder"], batch.obs[:, 0])
+    term, extra = token_loss(model, params, target, batch, z_BxLxD, tokens_0,
+                             jax.random.fold_in(key, 1), o)
+    metrics.update(extra)
+    loss += o.token_weight * term
+  if o.seq_weight > 0:
+    term, extra = seq_loss(model, params, z_BxLxD, target_z, batch.actions)
+    metrics.update(extra)
+    loss += o.seq_weight * term
   if o.regularizer == "vicreg":
     metrics["vicreg_variance"] = losses.vicreg_variance(z_flat)
     metrics["vicreg_covariance"] = losses.vicreg_covariance(z_flat)
@@ -237,35 +347,100 @@ def jepa_loss(params: PyTree, target: PyTree, z_BxLxD: jax.Array, batch: data.Ba
   return loss, metrics
 
 
-def apply_gradients(state: AgentState, grads: PyTree, config: ml_collections.ConfigDict
-                    ) -> AgentState:
+def loss_fn(learner: Learner, params: PyTree, target: PyTree, batch: data.Batch,
+            key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """One agent's loss on its batch, by ``learner.objective.kind``."""
+  if learner.objective.kind == "autoencoder":
+    return autoencoder_loss(learner.model, params, batch)
+  if learner.objective.kind == "supervised":
+    return supervised_loss(learner.model, params, batch)
+  return jepa_loss(learner, params, target, batch, key)
+
+
+# --- One step ----------------------------------------------------------------------------
+
+def apply_gradients(learner: Learner, state: AgentState, grads: PyTree) -> AgentState:
   """The optimiser update of the online networks, then the EMA update of the target."""
-  updates, opt_state = make_optimizer(config).update(grads, state.opt_state, state.params)
+  updates, opt_state = learner.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   target = optax.incremental_update(params["encoder"], state.target,
-                                    step_size=1 - config.objective.ema_decay)
+                                    step_size=1 - learner.objective.ema_decay)
   return AgentState(params, target, opt_state)
 
 
-def train_step(state: AgentState, view: Any, key: jax.Array, step: jax.Array,
-               config: ml_collections.ConfigDict, batch_sharding: Any = None,
-               pixels: jax.Array | None = None) -> tuple[AgentState, dict[str, jax.Array]]:
+def train_step(learner: Learner, state: AgentState, view: Any, key: jax.Array,
+               step: jax.Array, pixels: jax.Array | None = None, batch_sharding: Any = None
+               ) -> tuple[AgentState, dict[str, jax.Array]]:
   """One optimisation step of one agent on a fresh batch seen from its view.
 
-  ``view`` is a ``world.View``, or an ``images.Region`` of ``pixels`` (the dataset's train
-  images, shared by every agent) when the config names a dataset.
-  ``batch_sharding``, when given, constrains the batch's leading axis to be split over
-  devices (for runs with more devices than agents).
+  ``view`` is a ``world.View``, or an ``images.Region`` of ``pixels`` (a dataset's train
+  images, shared by every agent). ``batch_sharding``, when given, constrains the batch's
+  leading axis to be split over devices (for runs with more devices than agents).
   """
-  step_key = jax.random.fold_in(key, step)
-  data_key, loss_key = jax.random.split(step_key)
-  batch = data.batch(config, data_key, view, pixels)
+  data_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
+  batch = learner.sample(data_key, view, pixels)
   if batch_sharding is not None:  # spread the batch over devices; statistics stay global
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-  grads, metrics = jax.grad(loss_fn, has_aux=True)(
-      state.params, state.target, batch, loss_key, config)
+  grads, metrics = jax.grad(functools.partial(loss_fn, learner), has_aux=True)(
+      state.params, state.target, batch, loss_key)
   metrics["grad_norm"] = optax.tree.norm(grads)
-  return apply_gradients(state, grads, config), metrics
+  return apply_gradients(learner, state, grads), metrics
+
+
+# --- From a config: the boundary ---------------------------------------------------------
+
+def model_from_config(config: ml_collections.ConfigDict) -> models.WorldModel:
+  """The world model ``config.model`` and ``config.objective`` describe."""
+  m, o = config.model, config.objective
+  encoder = models.make_encoder(m.encoder, m.dim, m.patch, m.width, m.depth, m.pool)
+  decoder = head = inverse = token_predictor = aggregator = None
+  if o.kind == "autoencoder":
+    decoder = models.PatchDecoder(config.data.image_size, m.patch, m.width)
+  if o.kind == "supervised":
+    head = models.LabelHead(scene.NUM_CLASSES)
+  if o.kind == "jepa":
+    if o.inverse_weight > 0:
+      inverse = models.InverseDynamics(m.predictor_hidden, data.action_dim(config))
+    if o.token_weight > 0:
+      tokens = (config.data.image_size // m.patch) ** 2
+      token_predictor = models.TokenPredictor(tokens, m.width, m.width,
+                                              from_latent=o.token_context == "latent",
+                                              conditioned=o.token_horizon > 0)
+    if o.seq_weight > 0:
+      aggregator = models.Aggregator(m.dim, config.data.frames - 1, m.width)
+  return models.WorldModel(encoder, models.Predictor(m.predictor_hidden, m.predictor_depth),
+                           decoder, head, inverse, token_predictor, aggregator,
+                           hides_tokens=token_predictor is not None and o.mask_blocks > 0)
+
+
+def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay over the run, after global-norm clipping."""
+  o = config.optim
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, o.lr, min(o.warmup_steps, config.num_train_steps - 1), config.num_train_steps,
+      end_value=o.lr * o.final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                     optax.adamw(schedule, eps=o.eps, weight_decay=o.weight_decay))
+
+
+def learner_from_config(config: ml_collections.ConfigDict) -> Learner:
+  """Networks, optimiser, objective and sampler of the run ``config`` describes."""
+  return Learner(model_from_config(config), optimizer_from_config(config),
+                 Objective(**config.objective.to_dict()), data.sampler(config),
+                 config.data.image_size, data.action_dim(config))
+
+
+def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -> str:
+  """How several agents share one program: ``config.agent_map``, with ``auto`` resolved to
+  ``lax_map`` on CPU (agents one after another, which XLA's CPU backend runs faster than a
+  batched vmap: benchmarks/vmap_agents.py) and ``vmap`` on GPU and TPU, which batch small
+  agents well, or when the agents are split over devices (a loop over them would run on one
+  at a time)."""
+  if config.agent_map not in AGENT_MAPS:
+    raise ValueError(f"Unknown agent_map {config.agent_map!r}; valid: {', '.join(AGENT_MAPS)}.")
+  if config.agent_map == "auto":
+    return "lax_map" if jax.default_backend() == "cpu" and not agents_sharded else "vmap"
+  return config.agent_map
 
 
 # Numeric fields of a training config and the values that mean something: (low, high,
@@ -274,12 +449,13 @@ RANGES = {
     **{k: (1, None, True) for k in (
         "num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints", "model.dim",
         "model.patch", "model.width", "model.predictor_hidden", "objective.sigreg_directions",
-        "data.batch_size", "data.image_size", "eval.probe_train", "eval.probe_test",
-        "eval.alignment_pairs", "eval.probe_steps")},
+        "objective.mask_block", "data.batch_size", "data.image_size", "eval.probe_train",
+        "eval.probe_test", "eval.alignment_pairs", "eval.probe_steps")},
     **{k: (0, None, True) for k in (
         "model.depth", "model.predictor_depth", "optim.warmup_steps", "optim.weight_decay",
-        "objective.prediction_weight", "objective.variance_weight",
-        "objective.covariance_weight", "objective.sigreg_weight")},
+        "objective.prediction_weight", "objective.variance_weight", "objective.inverse_weight",
+        "objective.covariance_weight", "objective.sigreg_weight", "objective.token_weight",
+        "objective.token_horizon", "objective.mask_blocks", "objective.seq_weight")},
     **{k: (0, None, False) for k in ("optim.lr", "optim.eps", "optim.grad_clip")},
     "optim.final_lr_fraction": (0, 1, True),
     "objective.ema_decay": (0, 1, True),
@@ -301,25 +477,22 @@ def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple]) ->
         raise ValueError(f"config.{name} must be {bound}, got {value}.")
 
 
+def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
+  if value not in valid:
+    raise ValueError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects unknown choices and out-of-range numbers in ``config``, naming the valid ones."""
   check_ranges(config, RANGES)
   o = config.objective
-  if o.kind not in OBJECTIVES:
-    raise ValueError(f"Unknown objective.kind {o.kind!r}; valid: {', '.join(OBJECTIVES)}.")
-  if o.target not in TARGETS:
-    raise ValueError(f"Unknown objective.target {o.target!r}; valid: {', '.join(TARGETS)}.")
-  if o.regularizer not in REGULARIZERS:
-    raise ValueError(f"Unknown objective.regularizer {o.regularizer!r}; valid: "
-                     f"{', '.join(REGULARIZERS)}.")
-  if config.model.encoder not in models.ENCODERS:
-    raise ValueError(f"Unknown model.encoder {config.model.encoder!r}; valid: "
-                     f"{', '.join(models.ENCODERS)}.")
-  if config.agent_map not in AGENT_MAPS:
-    raise ValueError(f"Unknown agent_map {config.agent_map!r}; valid: {', '.join(AGENT_MAPS)}.")
-  if config.model.pool not in models.POOLS:
-    raise ValueError(f"Unknown model.pool {config.model.pool!r}; valid: "
-                     f"{', '.join(models.POOLS)}.")
+  _check_choice("objective.kind", o.kind, OBJECTIVES)
+  _check_choice("objective.target", o.target, TARGETS)
+  _check_choice("objective.regularizer", o.regularizer, REGULARIZERS)
+  _check_choice("objective.token_context", o.token_context, TOKEN_CONTEXTS)
+  _check_choice("model.encoder", config.model.encoder, models.ENCODERS)
+  _check_choice("agent_map", config.agent_map, AGENT_MAPS)
+  _check_choice("model.pool", config.model.pool, models.POOLS)
   if not data.is_world(config):
     if not 0 < config.data.region_size <= 1:
       raise ValueError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
@@ -334,23 +507,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"{config.data.dataset!r} has none. Valid for datasets: jepa, autoencoder.")
   if config.data.frames < 2:
     raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
+  if o.token_horizon >= config.data.frames:
+    raise ValueError(f"objective.token_horizon ({o.token_horizon}) must be below data.frames "
+                     f"({config.data.frames}): its target is a frame of the sample.")
+  if o.token_weight > 0 and o.mask_blocks > 0 and config.model.encoder == "cnn":
+    raise ValueError("objective.mask_blocks > 0 hides tokens from the encoder, which needs a "
+                     "patch encoder; valid model.encoder: mixer, vit.")
+  grid = config.data.image_size // config.model.patch
+  if o.token_weight > 0 and o.mask_blocks > 0 and o.mask_block > grid:
+    raise ValueError(f"objective.mask_block ({o.mask_block}) is larger than the token grid "
+                     f"({grid} x {grid}).")
   if (config.model.encoder != "cnn" or o.kind == "autoencoder") and (
       config.data.image_size % config.model.patch):
     raise ValueError(f"config.data.image_size ({config.data.image_size}) must be a multiple of "
                      f"config.model.patch ({config.model.patch}).")
 
 
+# --- Trained agents ----------------------------------------------------------------------
+
+# What fields added since a run was saved meant before they existed.
+_LEGACY = {"objective": {"kind": "jepa", "inverse_weight": 0.0, "token_weight": 0.0,
+                         "token_context": "tokens", "token_horizon": 1, "mask_blocks": 0,
+                         "mask_block": 2, "seq_weight": 0.0},
+           "data": {"dataset": "", "data_dir": "", "train_split": "train",
+                    "eval_split": "test", "region_size": 0.6, "min_crop": 0.5}}
+
+
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
   """A saved run's config, with fields added since it was saved set to what it meant then
-  (runs saved before ``objective.kind`` existed were all JEPA runs)."""
+  (runs saved before the world had datasets all used the world, and so on)."""
   config = ml_collections.ConfigDict(meta["config"])
-  if "kind" not in config.objective:
-    config.objective.kind = "jepa"
-  if "inverse_weight" not in config.objective:  # runs saved before the inverse-dynamics term
-    config.objective.inverse_weight = 0.0
-  for k, v in DATA_DEFAULTS.items():  # runs saved before datasets existed used the world
-    if k not in config.data:
-      config.data[k] = v
+  for group, fields in _LEGACY.items():
+    for k, v in fields.items():
+      if k not in config[group]:
+        config[group][k] = v
   return config
 
 
@@ -359,20 +549,59 @@ def meta_seeds(meta: dict) -> list[int]:
   return list(meta.get("seeds", [meta["seed"]] * len(meta["views"])))
 
 
-def run_views(workdir: str) -> list[str]:
-  """The views of the agents a training run's latest checkpoint holds (one per agent)."""
-  return list(checkpointing.read_meta(workdir)[0]["views"])
+@dataclasses.dataclass(frozen=True)
+class Agent:
+  """One trained agent: who it is, its networks and their parameters (no optimiser state).
 
-
-def load_agent(workdir: str, view: str, step: int | None = None, seed: int | None = None
-               ) -> tuple[PyTree, ml_collections.ConfigDict]:
-  """One agent's parameters from a training run, by view name, and the run's config.
-
-  Works for runs of one view or several: the checkpoint records which views (and seeds) it
-  holds; ``seed`` picks one where the run trained the view with several seeds.
-  Use ``encode(config, params["encoder"], obs)`` to get the agent's latents.
+  ``encode(obs)`` gives its latents; ``initial_params()`` the same networks at
+  initialisation (the random-init control).
   """
+  name: str
+  view: str
+  seed: int
+  kind: str  # its objective: jepa, autoencoder or supervised
+  model: models.WorldModel
+  params: PyTree
+  image_size: int
+  action_dim: int
+  workdir: str = ""
+  step: int = 0
+  # The run's config, for provenance (what trained it); nothing above reads it.
+  config: ml_collections.ConfigDict | None = dataclasses.field(default=None, compare=False,
+                                                               repr=False)
+
+  def encode(self, obs: jax.Array, chunk: int = 256) -> jax.Array:
+    """Latents of observations (N, H, W, 3) float in [0, 1] -> (N, D)."""
+    return encode_chunked(self.model, self.params["encoder"], jnp.asarray(obs), chunk=chunk)
+
+  def initial_params(self) -> PyTree:
+    """Its parameters before training: a function of its seed and view alone."""
+    key = agent_keys(self.seed, [self.view])[0]
+    return init_params(self.model, key, self.image_size, self.action_dim)
+
+
+def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
+  """Every agent of the training run in ``workdir`` at ``step`` (default: the newest intact
+  checkpoint), in the run's order; only their parameters are read."""
   meta, step = checkpointing.read_meta(workdir, step)
+  config = config_from_meta(meta)
+  views, seeds = meta["views"], meta_seeds(meta)
+  learner = learner_from_config(config)
+  abstract = jax.eval_shape(lambda: init_agents(learner, views, seeds).params)
+  mngr = checkpointing.reader(workdir)
+  params, _ = checkpointing.restore_params(mngr, abstract, step)
+  mngr.close()
+  several = len(set(seeds)) > 1
+  return [Agent(f"{v}_s{s}" if several else v, v, s, config.objective.kind, learner.model,
+                jax.tree.map(lambda x, a=a: x[a], params), learner.image_size,
+                learner.action_dim, workdir, step, config)
+          for a, (v, s) in enumerate(zip(views, seeds))]
+
+
+def load_agent(workdir: str, view: str, seed: int | None = None, step: int | None = None
+               ) -> Agent:
+  """One trained agent by view (and ``seed`` where the run trained the view with several)."""
+  meta, _ = checkpointing.read_meta(workdir, step)
   views, seeds = meta["views"], meta_seeds(meta)
   held = [i for i, (v, s) in enumerate(zip(views, seeds)) if v == view and seed in (None, s)]
   if len(held) != 1:
@@ -380,18 +609,4 @@ def load_agent(workdir: str, view: str, step: int | None = None, seed: int | Non
     what = "No agent" if not held else "Several agents (give seed=)"
     raise ValueError(f"{what} for view {view!r}{'' if seed is None else f' seed {seed}'} in "
                      f"{workdir!r}; it holds {have}.")
-  state, config = restore_run(workdir, step)
-  return jax.tree.map(lambda x: x[held[0]], state.params), config
-
-
-def restore_run(workdir: str, step: int | None = None
-                ) -> tuple[AgentState, ml_collections.ConfigDict]:
-  """Every agent of a training run at ``step`` (default: the latest checkpoint), stacked as
-  in training (the checkpoint's ``views`` and seeds in order), and the run's config."""
-  meta, step = checkpointing.read_meta(workdir, step)
-  config = config_from_meta(meta)
-  abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta_seeds(meta)))
-  mngr = checkpointing.reader(workdir)
-  state, _ = checkpointing.restore(mngr, abstract, step)
-  mngr.close()
-  return state, config
+  return load_agents(workdir, step)[held[0]]

@@ -11,6 +11,7 @@ K = neighbours or rank.
 import functools
 from typing import NamedTuple
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -19,16 +20,20 @@ import jax.numpy as jnp
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-class LinearMap(NamedTuple):
-  """An affine map ``apply_map(m, x) = (x - x_mean) @ w + y_mean``."""
+@flax.struct.dataclass
+class LinearMap:
+  """An affine map from one agent's latents to another's: ``apply(x) = (x - x_mean) @ w +
+  y_mean``."""
   x_mean: jax.Array  # (D,)
   y_mean: jax.Array  # (E,)
   w: jax.Array  # (D, E)
 
-
-def apply_map(m: LinearMap, x_NxD: jax.Array) -> jax.Array:
-  """Maps source latents into the target space: (N, D) -> (N, E)."""
-  return (x_NxD - m.x_mean) @ m.w + m.y_mean
+  def apply(self, x_NxD: jax.Array) -> jax.Array:
+    """Maps source latents into the target space: (N, D) -> (N, E)."""
+    if x_NxD.shape[-1] != self.w.shape[0]:
+      raise ValueError(f"This map takes latents of size {self.w.shape[0]}, got "
+                       f"{x_NxD.shape[-1]}: apply it to the agent it was fitted from.")
+    return (x_NxD - self.x_mean) @ self.w + self.y_mean
 
 
 def _centre(x_NxD, y_NxE):
@@ -277,14 +282,30 @@ def retrieval_top1(mapped_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmin(dist, -1) == jnp.arange(mapped_NxE.shape[0]))
 
 
+MAPS = ("lstsq", "ridge", "procrustes", "cca")
+
+
+def fit(kind: str, x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
+  """The map of ``kind`` (``MAPS``) from X to Y, fitted on paired latents: least squares,
+  ridge (strength chosen on a validation split), scaled orthogonal (Procrustes) or CCA (all
+  canonical pairs)."""
+  fits = {"lstsq": fit_lstsq, "ridge": fit_ridge, "procrustes": fit_procrustes,
+          "cca": lambda x, y: fit_cca(x, y)[0]}
+  if kind not in fits:
+    raise ValueError(f"Unknown map {kind!r}; valid maps: {', '.join(MAPS)}.")
+  return fits[kind](x_NxD, y_NxE)
+
+
 # --- One pair, all at once ---------------------------------------------------------------
 
-def fit_maps(x_NxD: jax.Array, y_NxE: jax.Array, rank: int = 16) -> dict[str, LinearMap]:
-  """Every map kind from the same fitting pairs, by name."""
+def fit_maps(x_NxD: jax.Array, y_NxE: jax.Array, rank: int = 16
+             ) -> tuple[dict[str, LinearMap], jax.Array]:
+  """Every map kind from the same fitting pairs, by name, and the canonical correlations
+  (CCA is fitted once for both)."""
+  cca, rho = fit_cca(x_NxD, y_NxE, rank=rank)
   return {"lstsq": fit_lstsq(x_NxD, y_NxE), "ridge": fit_ridge(x_NxD, y_NxE),
           "reduced_rank": fit_reduced_rank(x_NxD, y_NxE, rank=rank),
-          "procrustes": fit_procrustes(x_NxD, y_NxE),
-          "cca": fit_cca(x_NxD, y_NxE, rank=rank)[0]}
+          "procrustes": fit_procrustes(x_NxD, y_NxE), "cca": cca}, rho
 
 
 @jax.jit
@@ -312,34 +333,34 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   pooled R^2 of a map refitted between both sides whitened with their fitting pairs'
   statistics. ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength
   chosen on a validation split of the fitting pairs) minus R^2 of the scaled orthogonal map:
-  near 0 when the spaces differ by a rotation and one scale. Vmap it to score many pairs at
-  once.
+  near 0 when the spaces differ by a rotation and one scale. ``maps`` holds the fitted
+  maps by name. Vmap it to score many pairs at once.
   Mutual k-NN uses ``k`` neighbours, fewer when there are not ``k + 1`` held-out pairs.
   """
-  maps = fit_maps(x_fit, y_fit, rank)
-  out = {}
+  maps, rho = fit_maps(x_fit, y_fit, rank)
+  out = {"canonical_correlations": rho}
   for name, m in maps.items():
-    pred = apply_map(m, x_test)
+    pred = m.apply(x_test)
     out[f"r2_{name}"] = r2_score(pred, y_test)
     out[f"r2_{name}_uniform"] = r2_uniform(pred, y_test)
     out[f"residual_{name}"] = relative_residual(pred, y_test)
   out["isometry_gap"] = out["r2_ridge"] - out["r2_procrustes"]
   out.update(singular_value_stats(maps["ridge"].w))
-  out["canonical_correlations"] = fit_cca(x_fit, y_fit)[1]
   out["cka"] = linear_cka(x_test, y_test)
   out["cka_unbiased"] = linear_cka_unbiased(x_test, y_test)
   out["mutual_knn"] = mutual_knn(x_test, y_test, min(k, x_test.shape[0] - 1))
-  out["retrieval_top1_ridge"] = retrieval_top1(apply_map(maps["ridge"], x_test), y_test)
-  out["retrieval_top1_procrustes"] = retrieval_top1(apply_map(maps["procrustes"], x_test),
+  out["retrieval_top1_ridge"] = retrieval_top1(maps["ridge"].apply(x_test), y_test)
+  out["retrieval_top1_procrustes"] = retrieval_top1(maps["procrustes"].apply(x_test),
                                                     y_test)
   # A diagnostic, not the claim: how isometric the relation is once each agent's own
   # anisotropy is removed (both sides whitened with their fitting pairs' statistics).
   wx, wy = whitener(x_fit), whitener(y_fit)
-  xw_fit, yw_fit, xw_test, yw_test = (apply_map(w, z) for w, z in (
+  xw_fit, yw_fit, xw_test, yw_test = (w.apply(z) for w, z in (
       (wx, x_fit), (wy, y_fit), (wx, x_test), (wy, y_test)))
-  for name, fit in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
-    out[f"r2_{name}_whitened"] = r2_score(apply_map(fit(xw_fit, yw_fit), xw_test), yw_test)
+  for name, fitter in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
+    out[f"r2_{name}_whitened"] = r2_score(fitter(xw_fit, yw_fit).apply(xw_test), yw_test)
   out["isometry_gap_whitened"] = out["r2_ridge_whitened"] - out["r2_procrustes_whitened"]
+  out["maps"] = maps
   return out
 
 
@@ -351,7 +372,7 @@ def r2_against_pairs(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_te
     if n > x_fit.shape[0]:
       raise ValueError(f"Cannot fit on {n} pairs: only {x_fit.shape[0]} fitting pairs.")
     curve["n"].append(int(n))
-    for name, fit in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
-      m = fit(x_fit[:n], y_fit[:n])
-      curve[f"r2_{name}"].append(float(r2_score(apply_map(m, x_test), y_test)))
+    for name, fitter in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
+      m = fitter(x_fit[:n], y_fit[:n])
+      curve[f"r2_{name}"].append(float(r2_score(m.apply(x_test), y_test)))
   return curve

@@ -254,6 +254,21 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: PyTree,
   return restored["state"], step
 
 
+def restore_params(mngr: ocp.CheckpointManager, abstract_params: PyTree,
+                   step: int | None = None) -> tuple[PyTree, int]:
+  """Only the ``params`` of a saved ``AgentState`` (no target, no optimiser state), at
+  ``step`` (default: newest intact), on this process's first device."""
+  step = resolve_step(mngr, step)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract_params)
+  item = {"params": abstract}
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True)))
+  return restored["state"]["params"], step
+
+
 def read_meta(workdir: str, step: int | None = None) -> tuple[dict, int]:
   """The saved config (as a dict) and views of a run, and the step they were read at
   (default: the newest intact checkpoint). Creates nothing."""

@@ -43,11 +43,12 @@ def world_batch(key: jax.Array, view: world.View, batch: int, frames: int, size:
 
 
 class PairedSet(NamedTuple):
-  """The same N states seen from every agent's view, with their labels: the world's focal
-  object's ``class`` and ``position``, or a dataset's ``class``."""
+  """The same N states seen from every agent's view, with the labels a probe reads: the
+  world's ``scene.PROBED``, or a dataset's ``class``. ``num_classes`` gives each integer
+  label's class count; the other labels are values."""
   obs: jax.Array  # (A, N, H, W, 3)
   labels: dict[str, jax.Array]  # each (N, ...)
-  num_classes: int = world.NUM_CLASSES
+  num_classes: dict[str, int]
 
 
 def world_paired_set(key: jax.Array, views: world.View, num: int, size: int) -> PairedSet:
@@ -59,7 +60,18 @@ def world_paired_set(key: jax.Array, views: world.View, num: int, size: int) -> 
   noise = jax.random.split(k_noise, num)
   obs = jax.lax.map(lambda sk: world.observe(sk[0], views, size, sk[1]), (states, noise),
                     batch_size=64)
-  return PairedSet(jnp.swapaxes(obs, 0, 1), jax.vmap(world.labels)(states))
+  labels = jax.vmap(world.labels)(states)
+  return PairedSet(jnp.swapaxes(obs, 0, 1), {k: labels[k] for k in scene.PROBED},
+                   dict(scene.LABEL_CLASSES))
+
+
+def world_pairs(views: str | Sequence[str], num: int, size: int = 32, seed: int = 0
+                ) -> PairedSet:
+  """``num`` random world states seen from each named view, with their labels: paired
+  observations ``obs[v]`` (N, H, W, 3) of view ``v`` for fitting and scoring maps and
+  probes. A different ``seed`` gives other states (fit on one, score on another)."""
+  stacked = world.stack_views(views)
+  return world_paired_set(jax.random.key(seed), stacked, num, size)
 
 
 _regions_obs = jax.jit(jax.vmap(images.region_obs, in_axes=(None, 0, None)), static_argnums=2)
@@ -104,18 +116,22 @@ def load_images(config: ml_collections.ConfigDict, split: str) -> images.Images 
   return images.load(config.data.dataset, config.data.data_dir, split)
 
 
-def batch(config: ml_collections.ConfigDict, key: jax.Array, view: Any,
-          pixels: jax.Array | None = None) -> Batch:
-  """One agent's training batch: world rollouts, or sub-crops of its region of ``pixels``
+def sampler(config: ml_collections.ConfigDict):
+  """``sample(key, view, pixels) -> Batch``, one agent's training batch from the config's
+  source: world rollouts (``pixels`` unused), or sub-crops of its region of ``pixels``
   (N, H, W, 3) uint8 images of the dataset's train split."""
   d = config.data
+  size, batch_size, frames, min_crop = d.image_size, d.batch_size, d.frames, d.min_crop
   if is_world(config):
-    return world_batch(key, view, d.batch_size, d.frames, d.image_size)
-  if pixels is None:
-    raise ValueError(f"Config names dataset {d.dataset!r}, but no images were passed: give "
-                     "the train split's pixels (data.load_images(config, 'train').pixels).")
-  return Batch(*images.region_batch(key, pixels, view, d.batch_size, d.frames, d.image_size,
-                                    d.min_crop))
+    return lambda key, view, pixels=None: world_batch(key, view, batch_size, frames, size)
+  dataset = d.dataset
+
+  def sample(key, view, pixels=None):
+    if pixels is None:
+      raise ValueError(f"Config names dataset {dataset!r}, but no images were passed: give "
+                       "the train split's pixels (data.load_images(config, 'train').pixels).")
+    return Batch(*images.region_batch(key, pixels, view, batch_size, frames, size, min_crop))
+  return sample
 
 
 def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, num: int,
@@ -131,4 +147,5 @@ def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, nu
   index = np.asarray(jax.random.permutation(key, len(source.labels))[:num])
   pixels = jnp.asarray(source.pixels[index])
   obs = _regions_obs(pixels, views, config.data.image_size)
-  return PairedSet(obs, {"class": jnp.asarray(source.labels[index])}, source.num_classes)
+  return PairedSet(obs, {"class": jnp.asarray(source.labels[index])},
+                   {"class": source.num_classes})

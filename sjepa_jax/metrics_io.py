@@ -1,8 +1,8 @@
 """Training metrics out: TensorBoard event files and log lines, without TensorFlow.
 
 ``MetricWriter`` writes scalars and hyperparameters through tensorboardX (the event files
-``tensorboard --logdir`` reads) and logs every scalar; ``Progress`` logs steps/s and the
-time left. Both speak only in process 0 of a multi-process job, so a job writes one set of
+``tensorboard --logdir`` reads), and logs them only at ``--verbosity=1``; ``Progress`` logs
+one short line per logged step: the step, each agent's loss, steps/s and the time left. Both speak only in process 0 of a multi-process job, so a job writes one set of
 event files and one set of log lines.
 """
 
@@ -28,7 +28,7 @@ class MetricWriter:
     """The run's hyperparameters, for TensorBoard's HParams tab (strings, numbers, bools)."""
     if self._tb is None:
       return
-    logging.info("Hyperparameters: %s", dict(hparams))
+    logging.vlog(1, "Hyperparameters: %s", dict(hparams))
     for proto in tbx_summary.hparams(dict(hparams), {}):  # experiment, session start, end
       self._tb.file_writer.add_summary(proto)
     self._tb.flush()
@@ -37,7 +37,7 @@ class MetricWriter:
     """One value per tag at ``step``; flushed at once, so a killed run keeps what it logged."""
     if self._tb is None:
       return
-    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+    logging.vlog(1, "[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
     for tag, value in scalars.items():
       self._tb.add_scalar(tag, float(value), step)
     self._tb.flush()
@@ -64,7 +64,8 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Logs steps/s and ETA at each call, measured from the first call onward.
+  """Logs the step, each agent's loss, steps/s and ETA at each call, the rate measured from
+  the first call onward.
 
   The first call (the first logged step of a run) only starts the clock: the steps before
   it include compiling the step, and a rate over them would be wrong either way.
@@ -76,8 +77,9 @@ class Progress:
     self._clock = clock
     self._first: tuple[int, float] | None = None
 
-  def __call__(self, step: int) -> float | None:
-    """Logs progress at ``step`` (steps done); returns steps/s, None on the first call."""
+  def __call__(self, step: int, losses: Mapping[str, float] | None = None) -> float | None:
+    """Logs progress at ``step`` (steps done) with each agent's ``losses``; returns
+    steps/s, None on the first call."""
     now = self._clock()
     if self._first is None or step <= self._first[0]:
       self._first = (step, now)
@@ -87,5 +89,7 @@ class Progress:
       rate = (step - self._first[0]) / max(now - self._first[1], 1e-9)
       line = f"{rate:.3g} steps/s, ETA {format_duration((self._total - step) / rate)}"
     if self._enabled:
-      logging.info("Step %d/%d (%.0f%%): %s.", step, self._total, 100 * step / self._total, line)
+      loss = "".join(f" {name} {value:.4g}," for name, value in (losses or {}).items())
+      logging.info("Step %d/%d (%.0f%%):%s%s %s.", step, self._total, 100 * step / self._total,
+                   " loss" if loss else "", loss, line)
     return rate

@@ -35,8 +35,10 @@ import optax
 
 from sjepa_jax import agents
 from sjepa_jax import align
+from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import flops
+from sjepa_jax import models
 from sjepa_jax import probes
 from sjepa_jax import world
 
@@ -80,37 +82,36 @@ def procrustes_map(stats: MapStats) -> align.LinearMap:
   return align.procrustes_from_moments(stats.cross, stats.var_s, stats.mean_s, stats.mean_t)
 
 
-def migrate_step(student: Student, student_view: world.View, teacher_view: world.View,
-                 key: jax.Array, step: jax.Array, teacher: PyTree,
-                 config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict
+def migrate_step(learner: agents.Learner, teacher_model: models.WorldModel, weight: float,
+                 map_decay: float, student: Student, student_view: world.View,
+                 teacher_view: world.View, key: jax.Array, step: jax.Array, teacher: PyTree
                  ) -> tuple[Student, dict]:
-  """One step of the migrating student.
+  """One step of the migrating student (``teacher``: the teacher's encoder parameters).
 
   Keys are those of ``agents.train_step``: the student's batch is exactly the one a scratch
   student with the same key would train on, and the teacher sees the same episodes from
-  its own view. With ``migrate.weight = 0`` the step equals ``agents.train_step``.
+  its own view. With ``weight = 0`` the step equals ``agents.train_step``.
   """
-  d, m = config.data, config.migrate
   data_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
-  batch = data.world_batch(data_key, student_view, d.batch_size, d.frames, d.image_size)
-  seen = data.world_batch(data_key, teacher_view, d.batch_size, d.frames, d.image_size)
-  z_t = agents.encode(teacher_config, teacher, seen.obs)  # frozen: no gradient
+  batch = learner.sample(data_key, student_view, None)
+  seen = learner.sample(data_key, teacher_view, None)
+  z_t = agents.encode(teacher_model, teacher, seen.obs)  # frozen: no gradient
   z_t = z_t.reshape(-1, z_t.shape[-1])
 
   def loss(params):
-    z_BxLxD = agents.encode(config, params["encoder"], batch.obs)
-    jepa, metrics = agents.jepa_loss(params, student.agent.target, z_BxLxD, batch, loss_key,
-                                     config)
+    z_BxLxD = agents.encode(learner.model, params["encoder"], batch.obs)
+    jepa, metrics = agents.jepa_loss(learner, params, student.agent.target, batch, loss_key,
+                                     z_BxLxD)
     z_s = z_BxLxD.reshape(z_t.shape[0], -1)
-    stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t, m.map_decay)
+    stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t, map_decay)
     linear_map = jax.lax.stop_gradient(procrustes_map(stats))
-    distill = jnp.mean(jnp.sum((align.apply_map(linear_map, z_s) - z_t) ** 2, -1))
+    distill = jnp.mean(jnp.sum((linear_map.apply(z_s) - z_t) ** 2, -1))
     metrics["distill"] = distill / z_t.shape[-1]
-    return jepa + m.weight * metrics["distill"], (metrics, stats)
+    return jepa + weight * metrics["distill"], (metrics, stats)
 
   grads, (metrics, stats) = jax.grad(loss, has_aux=True)(student.agent.params)
   metrics["grad_norm"] = optax.tree.norm(grads)
-  return Student(agents.apply_gradients(student.agent, grads, config), stats), metrics
+  return Student(agents.apply_gradients(learner, student.agent, grads), stats), metrics
 
 
 # --- The experiment ----------------------------------------------------------------------
@@ -144,13 +145,11 @@ def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
                      f"{config.num_train_steps} and {config.eval_every}.")
 
 
-def evaluate(config: ml_collections.ConfigDict, params: PyTree, probe_set: data.PairedSet,
-             n_fit: int) -> dict[str, float]:
-  """Held-out focal-class accuracy and position R^2 of linear probes on frozen latents
-  (``probes.evaluate``), and the class probe's final gradient norm."""
-  z = agents.encode_chunked(config, params["encoder"], probe_set.obs[0])
-  return probes.evaluate(z, probe_set.labels, n_fit, world.NUM_CLASSES,
-                         config.eval.probe_steps)[2]
+def evaluate(learner: agents.Learner, params: PyTree, probe_set: data.PairedSet, n_fit: int,
+             probe_steps: int) -> dict[str, float]:
+  """Held-out probe scores of the student's frozen latents (``probes.evaluate``)."""
+  z = agents.encode_chunked(learner.model, params["encoder"], probe_set.obs[0])
+  return probes.evaluate(z, probe_set.labels, n_fit, probe_set.num_classes, probe_steps)[1]
 
 
 def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"
@@ -162,29 +161,31 @@ def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"
   return None
 
 
-def train_student(config: ml_collections.ConfigDict, teacher: PyTree | None,
-                  teacher_config: ml_collections.ConfigDict, student_view: str,
-                  teacher_view: str, seed: int, probe_set: data.PairedSet
+def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | None,
+                  student_view: str, seed: int, probe_set: data.PairedSet
                   ) -> tuple[list[dict], float]:
   """Trains one student (scratch when ``teacher`` is None) and returns its curve of probe
   scores against cumulative FLOPs and training wall time, and its FLOPs per step."""
+  learner = agents.learner_from_config(config)
   key = agents.agent_keys(seed, [student_view])[0]
-  agent = agents.init_agent(key, config)
+  agent = agents.init_agent(learner, key)
   sv = world.get_view(student_view)
   if teacher is None:
-    fn = lambda s, k, i: agents.train_step(s, sv, k, i, config)
+    fn = lambda s, k, i: agents.train_step(learner, s, sv, k, i)
     state = agent
   else:
-    tv = world.get_view(teacher_view)
-    fn = lambda s, k, i, t: migrate_step(s, sv, tv, k, i, t, config, teacher_config)
-    state = Student(agent, init_stats(config.model.dim, teacher_config.model.dim))
-  extra = () if teacher is None else (teacher,)
+    tv = world.get_view(teacher.view)
+    m = config.migrate
+    fn = lambda s, k, i, t: migrate_step(learner, teacher.model, m.weight, m.map_decay, s, sv,
+                                         tv, k, i, t)
+    state = Student(agent, init_stats(config.model.dim, teacher.config.model.dim))
+  extra = () if teacher is None else (teacher.params["encoder"],)
   step_fn, step_flops = flops.compile_and_count(fn, state, key, jnp.int32(0), *extra,
                                                 donate_argnums=0)
-  n_fit = config.eval.probe_train
+  evaluate_now = lambda p: evaluate(learner, p, probe_set, config.eval.probe_train,
+                                    config.eval.probe_steps)
   params = lambda s: s.params if teacher is None else s.agent.params
-  curve = [{"step": 0, "flops": 0.0, "wall_s": 0.0,
-            **evaluate(config, params(state), probe_set, n_fit)}]
+  curve = [{"step": 0, "flops": 0.0, "wall_s": 0.0, **evaluate_now(params(state))}]
   wall = 0.0
   for step in range(config.num_train_steps):
     start = time.perf_counter()
@@ -199,7 +200,7 @@ def train_student(config: ml_collections.ConfigDict, teacher: PyTree | None,
             f"student ({student_view}) between steps {step + 2 - config.eval_every} and "
             f"{step + 1}.")
       point = {"step": step + 1, "flops": step_flops * (step + 1), "wall_s": wall,
-               **evaluate(config, params(state), probe_set, n_fit)}
+               **evaluate_now(params(state))}
       curve.append(point)
       logging.info("%s student, step %d: %s", "scratch" if teacher is None else "migrating",
                    step + 1, point)
@@ -215,7 +216,7 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
   ``teacher_seed`` picks the teacher where its run trained the view with several seeds."""
   validate(config, target_acc)
   student_view = world.parse_views(student_view)[0]
-  meta_views = agents.run_views(teacher_workdir)
+  meta_views = checkpointing.read_meta(teacher_workdir)[0]["views"]
   if teacher_view is None:
     others = [v for v in meta_views if v != student_view]
     if not others:
@@ -225,8 +226,8 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
   if teacher_view == student_view:
     raise ValueError(f"The teacher's view must differ from the student's; both are "
                      f"{student_view!r}.")
-  teacher, teacher_config = agents.load_agent(teacher_workdir, teacher_view,
-                                              seed=teacher_seed)
+  teacher = agents.load_agent(teacher_workdir, teacher_view, seed=teacher_seed)
+  teacher_config = teacher.config
   if not data.is_world(teacher_config):
     raise ValueError(f"Migration runs on the embedded world; the teacher run "
                      f"{teacher_workdir!r} was trained on dataset "
@@ -236,9 +237,8 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
   probe_set = data.world_paired_set(jax.random.key(e.seed), world.stack_views([student_view]),
                                     e.probe_train + e.probe_test, config.data.image_size)
   curves, per_step = {}, {}
-  for mode, t in (("scratch", None), ("migrate", teacher["encoder"])):
-    curves[mode], per_step[mode] = train_student(config, t, teacher_config, student_view,
-                                                 teacher_view, seed, probe_set)
+  for mode, t in (("scratch", None), ("migrate", teacher)):
+    curves[mode], per_step[mode] = train_student(config, t, student_view, seed, probe_set)
   report = {"target_acc": target_acc, "teacher_workdir": teacher_workdir,
             "teacher_view": teacher_view, "teacher_seed": teacher_seed,
             "teacher_kind": teacher_config.objective.kind, "student_view": student_view,

@@ -6,18 +6,19 @@ grouped convolution, which XLA's CPU backend runs several times slower (DESIGN.m
 the CNN here extracts patches (no weights, so nothing per agent) and applies its kernel as
 one matmul, which computes the same convolution.
 
-Shapes: B = batch, H = W = image size, P = patches, C = width, D = latent size.
-"""
+Every encoder returns the latent ``z`` (what probes and maps read) and the tokens it was
+read out from (what token-level objectives predict). The patch encoders take an optional
+mask of tokens hidden from them: a hidden patch's embedding is replaced by a learned mask
+token before any token mixing, so the encoder sees only the visible context.
 
-from typing import Any
+Shapes: B = batch, H = W = image size, P = patches (tokens), C = width, D = latent size,
+A = action size.
+"""
 
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
-
-from sjepa_jax.world.scene import NUM_CLASSES
 
 ENCODERS = ("mixer", "vit", "cnn")
 POOLS = ("flatten", "mean")
@@ -48,15 +49,32 @@ class MlpBlock(nn.Module):
   """Dense -> GELU -> Dense, back to the input width.
 
   The leading axes are flattened first: XLA's CPU backend runs the backward pass of a dense
-  layer on (B, P, C) inputs, with the GELU fused in, about 3x slower than on (B * P, C)
-  (benchmarks/torch_step.py; README "A PyTorch yardstick").
+  layer on (B, P, C) inputs, with the GELU fused in, several times slower than on (B * P, C)
+  (benchmarks/torch_step.py).
   """
   hidden: int
 
   @nn.compact
   def __call__(self, x):
-    down, up = nn.Dense(x.shape[-1]), nn.Dense(self.hidden)  # names Dense_0, Dense_1 as before
+    down, up = nn.Dense(x.shape[-1]), nn.Dense(self.hidden)  # created in this order: Dense_0 is the down projection
     return down(nn.gelu(up(x.reshape(-1, x.shape[-1])))).reshape(x.shape)
+
+
+def mixer_block(x_BxPxC: jax.Array, channel_hidden: int) -> jax.Array:
+  """One MLP-Mixer block (arXiv 2105.01601), inside a compact module: pre-LN token mixing,
+  then pre-LN channel mixing, each residual."""
+  y = jnp.swapaxes(nn.LayerNorm()(x_BxPxC), -1, -2)
+  x = x_BxPxC + jnp.swapaxes(MlpBlock(2 * x_BxPxC.shape[-2])(y), -1, -2)  # mixes patches
+  return x + MlpBlock(channel_hidden)(nn.LayerNorm()(x))  # mixes channels
+
+
+def hide(module: nn.Module, x_BxPxC: jax.Array, mask_BxP: jax.Array | None) -> jax.Array:
+  """Replaces the embeddings of hidden patches (``mask`` True) by ``module``'s learned mask
+  token, a parameter that exists only in models that hide tokens."""
+  if mask_BxP is None:
+    return x_BxPxC
+  token = module.param("mask_token", nn.initializers.normal(0.02), (x_BxPxC.shape[-1],))
+  return jnp.where(mask_BxP[..., None], token.astype(x_BxPxC.dtype), x_BxPxC)
 
 
 class MixerEncoder(nn.Module):
@@ -69,13 +87,13 @@ class MixerEncoder(nn.Module):
   pool: str = "flatten"
 
   @nn.compact
-  def __call__(self, obs):
+  def __call__(self, obs, mask=None):
     x = nn.Dense(self.width)(patchify(obs, self.patch))
+    x = hide(self, x, mask)
     for _ in range(self.depth):
-      y = jnp.swapaxes(nn.LayerNorm()(x), -1, -2)
-      x = x + jnp.swapaxes(MlpBlock(2 * x.shape[-2])(y), -1, -2)  # mixes patches
-      x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))  # mixes channels
-    return nn.Dense(self.dim)(pool_tokens(nn.LayerNorm()(x), self.pool))
+      x = mixer_block(x, 2 * self.width)
+    tokens = nn.LayerNorm()(x)
+    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
 
 
 class VitEncoder(nn.Module):
@@ -88,13 +106,15 @@ class VitEncoder(nn.Module):
   heads: int = 4
 
   @nn.compact
-  def __call__(self, obs):
+  def __call__(self, obs, mask=None):
     x = nn.Dense(self.width)(patchify(obs, self.patch))
+    x = hide(self, x, mask)
     x += self.param("pos", nn.initializers.normal(0.02), x.shape[-2:])
     for _ in range(self.depth):
       x = x + nn.MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x))
       x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
-    return nn.Dense(self.dim)(pool_tokens(nn.LayerNorm()(x), self.pool))
+    tokens = nn.LayerNorm()(x)
+    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
 
 
 class MatmulConv(nn.Module):
@@ -119,12 +139,15 @@ class CnnEncoder(nn.Module):
   pool: str = "flatten"
 
   @nn.compact
-  def __call__(self, obs):
+  def __call__(self, obs, mask=None):
+    if mask is not None:
+      raise ValueError("The cnn encoder has no patches to hide; token masking needs a patch "
+                       "encoder: mixer or vit.")
     x = obs
     for i in range(self.depth):
       x = nn.gelu(MatmulConv(self.width * 2 ** min(i, 2))(x))
     tokens = x.reshape(x.shape[:-3] + (-1, x.shape[-1]))
-    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool))
+    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
 
 
 class Predictor(nn.Module):
@@ -178,28 +201,115 @@ class LabelHead(nn.Module):
     return out[..., :self.num_classes], out[..., self.num_classes:]
 
 
+class TokenPredictor(nn.Module):
+  """Target tokens (B, P, C) from a context and, across time, the action between the two
+  frames: the context is the visible tokens (B, P, C_in), hidden ones holding the mask
+  token, or only the latent (B, D), which must then hold what the tokens hold. A mixer
+  over the token grid, so it can move what it sees to where it will be."""
+  num_tokens: int  # P
+  out: int  # C of the target tokens
+  width: int = 64
+  depth: int = 1
+  from_latent: bool = False  # the context is the latent (B, D), not the tokens
+  conditioned: bool = True  # across time: takes the action between the frames
+
+  @nn.compact
+  def __call__(self, context, action=None):
+    if self.from_latent:  # one token per patch from the latent
+      x = nn.Dense(self.num_tokens * self.width)(context)
+      x = x.reshape(context.shape[:-1] + (self.num_tokens, self.width))
+    else:
+      x = nn.Dense(self.width)(context)
+    if self.conditioned:
+      x = x + nn.Dense(self.width)(action)[..., None, :]
+    for _ in range(self.depth):
+      x = mixer_block(x, 2 * self.width)
+    return nn.Dense(self.out)(nn.LayerNorm()(x))
+
+
+class Aggregator(nn.Module):
+  """seq-JEPA's aggregator (arXiv 2505.03176): a small transformer over a sequence of
+  latents, each with the action that leads to the next frame, read out by a learned [AGG]
+  token; an MLP on the aggregate predicts the latent of the frame that follows.
+
+  ``__call__`` returns (aggregate (B, W), predicted next latent (B, D)).
+  """
+  dim: int  # D
+  length: int  # the longest sequence it aggregates
+  width: int = 64
+  depth: int = 1
+  heads: int = 4
+
+  @nn.compact
+  def __call__(self, z_BxLxD, actions_BxLxA):
+    x = nn.Dense(self.width)(jnp.concatenate([nn.LayerNorm()(z_BxLxD), actions_BxLxA], -1))
+    x += self.param("pos", nn.initializers.normal(0.02), (self.length, self.width))[:x.shape[-2]]
+    agg = jnp.broadcast_to(self.param("agg", nn.initializers.normal(0.02), (self.width,)),
+                           x.shape[:-2] + (1, self.width))
+    x = jnp.concatenate([agg, x], -2)
+    for _ in range(self.depth):
+      x = x + nn.MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x))
+      x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
+    aggregate = nn.LayerNorm()(x[..., 0, :])
+    hidden = nn.gelu(nn.Dense(2 * self.width)(aggregate))
+    return aggregate, nn.Dense(self.dim)(hidden)
+
+
 class WorldModel(nn.Module):
-  """One agent's networks: ``encode`` (obs -> z), ``predict`` ((z, a) -> z') and, for the
-  autoencoder objective only, ``decode`` (z -> obs); for the supervised one, ``read`` (z ->
-  class logits, position); with an inverse-dynamics term, ``infer_action`` ((z, z') -> a)."""
+  """One agent's networks, built once from explicit parts (None where unused):
+
+  - ``encode``: obs -> z (what probes and maps read); ``encode_tokens``: obs[, mask] ->
+    (z, tokens);
+  - ``predict``: (z, a) -> z', the action-conditioned latent predictor;
+  - ``infer_action``: (z, z') -> a, inverse dynamics;
+  - ``predict_tokens``: (context, a) -> target tokens, masked / token-level prediction;
+  - ``aggregate``: (z_1..z_k, a_1..a_k) -> (aggregate, z_{k+1}), seq-JEPA;
+  - ``decode``: z -> obs, the autoencoder control; ``read``: z -> (class logits, position),
+    the supervised ceiling.
+  """
   encoder: nn.Module
   predictor: nn.Module
   decoder: nn.Module | None = None
   head: nn.Module | None = None
   inverse: nn.Module | None = None
+  token_predictor: nn.Module | None = None
+  aggregator: nn.Module | None = None
+  hides_tokens: bool = False  # whether the encoder is ever given a mask (has a mask token)
 
   def __call__(self, obs, action):
-    z = self.encode(obs)
+    """Touches every part once, so ``init`` creates all their parameters."""
+    z, tokens = self.encode_tokens(obs)
+    if self.hides_tokens:
+      self.encode_tokens(obs, jnp.zeros(tokens.shape[:-1], bool))
     if self.decoder is not None:
-      self.decode(z)  # creates the decoder's parameters at init
+      self.decode(z)
     if self.head is not None:
-      self.read(z)  # creates the head's parameters at init
+      self.read(z)
     if self.inverse is not None:
-      self.infer_action(z, z)  # creates the inverse model's parameters at init
+      self.infer_action(z, z)
+    if self.token_predictor is not None:
+      self.predict_tokens(z if self.token_predictor.from_latent else tokens, action)
+    if self.aggregator is not None:
+      self.aggregate(z[..., None, :], action[..., None, :])
     return self.predict(z, action)
+
+  def encode(self, obs):
+    return self.encoder(obs)[0]
+
+  def encode_tokens(self, obs, mask=None):
+    return self.encoder(obs, mask)
+
+  def predict(self, z, action):
+    return self.predictor(z, action)
 
   def infer_action(self, z, z_next):
     return self.inverse(z, z_next)
+
+  def predict_tokens(self, context, action=None):
+    return self.token_predictor(context, action)
+
+  def aggregate(self, z_BxLxD, actions_BxLxA):
+    return self.aggregator(z_BxLxD, actions_BxLxA)
 
   def decode(self, z):
     return self.decoder(z)
@@ -207,29 +317,14 @@ class WorldModel(nn.Module):
   def read(self, z):
     return self.head(z)
 
-  def encode(self, obs):
-    return self.encoder(obs)
 
-  def predict(self, z, action):
-    return self.predictor(z, action)
-
-
-def make_model(config: ml_collections.ConfigDict, action_dim: int = 2) -> WorldModel:
-  """The world model described by ``config.model``; unknown encoders list the valid ones."""
-  m = config.model
-  kinds: dict[str, Any] = {
-      "mixer": lambda: MixerEncoder(m.dim, m.patch, m.width, m.depth, m.pool),
-      "vit": lambda: VitEncoder(m.dim, m.patch, m.width, m.depth, m.pool),
-      "cnn": lambda: CnnEncoder(m.dim, m.width // 4, m.depth, m.pool),
-  }
-  if m.encoder not in kinds:
-    raise ValueError(f"Unknown encoder {m.encoder!r}; valid encoders: {', '.join(ENCODERS)}.")
-  decoder = head = inverse = None
-  if config.objective.kind == "autoencoder":
-    decoder = PatchDecoder(config.data.image_size, m.patch, m.width)
-  if config.objective.kind == "supervised":
-    head = LabelHead(NUM_CLASSES)
-  if config.objective.kind == "jepa" and config.objective.inverse_weight > 0:
-    inverse = InverseDynamics(m.predictor_hidden, action_dim)
-  return WorldModel(kinds[m.encoder](), Predictor(m.predictor_hidden, m.predictor_depth),
-                    decoder, head, inverse)
+def make_encoder(kind: str, dim: int, patch: int, width: int, depth: int, pool: str
+                 ) -> nn.Module:
+  """An encoder by name (``ENCODERS``); an unknown one lists the valid ones."""
+  if kind == "mixer":
+    return MixerEncoder(dim, patch, width, depth, pool)
+  if kind == "vit":
+    return VitEncoder(dim, patch, width, depth, pool)
+  if kind == "cnn":
+    return CnnEncoder(dim, width // 4, depth, pool)
+  raise ValueError(f"Unknown encoder {kind!r}; valid encoders: {', '.join(ENCODERS)}.")

@@ -1,15 +1,21 @@
-"""Probes on frozen latents: multinomial logistic regression (L-BFGS) and closed-form ridge,
-and zero-shot transfer of a probe to another agent through a linear map.
+"""Probes on frozen latents: what a latent lets a linear read-out recover, label by label.
 
-Features are standardised with the training set's statistics, which the fitted probe
-carries, so a probe applies to new latents as they come.
+A label of integer class ids is read by multinomial logistic regression (L-BFGS) and scored
+by accuracy; a label of float values (a position, a colour) by closed-form ridge regression
+and scored by R^2. Features are standardised with the fitting set's statistics, which the
+fitted ``Probe`` carries, so it applies to new latents as they come. A one-hidden-layer
+MLP probe (``mlp_accuracy``) is a diagnostic only: where it finds a class a linear probe
+misses, the latent holds it nonlinearly; where it does not, the latent does not hold it.
 
-Shapes: N = examples, D = latent size, C = classes.
+Zero-shot transfer applies agent A's probe to agent B's latents mapped into A's space.
+
+Shapes: N = examples, D = latent size, C = classes or regression targets.
 """
 
 import functools
-from typing import NamedTuple
+from typing import Mapping
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,30 +23,49 @@ import optax
 from sjepa_jax import align
 
 
-class LinearProbe(NamedTuple):
-  """``predict(z) = ((z - mean) / std) @ w + b``."""
+@flax.struct.dataclass
+class Probe:
+  """A linear read-out ``outputs(z) = ((z - mean) / std) @ w + b``: class logits when
+  ``classes`` (``predict`` gives the class, ``score`` the accuracy), else regressed values
+  (``predict`` gives them, ``score`` the R^2)."""
   mean: jax.Array  # (D,)
   std: jax.Array  # (D,)
   w: jax.Array  # (D, C)
   b: jax.Array  # (C,)
+  classes: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def outputs(self, z_NxD: jax.Array) -> jax.Array:
+    """Logits or regressed values, (N, C)."""
+    if z_NxD.shape[-1] != self.w.shape[0]:
+      raise ValueError(f"This probe reads latents of size {self.w.shape[0]}, got "
+                       f"{z_NxD.shape[-1]}: map them into its agent's space first.")
+    return ((z_NxD - self.mean) / self.std) @ self.w + self.b
+
+  def predict(self, z_NxD: jax.Array) -> jax.Array:
+    """Class ids (N,) or values (N, C)."""
+    out = self.outputs(z_NxD)
+    return jnp.argmax(out, -1) if self.classes else out
+
+  def score(self, z_NxD: jax.Array, y_N: jax.Array) -> jax.Array:
+    """Accuracy against class ids, or R^2 against values."""
+    if self.classes:
+      return jnp.mean(self.predict(z_NxD) == y_N)
+    return align.r2_score(self.outputs(z_NxD), y_N.reshape(y_N.shape[0], -1))
 
 
 def _standardise(z_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
   return z_NxD.mean(0), z_NxD.std(0) + 1e-6
 
 
-def apply(probe: LinearProbe, z_NxD: jax.Array) -> jax.Array:
-  """Probe outputs (logits or regression values), (N, C)."""
-  return ((z_NxD - probe.mean) / probe.std) @ probe.w + probe.b
-
-
-def fit_ridge(z_NxD: jax.Array, y_NxC: jax.Array, l2: float = 1e-2) -> LinearProbe:
-  """Closed-form ridge regression of targets (e.g. one-hot classes) on standardised latents
-  (``align.ridge_weights``: ``l2`` relative to the mean eigenvalue of the Gram matrix)."""
+@jax.jit
+def fit_regressor(z_NxD: jax.Array, y_NxC: jax.Array, l2: float = 1e-2) -> Probe:
+  """Closed-form ridge regression of values on standardised latents (``align.ridge_weights``:
+  ``l2`` relative to the mean eigenvalue of the Gram matrix)."""
+  y_NxC = y_NxC.reshape(y_NxC.shape[0], -1)
   mean, std = _standardise(z_NxD)
   x = (z_NxD - mean) / std
   y_mean = y_NxC.mean(0)
-  return LinearProbe(mean, std, align.ridge_weights(x, y_NxC - y_mean, l2), y_mean)
+  return Probe(mean, std, align.ridge_weights(x, y_NxC - y_mean, l2), y_mean)
 
 
 def _logistic_loss(wb, x_NxD, labels_N, l2):
@@ -50,14 +75,14 @@ def _logistic_loss(wb, x_NxD, labels_N, l2):
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
-def fit_logistic(z_NxD: jax.Array, labels_N: jax.Array, num_classes: int, steps: int = 500,
-                 l2: float = 1e-4, tol: float = 1e-5) -> LinearProbe:
+def fit_classifier(z_NxD: jax.Array, labels_N: jax.Array, num_classes: int, steps: int = 500,
+                   l2: float = 1e-4, tol: float = 1e-5) -> Probe:
   """Multinomial logistic regression, full batch, solved by L-BFGS (zoom line search) until
   the gradient norm of the objective is below ``tol`` or after ``steps`` iterations.
 
   The objective (mean cross-entropy + l2 |w|^2 on standardised features) is strongly
   convex, so a small gradient norm means the probe is at its optimum: a property of the
-  latents, not of an optimiser's budget. ``logistic_grad_norm`` says how close it got.
+  latents, not of an optimiser's budget. ``classifier_grad_norm`` says how close it got.
   """
   mean, std = _standardise(z_NxD)
   x = (z_NxD - mean) / std
@@ -78,52 +103,84 @@ def fit_logistic(z_NxD: jax.Array, labels_N: jax.Array, num_classes: int, steps:
     return (count == 0) | ((count < steps) & (grad_norm >= tol))
 
   wb, _ = jax.lax.while_loop(going, step, (init, solver.init(init)))
-  return LinearProbe(mean, std, *wb)
+  return Probe(mean, std, *wb, classes=True)
 
 
 @jax.jit
-def logistic_grad_norm(probe: LinearProbe, z_NxD: jax.Array, labels_N: jax.Array,
-                       l2: float = 1e-4) -> jax.Array:
-  """Norm of the gradient of ``fit_logistic``'s objective at ``probe``'s weights: near 0 at
-  the optimum."""
+def classifier_grad_norm(probe: Probe, z_NxD: jax.Array, labels_N: jax.Array,
+                         l2: float = 1e-4) -> jax.Array:
+  """Norm of the gradient of ``fit_classifier``'s objective at ``probe``'s weights: near 0
+  at the optimum."""
   x = (z_NxD - probe.mean) / probe.std
   return optax.tree.norm(jax.grad(_logistic_loss)((probe.w, probe.b), x, labels_N, l2))
 
 
-def evaluate(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int, num_classes: int,
-             steps: int = 500) -> tuple[LinearProbe, LinearProbe | None, dict[str, float]]:
-  """The probes of every study: the class probe (logistic) and, where the labels have a
-  ``position`` (the world), the position probe (ridge), fitted on the first ``n_fit`` rows.
+@functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "steps"))
+def mlp_accuracy(z_fit: jax.Array, labels_fit: jax.Array, z_test: jax.Array,
+                 labels_test: jax.Array, num_classes: int, hidden: int = 256,
+                 steps: int = 500, lr: float = 3e-3, weight_decay: float = 1e-4,
+                 seed: int = 0) -> jax.Array:
+  """Held-out accuracy of a one-hidden-layer MLP probe (GELU, full-batch AdamW): a
+  diagnostic of whether a class is in the latent at all, not a linear read-out."""
+  mean, std = _standardise(z_fit)
+  x_fit, x_test = (z_fit - mean) / std, (z_test - mean) / std
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  d = x_fit.shape[1]
+  params = {"w1": jax.random.normal(k1, (d, hidden)) / jnp.sqrt(d), "b1": jnp.zeros(hidden),
+            "w2": jax.random.normal(k2, (hidden, num_classes)) / jnp.sqrt(hidden),
+            "b2": jnp.zeros(num_classes)}
+  logits = lambda p, x: jax.nn.gelu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      logits(p, x_fit), labels_fit).mean()
+  tx = optax.adamw(lr, weight_decay=weight_decay)
 
-  Returns (class probe, position probe or None, scores): ``class_acc`` and
-  ``position_r2`` on the held-out rows, and ``class_probe_grad_norm``, how far the class
-  probe's solver stopped from the optimum (near 0: converged). Where the labels have a
-  ``distractor_centroid`` (the world), a ridge probe on it adds ``distractor_r2``: a
-  diagnostic of what else the latents keep.
+  def step(_, carry):
+    p, opt = carry
+    updates, opt = tx.update(jax.grad(loss)(p), opt, p)
+    return optax.apply_updates(p, updates), opt
+
+  params, _ = jax.lax.fori_loop(0, steps, step, (params, tx.init(params)))
+  return jnp.mean(jnp.argmax(logits(params, x_test), -1) == labels_test)
+
+
+def fit(z_NxD: jax.Array, labels: Mapping[str, jax.Array], num_classes: Mapping[str, int],
+        steps: int = 500) -> dict[str, Probe]:
+  """A probe per label: a classifier for each label named in ``num_classes`` (integer ids),
+  a regressor for every other (float values)."""
+  return {name: (fit_classifier(z_NxD, y, num_classes[name], steps=steps)
+                 if name in num_classes else fit_regressor(z_NxD, y))
+          for name, y in labels.items()}
+
+
+def score_name(name: str, probe: Probe) -> str:
+  """``<label>_acc`` for a classifier, ``<label>_r2`` for a regressor."""
+  return f"{name}_{'acc' if probe.classes else 'r2'}"
+
+
+def evaluate(z_NxD: jax.Array, labels: Mapping[str, jax.Array], n_fit: int,
+             num_classes: Mapping[str, int], steps: int = 500, mlp: tuple[str, ...] = ()
+             ) -> tuple[dict[str, Probe], dict[str, float]]:
+  """Probes of every label fitted on the first ``n_fit`` rows, scored on the rest.
+
+  Returns (probes by label, scores): ``<label>_acc`` or ``<label>_r2`` held out;
+  ``class_probe_grad_norm``, how far the class probe's solver stopped from its optimum
+  (near 0: converged); and ``<label>_mlp_acc`` for the class labels named in ``mlp``.
   """
-  cls, pos = labels["class"], labels.get("position")
-  clf = fit_logistic(z_NxD[:n_fit], cls[:n_fit], num_classes, steps=steps)
-  scores = {"class_acc": float(accuracy(clf, z_NxD[n_fit:], cls[n_fit:])),
-            "class_probe_grad_norm": float(logistic_grad_norm(clf, z_NxD[:n_fit], cls[:n_fit]))}
-  if pos is None:
-    return clf, None, scores
-  reg = fit_ridge(z_NxD[:n_fit], pos[:n_fit])
-  scores["position_r2"] = float(align.r2_score(apply(reg, z_NxD[n_fit:]), pos[n_fit:]))
-  others = labels.get("distractor_centroid")
-  if others is not None:
-    others_probe = fit_ridge(z_NxD[:n_fit], others[:n_fit])
-    scores["distractor_r2"] = float(align.r2_score(apply(others_probe, z_NxD[n_fit:]),
-                                                   others[n_fit:]))
-  return clf, reg, scores
+  fitted = fit(z_NxD[:n_fit], {k: y[:n_fit] for k, y in labels.items()}, num_classes, steps)
+  scores = {score_name(k, p): float(p.score(z_NxD[n_fit:], labels[k][n_fit:]))
+            for k, p in fitted.items()}
+  if "class" in fitted:
+    scores["class_probe_grad_norm"] = float(classifier_grad_norm(
+        fitted["class"], z_NxD[:n_fit], labels["class"][:n_fit]))
+  for k in mlp:
+    if k in labels:
+      scores[f"{k}_mlp_acc"] = float(mlp_accuracy(
+          z_NxD[:n_fit], labels[k][:n_fit], z_NxD[n_fit:], labels[k][n_fit:], num_classes[k]))
+  return fitted, scores
 
 
-def accuracy(probe: LinearProbe, z_NxD: jax.Array, labels_N: jax.Array) -> jax.Array:
-  """Fraction of examples whose highest probe output is the true class."""
-  return jnp.mean(jnp.argmax(apply(probe, z_NxD), -1) == labels_N)
-
-
-def transfer(probe: LinearProbe, target_to_source: align.LinearMap,
-             z_target_NxE: jax.Array) -> jax.Array:
+def transfer(probe: Probe, target_to_source: align.LinearMap, z_target_NxE: jax.Array
+             ) -> jax.Array:
   """Zero-shot transfer: the source agent's probe on the target agent's latents mapped into
   the source's space. No gradient step touches the target; (N, C) outputs."""
-  return apply(probe, align.apply_map(target_to_source, z_target_NxE))
+  return probe.outputs(target_to_source.apply(z_target_NxE))

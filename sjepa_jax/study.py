@@ -22,7 +22,9 @@ Shapes: N = paired states (fitting then held out), D = latent size, V = views.
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+import itertools
+import os
+from typing import Any, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -34,6 +36,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import exchange
 from sjepa_jax import images
 from sjepa_jax import losses
 from sjepa_jax import probes
@@ -49,33 +52,14 @@ GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
 CONTROL_FIELDS = ("r2_lstsq", "r2_identity", "r2_ridge", "r2_ridge_uniform", "r2_procrustes",
                   "isometry_gap", "isometry_gap_whitened", "cka_unbiased",
                   "native_acc", "transfer_acc", "native_position_r2", "transfer_position_r2")
+# The maps of every studied pair that ``export`` writes as files.
+EXPORTED_MAPS = ("ridge", "procrustes")
+# The labels the nonlinear (MLP) probe also reads, for the studied agents: a diagnostic.
+MLP_PROBED = ("class",)
 R2_CURVE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-@dataclasses.dataclass
-class Agent:
-  """One trained agent, and the same architecture at initialisation (a control)."""
-  name: str
-  view: str
-  kind: str  # jepa | autoencoder
-  seed: int
-  workdir: str
-  config: ml_collections.ConfigDict
-  params: PyTree  # encoder parameters
-  initial: PyTree  # encoder parameters before training
-
-
-def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
-  """Every agent of the run in ``workdir``, at ``step`` (default: the latest checkpoint)."""
-  state, config = agents.restore_run(workdir, step)
-  meta, _ = checkpointing.read_meta(workdir, step)
-  views, seeds = meta["views"], agents.meta_seeds(meta)
-  initial = agents.init_agents(config, views, seeds)
-  take = lambda tree, a: jax.tree.map(lambda x: x[a], tree["encoder"])
-  several = len(set(seeds)) > 1
-  return [Agent(f"{v}_s{s}" if several else v, v, config.objective.kind, s, workdir, config,
-                take(state.params, a), take(initial.params, a))
-          for a, (v, s) in enumerate(zip(views, seeds))]
+Agent = agents.Agent
 
 
 @dataclasses.dataclass
@@ -108,15 +92,16 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
   main, partners, controls = {}, {}, {"autoencoder": {}, "supervised": {}}
   names = set()
   for agent in all_agents:
+    name = f"{agent.name}_{agent.kind}" if agent.kind in controls else agent.name
+    while name in names:  # the same view and seed from another run
+      name = f"{name}_seed{agent.seed}"
+    names.add(name)
+    agent = dataclasses.replace(agent, name=name)
     if agent.kind in controls:
-      agent.name = f"{agent.name}_{agent.kind}"
       controls[agent.kind].setdefault(agent.view, []).append(agent)
     else:
       partners.setdefault(agent.view, []).append(agent)
       main.setdefault(agent.seed, {}).setdefault(agent.view, agent)
-    while agent.name in names:  # the same view and seed from another run
-      agent.name = f"{agent.name}_seed{agent.seed}"
-    names.add(agent.name)
   main = {s: group for s, group in sorted(main.items()) if len(group) >= 2}
   if not main:
     have = sorted({f"{a.view} (seed {a.seed})" for g in partners.values() for a in g})
@@ -129,8 +114,8 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
 # --- Features ----------------------------------------------------------------------------
 
 def encode(agent: Agent, params: PyTree, obs_NxHxWx3: jax.Array) -> jax.Array:
-  """Latents of many observations with ``agent``'s architecture: (N, D)."""
-  return agents.encode_chunked(agent.config, params, obs_NxHxWx3)
+  """Latents of many observations with ``agent``'s networks and ``params``: (N, D)."""
+  return agents.encode_chunked(agent.model, params["encoder"], obs_NxHxWx3)
 
 
 @functools.partial(jax.jit, static_argnames=("n_fit", "dim"))
@@ -154,21 +139,31 @@ def pixel_pca(obs_NxHxWx3: jax.Array, n_fit: int, dim: int, key: jax.Array) -> j
 class Space:
   """One set of features of the paired states, with its own probes already fitted."""
   z: jax.Array  # (N, D): the first n_fit rows fit maps and probes, the rest are held out
-  class_probe: probes.LinearProbe
-  position_probe: probes.LinearProbe | None  # None without position labels (datasets)
-  native_acc: float
-  native_position_r2: float | None
-  class_probe_grad_norm: float | None = None  # near 0: the class probe converged
-  native_distractor_r2: float | None = None  # the world's diagnostic: what else z keeps
+  probes: dict[str, probes.Probe]  # by label
+  scores: dict[str, float]  # held-out: <label>_acc or <label>_r2, class_probe_grad_norm, ...
 
 
 def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
-               probe_steps: int, num_classes: int = world.NUM_CLASSES) -> Space:
-  """Fits the class probe (and the position probe where there are positions: the world)
-  on the fitting rows; scores them held out."""
-  clf, reg, scores = probes.evaluate(z_NxD, labels, n_fit, num_classes, probe_steps)
-  return Space(z_NxD, clf, reg, scores["class_acc"], scores.get("position_r2"),
-               scores["class_probe_grad_norm"], scores.get("distractor_r2"))
+               probe_steps: int, num_classes: dict[str, int], mlp: tuple[str, ...] = ()
+               ) -> Space:
+  """Fits every label's probe on the fitting rows and scores it on the held-out rows."""
+  fitted, scores = probes.evaluate(z_NxD, labels, n_fit, num_classes, probe_steps, mlp=mlp)
+  return Space(z_NxD, fitted, scores)
+
+
+def _transfers(source: Space, outputs_of, labels: dict[str, jax.Array], n_fit: int,
+               suffix: str = "") -> dict[str, float]:
+  """The source's probes of class and position scored on the target's held-out latents,
+  ``outputs_of(probe)`` giving each probe's outputs there."""
+  out = {}
+  for name, score in (("class", "transfer_acc"), ("position", "transfer_position_r2")):
+    if name in source.probes:
+      p = source.probes[name]
+      y = labels[name][n_fit:]
+      got = outputs_of(p)
+      out[score + suffix] = float(jnp.mean(jnp.argmax(got, -1) == y) if p.classes
+                                  else align.r2_score(got, y))
+  return out
 
 
 def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: int,
@@ -176,26 +171,25 @@ def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: i
   """Maps target -> source, then transfers the source's probes to the target's latents.
 
   With ``shuffle_key`` the maps are fitted on pairs shuffled at random (a null control).
+  The fitted ``maps`` (``EXPORTED_MAPS``) come back under that key.
   """
   x, y = target.z, source.z
   x_fit = x[:n_fit]
   if shuffle_key is not None:
     x_fit = x_fit[jax.random.permutation(shuffle_key, n_fit)]
   ev = align.evaluate_pair(x_fit, y[:n_fit], x[n_fit:], y[n_fit:])
+  fitted = ev.pop("maps")
   out = {k: float(v) for k, v in ev.items() if jnp.ndim(v) == 0}
   out["singular_values"] = np.asarray(ev["singular_values"]).tolist()
-  cls = labels["class"][n_fit:]
-  out["native_acc"] = target.native_acc
-  out["source_acc"] = source.native_acc
-  if target.position_probe is not None:
-    out["native_position_r2"] = target.native_position_r2
-  for name, fit in (("", align.fit_ridge), ("_procrustes", align.fit_procrustes)):
-    m = fit(x_fit, y[:n_fit])
-    hits = jnp.argmax(probes.transfer(source.class_probe, m, x[n_fit:]), -1) == cls
-    out[f"transfer_acc{name}"] = float(hits.mean())
-    if source.position_probe is not None:
-      out[f"transfer_position_r2{name}"] = float(align.r2_score(
-          probes.transfer(source.position_probe, m, x[n_fit:]), labels["position"][n_fit:]))
+  out["native_acc"] = target.scores["class_acc"]
+  out["source_acc"] = source.scores["class_acc"]
+  if "position_r2" in target.scores:
+    out["native_position_r2"] = target.scores["position_r2"]
+  for suffix, kind in (("", "ridge"), ("_procrustes", "procrustes")):
+    m = fitted[kind]
+    out.update(_transfers(source, lambda p, m=m: probes.transfer(p, m, x[n_fit:]), labels,
+                          n_fit, suffix))
+  out["maps"] = {k: fitted[k] for k in EXPORTED_MAPS}
   return out
 
 
@@ -205,12 +199,8 @@ def identity_control(source: Space, target: Space, labels: dict[str, jax.Array],
   if source.z.shape[1] != target.z.shape[1]:
     return None
   x, y = target.z[n_fit:], source.z[n_fit:]
-  out = {"r2_identity": float(align.r2_score(x, y)),
-         "transfer_acc": float(probes.accuracy(source.class_probe, x, labels["class"][n_fit:]))}
-  if source.position_probe is not None:
-    out["transfer_position_r2"] = float(align.r2_score(
-        probes.apply(source.position_probe, x), labels["position"][n_fit:]))
-  return out
+  return {"r2_identity": float(align.r2_score(x, y)),
+          **_transfers(source, lambda p: p.outputs(x), labels, n_fit)}
 
 
 def _pick(result: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
@@ -218,6 +208,96 @@ def _pick(result: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
 
 
 # --- The study ---------------------------------------------------------------------------
+
+class _Paired(NamedTuple):
+  """The same N states seen from every view at every image size an agent uses."""
+  obs: dict[tuple[str, int], jax.Array]  # (view, size) -> (N, H, W, 3)
+  labels: dict[str, jax.Array]
+  num_classes: dict[str, int]
+  views: list[str]  # the studied views, in the registry's order
+  overlap: np.ndarray  # (V, V) pixel overlap of the studied views
+  eval_images: Any  # a dataset's evaluation split; None for the world
+
+
+def _paired(config, roles: Roles, used: Sequence[Agent], n: int, k_states, k_overlap
+            ) -> _Paired:
+  order = list(world.VIEWS) if data.is_world(config) else list(images.REGIONS)
+  all_views = sorted({a.view for a in used}, key=order.index)
+  stacked = data.stack_views(config, all_views)
+  eval_images = data.load_images(config, config.data.eval_split)
+  obs, paired = {}, None
+  for size in sorted({a.image_size for a in used}):
+    config.data.image_size = size
+    paired = data.paired_set(config, k_states, stacked, n, eval_images)
+    obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
+  views = sorted({v for group in roles.main.values() for v in group}, key=order.index)
+  if eval_images is None:
+    overlap_states = jax.vmap(world.random_state)(jax.random.split(k_overlap, 256))
+    overlap = np.asarray(world.overlap_matrix(overlap_states, world.stack_views(views)))
+  else:
+    overlap = images.overlap_matrix(views, config.data.region_size,
+                                    *eval_images.pixels.shape[1:3])
+  # The labels are those of the same states at every size.
+  return _Paired(obs, paired.labels, paired.num_classes, views, overlap, eval_images)
+
+
+class _Spaces(NamedTuple):
+  """Every set of features with its probes: trained agents, their random-init encoders (the
+  studied agents), and pixel PCA per studied view."""
+  trained: dict[str, Space]
+  initial: dict[str, Space]
+  pca: dict[str, Space]
+
+
+def _spaces(roles: Roles, used: Sequence[Agent], paired: _Paired, n_fit: int,
+            probe_steps: int, k_pca) -> _Spaces:
+  space = functools.partial(make_space, labels=paired.labels, n_fit=n_fit,
+                            probe_steps=probe_steps, num_classes=paired.num_classes)
+  obs = lambda a: paired.obs[(a.view, a.image_size)]
+  studied = [a for group in roles.main.values() for a in group.values()]
+  names = {a.name for a in studied}
+  trained = {a.name: space(encode(a, a.params, obs(a)), mlp=MLP_PROBED if a.name in names
+                           else ()) for a in used}
+  initial = {a.name: space(encode(a, a.initial_params(), obs(a))) for a in studied}
+  pca = {}
+  for a in studied:
+    if a.view not in pca:
+      pca[a.view] = space(pixel_pca(obs(a), n_fit, a.model.encoder.dim, k_pca))
+  return _Spaces(trained, initial, pca)
+
+
+def _pair(roles: Roles, spaces: _Spaces, paired: _Paired, main: dict[str, Agent],
+          seed: int, src: str, tgt: str, n_fit: int, shuffle_key) -> dict[str, Any]:
+  """One ordered pair (target -> source) of one seed's agents, with its controls."""
+  views, labels = paired.views, paired.labels
+  trained, initial, pca = spaces
+  s, t = trained[main[src].name], trained[main[tgt].name]
+  result = {"seed": seed, "source": src, "target": tgt,
+            "overlap": float(paired.overlap[views.index(src), views.index(tgt)]),
+            "n_fit": n_fit, "n_test": s.z.shape[0] - n_fit, **compare(s, t, labels, n_fit)}
+  controls = {
+      "random_init": _pick(compare(initial[main[src].name], initial[main[tgt].name],
+                                   labels, n_fit)),
+      "shuffled_pairs": _pick(compare(s, t, labels, n_fit, shuffle_key),
+                              drop=("cka_unbiased",)),  # needs no map
+      "identity": identity_control(s, t, labels, n_fit),
+      "pixel_pca": _pick(compare(pca[src], pca[tgt], labels, n_fit)),
+  }
+  for kind in ("autoencoder", "supervised"):
+    cs, ct = roles.control(kind, src, seed), roles.control(kind, tgt, seed)
+    controls[kind] = None if cs is None or ct is None else {
+        "agents": [ct.name, cs.name],
+        **_pick(compare(trained[cs.name], trained[ct.name], labels, n_fit))}
+  partner = roles.partner(main[src])
+  if partner is not None:
+    controls["same_view"] = {"agents": [main[src].name, partner.name], **_pick(
+        compare(s, trained[partner.name], labels, n_fit))}
+  result["controls"] = controls
+  logging.info("seed %d, %s->%s (target->source): R^2 ridge %.3f, Procrustes %.3f, "
+               "transfer %.3f (native %.3f)", seed, tgt, src, result["r2_ridge"],
+               result["r2_procrustes"], result["transfer_acc"], result["native_acc"])
+  return result
+
 
 def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: int = 4321,
         probe_steps: int = 500, step: int | None = None, data_dir: str | None = None
@@ -227,124 +307,134 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   ``step`` picks a checkpoint of the first run (the others use their latest). For runs on
   a dataset, the paired states are images of its evaluation split, read from ``data_dir``
   (default: where the runs read it).
-  Returns (the JSON-ready report, arrays for the figures).
+  Returns (the JSON-ready report, extras: arrays for the figures, the studied agents and
+  their fitted maps and probes for ``export``, and the paired states ``obs[(view, size)]``
+  with their ``labels``: the first ``n_fit`` fitted everything, the rest are held out).
   """
   if n_fit < 8 or n_test < 8:
     raise ValueError(f"Need at least 8 fitting and 8 held-out pairs, got n_fit={n_fit}, "
                      f"n_test={n_test}.")
+  # Agents and their roles; the paired states every feature is computed on.
   all_agents = [a for i, w in enumerate(workdirs)
-                for a in load_agents(w, step if i == 0 else None)]
+                for a in agents.load_agents(w, step if i == 0 else None)]
   roles = assign_roles(all_agents)
   used = roles.used()
   logging.info("Agents: %s", ", ".join(a.name for a in used))
   config = source_config(used, data_dir)
-  key = jax.random.key(seed)
-  k_states, k_overlap, k_pca, k_shuffle = jax.random.split(key, 4)
-
-  # Data: the same N states from every view, at every image size an agent uses.
-  order = list(world.VIEWS) if data.is_world(config) else list(images.REGIONS)
-  all_views = sorted({a.view for a in used}, key=order.index)
-  stacked = data.stack_views(config, all_views)
-  eval_images = data.load_images(config, config.data.eval_split)
-  n = n_fit + n_test
-  obs, paired = {}, None
-  for size in sorted({a.config.data.image_size for a in used}):
-    config.data.image_size = size
-    paired = data.paired_set(config, k_states, stacked, n, eval_images)
-    obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
-  labels = paired.labels  # the same states at every size
-  views = sorted({v for group in roles.main.values() for v in group}, key=order.index)
-  if eval_images is None:
-    overlap_states = jax.vmap(world.random_state)(jax.random.split(k_overlap, 256))
-    overlap = np.asarray(world.overlap_matrix(overlap_states, world.stack_views(views)))
-  else:
-    overlap = images.overlap_matrix(views, config.data.region_size,
-                                    *eval_images.pixels.shape[1:3])
-
-  # Features and their native probes.
-  space = functools.partial(make_space, labels=labels, n_fit=n_fit, probe_steps=probe_steps,
-                            num_classes=paired.num_classes)
-  agent_obs = lambda a: obs[(a.view, a.config.data.image_size)]
-  trained = {a.name: space(encode(a, a.params, agent_obs(a))) for a in used}
-  initial = {a.name: space(encode(a, a.initial, agent_obs(a)))
-             for group in roles.main.values() for a in group.values()}
-  pca = {}
-  for group in roles.main.values():
-    for v, a in group.items():
-      if v not in pca:
-        pca[v] = space(pixel_pca(agent_obs(a), n_fit, a.config.model.dim, k_pca))
+  k_states, k_overlap, k_pca, k_shuffle = jax.random.split(jax.random.key(seed), 4)
+  paired = _paired(config, roles, used, n_fit + n_test, k_states, k_overlap)
+  spaces = _spaces(roles, used, paired, n_fit, probe_steps, k_pca)
+  trained, initial, pca = spaces
 
   # Every ordered pair of every seed, with its controls.
-  pairs, curves, scatter = [], {}, {}
+  views = paired.views
+  pairs, curves, scatter, maps = [], {}, {}, {}
   for g, (s_seed, main) in enumerate(roles.main.items()):
     shared = _shared_space_r2(main, trained, n_fit)
     group_views = [v for v in views if v in main]
-    for src in group_views:
-      for tgt in group_views:
-        if src == tgt:
-          continue
-        i, j = views.index(src), views.index(tgt)
+    for src, tgt in itertools.permutations(group_views, 2):
+      i, j = views.index(src), views.index(tgt)
+      shuffle_key = jax.random.fold_in(k_shuffle, (g * len(views) + i) * len(views) + j)
+      result = _pair(roles, spaces, paired, main, s_seed, src, tgt, n_fit, shuffle_key)
+      maps[(main[src].name, main[tgt].name)] = result.pop("maps")
+      if shared is not None:
+        result["r2_shared_space"] = shared[(src, tgt)]
+      pairs.append(result)
+      if g == 0:  # the figures show the first seed's pairs
         s, t = trained[main[src].name], trained[main[tgt].name]
-        result = {"seed": s_seed, "source": src, "target": tgt,
-                  "overlap": float(overlap[i, j]), "n_fit": n_fit, "n_test": n_test,
-                  **compare(s, t, labels, n_fit)}
-        if shared is not None:
-          result["r2_shared_space"] = shared[(src, tgt)]
-        controls = {
-            "random_init": _pick(compare(initial[main[src].name], initial[main[tgt].name],
-                                         labels, n_fit)),
-            "shuffled_pairs": _pick(compare(s, t, labels, n_fit, jax.random.fold_in(
-                k_shuffle, (g * len(views) + i) * len(views) + j)),
-                drop=("cka_unbiased",)),  # needs no map
-            "identity": identity_control(s, t, labels, n_fit),
-            "pixel_pca": _pick(compare(pca[src], pca[tgt], labels, n_fit)),
-        }
-        for kind in ("autoencoder", "supervised"):
-          cs, ct = roles.control(kind, src, s_seed), roles.control(kind, tgt, s_seed)
-          controls[kind] = None if cs is None or ct is None else {
-              "agents": [ct.name, cs.name],
-              **_pick(compare(trained[cs.name], trained[ct.name], labels, n_fit))}
-        partner = roles.partner(main[src])
-        if partner is not None:
-          controls["same_view"] = {"agents": [main[src].name, partner.name], **_pick(
-              compare(s, trained[partner.name], labels, n_fit))}
-        result["controls"] = controls
-        pairs.append(result)
-        if g == 0:  # the figures show the first seed's pairs
-          sizes = tuple(m for m in R2_CURVE_SIZES if m < n_fit) + (n_fit,)
-          curves[f"{tgt}_to_{src}"] = align.r2_against_pairs(
-              t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
-          scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
-        logging.info("seed %d, %s->%s (target->source): R^2 ridge %.3f, Procrustes %.3f, "
-                     "transfer %.3f (native %.3f)", s_seed, tgt, src, result["r2_ridge"],
-                     result["r2_procrustes"], result["transfer_acc"], result["native_acc"])
+        sizes = tuple(m for m in R2_CURVE_SIZES if m < n_fit) + (n_fit,)
+        curves[f"{tgt}_to_{src}"] = align.r2_against_pairs(
+            t.z[:n_fit], s.z[:n_fit], t.z[n_fit:], s.z[n_fit:], sizes)
+        scatter[(src, tgt)] = principal_scatter(t.z, s.z, n_fit)
 
+  # The report.
+  labels = paired.labels
   chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
-  floors = {v: {"pixel_pca_acc": p.native_acc, "pixel_pca_position_r2": p.native_position_r2,
-                "pixel_pca_distractor_r2": p.native_distractor_r2}
-            for v, p in pca.items()}
-  return {
+  without_grad = lambda scores, prefix="": {f"{prefix}{k}": x for k, x in scores.items()
+                                            if k != "class_probe_grad_norm"}
+  report = {
       "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
-      "source": "world" if eval_images is None else {
+      "source": "world" if paired.eval_images is None else {
           "dataset": config.data.dataset, "split": config.data.eval_split,
           "region_size": config.data.region_size,
-          "image_shape": list(eval_images.pixels.shape[1:])},
+          "image_shape": list(paired.eval_images.pixels.shape[1:])},
       "chance_acc": chance,
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
-                          "workdir": a.workdir, "native_acc": trained[a.name].native_acc,
-                          "native_position_r2": trained[a.name].native_position_r2,
-                          "native_distractor_r2": trained[a.name].native_distractor_r2,
-                          "class_probe_grad_norm": trained[a.name].class_probe_grad_norm,
+                          "workdir": a.workdir, "step": a.step, **trained[a.name].scores,
                           **spectrum(trained[a.name].z[n_fit:]),
-                          **({"random_init_acc": initial[a.name].native_acc,
-                              "random_init_position_r2": initial[a.name].native_position_r2,
-                              "random_init_distractor_r2": initial[a.name].native_distractor_r2}
+                          **(without_grad(initial[a.name].scores, "random_init_")
                              if a.name in initial else {})}
                  for a in used},
-      "floors": floors,
-      "overlap": {"views": views, "matrix": overlap.tolist()},
+      "floors": {v: without_grad(p.scores, "pixel_pca_") for v, p in pca.items()},
+      "overlap": {"views": views, "matrix": paired.overlap.tolist()},
       "pairs": pairs, "r2_vs_pairs": curves, "summary": summarise(pairs, chance),
-  }, {"scatter": scatter}
+  }
+  report["probes_by_view"] = probes_by_view(report)
+  studied = {a.name: a for group in roles.main.values() for a in group.values()}
+  frame = next(iter(paired.obs.values())).shape[1:]
+  return report, {"scatter": scatter, "maps": maps, "agents": studied,
+                  "probes": {name: trained[name].probes for name in studied},
+                  "frame_bytes": int(np.prod(frame)), "obs": paired.obs,
+                  "labels": paired.labels}
+
+
+def export(report: dict[str, Any], extras: dict[str, Any], folder: str) -> dict[str, int]:
+  """Writes every studied pair's maps (``maps/<target>_to_<source>.<map>.npz``) and every
+  studied agent's probes (``probes/<agent>.<label>.npz``) as ``exchange`` files, each with
+  who it joins or reads, its dimensions, its fitting pairs and the study's held-out score.
+  Returns each file's size in bytes."""
+  n_fit = report["n_fit"]
+  studied = extras["agents"]
+  who = lambda a: {"name": a.name, "view": a.view, "seed": a.seed, "kind": a.kind,
+                   "workdir": a.workdir, "step": a.step, "dim": a.model.encoder.dim}
+  results = {(p["seed"], p["source"], p["target"]): p for p in report["pairs"]}
+  sizes = {}
+  for (src_name, tgt_name), maps in extras["maps"].items():
+    src, tgt = studied[src_name], studied[tgt_name]
+    p = results[(src.seed, src.view, tgt.view)]
+    for kind, m in maps.items():
+      path = os.path.join(folder, "maps", f"{tgt_name}_to_{src_name}.{kind}.npz")
+      sizes[path] = exchange.save(
+          path, m, source=who(src), target=who(tgt), map=kind, n_fit=n_fit,
+          held_out_r2=p[f"r2_{kind}"],
+          transfer_acc=p["transfer_acc" + ("" if kind == "ridge" else f"_{kind}")])
+  for name, fitted in extras["probes"].items():
+    for label, probe in fitted.items():
+      path = os.path.join(folder, "probes", f"{name}.{label}.npz")
+      score = probes.score_name(label, probe)
+      sizes[path] = exchange.save(path, probe, agent=who(studied[name]), label=label,
+                                  n_fit=n_fit, score=score,
+                                  held_out=report["agents"][name][score])
+  return sizes
+
+
+PROBE_SCORES = ("class_acc", "shape_acc", "size_acc", "position_r2", "colour_r2",
+                "distractor_centroid_r2", "class_mlp_acc")
+
+
+def probes_by_view(report: dict[str, Any]) -> dict[str, dict[str, dict[str, list[float]]]]:
+  """Each view's held-out probe scores by what was probed: the pixel-PCA and random-init
+  floors, the JEPA agents, the autoencoder control and the supervised ceiling, each as
+  [mean, std, count] over the agents (seeds) of that kind: ``{view: {kind: {score: ...}}}``."""
+  rows: dict[str, dict[str, list[dict]]] = {}
+  for a in report["agents"].values():
+    by_kind = rows.setdefault(a["view"], {})
+    by_kind.setdefault(a["kind"], []).append(a)
+    if "random_init_class_acc" in a:
+      by_kind.setdefault("random_init", []).append(
+          {k[len("random_init_"):]: v for k, v in a.items() if k.startswith("random_init_")})
+  for view, floor in report["floors"].items():
+    rows.setdefault(view, {})["pixel_pca"] = [
+        {k[len("pixel_pca_"):]: v for k, v in floor.items()}]
+  order = ("pixel_pca", "random_init", "jepa", "autoencoder", "supervised")
+  out = {}
+  for view, by_kind in rows.items():
+    out[view] = {}
+    for kind in sorted(by_kind, key=lambda k: order.index(k) if k in order else len(order)):
+      group = by_kind[kind]
+      out[view][kind] = {k: [float(np.mean(v)), float(np.std(v)), len(v)] for k in PROBE_SCORES
+                         if (v := [g[k] for g in group if g.get(k) is not None])}
+  return out
 
 
 def spectrum(z_NxD: jax.Array) -> dict[str, float]:
@@ -379,7 +469,7 @@ def principal_scatter(x_NxD: jax.Array, y_NxE: jax.Array, n_fit: int, components
   principal components: ((points, components) true, (points, components) mapped)."""
   m = align.fit_ridge(x_NxD[:n_fit], y_NxE[:n_fit])
   y_test = y_NxE[n_fit:][:points]
-  mapped = align.apply_map(m, x_NxD[n_fit:][:points])
+  mapped = m.apply(x_NxD[n_fit:][:points])
   mean = y_NxE[:n_fit].mean(0)
   axes = jnp.linalg.svd(y_NxE[:n_fit] - mean, full_matrices=False)[2][:components].T
   return np.asarray((y_test - mean) @ axes), np.asarray((mapped - mean) @ axes)
@@ -394,7 +484,7 @@ def _shared_space_r2(main: dict, trained: dict, n_fit: int) -> dict | None:
   space = align.fit_generalized_procrustes(z[:, :n_fit])
   views = list(main)
   return {(src, tgt): float(align.r2_score(
-      align.apply_map(align.shared_space_map(space, j, i), z[j, n_fit:]), z[i, n_fit:]))
+      align.shared_space_map(space, j, i).apply(z[j, n_fit:]), z[i, n_fit:]))
           for i, src in enumerate(views) for j, tgt in enumerate(views) if i != j}
 
 

@@ -11,7 +11,7 @@ Shapes: A = agents, N = evaluation states, D = latent size.
 import contextlib
 import functools
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from absl import logging
 from flax import traverse_util
@@ -27,6 +27,7 @@ from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import losses
 from sjepa_jax import metrics_io
+from sjepa_jax import models
 from sjepa_jax import probes
 
 def _flatten(d: dict) -> dict:
@@ -140,12 +141,12 @@ def replicated(sharding: jax.NamedSharding) -> jax.NamedSharding:
   return jax.NamedSharding(sharding.mesh, jax.P())
 
 
-def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
+def make_step(learner: agents.Learner, how: str, agent_sharding=None, batch_sharding=None,
               num_agents: int = 2):
   """The jitted step over all agents: (state, views, keys, step[, pixels]) -> (state,
   metrics); ``pixels`` are a dataset's train images, shared by every agent (None: world).
-  ``step_function`` says how the agents share it."""
-  step = step_function(config, batch_sharding, num_agents, agent_sharding is not None)
+  ``how`` is ``vmap`` or ``lax_map`` (``agents.agent_map``); ``step_function`` says more."""
+  step = step_function(learner, how, batch_sharding, num_agents)
   if agent_sharding is None:
     jitted = jax.jit(step, donate_argnums=0)
   else:
@@ -154,36 +155,32 @@ def make_step(config: ml_collections.ConfigDict, agent_sharding, batch_sharding,
   return lambda state, views, keys, step, pixels=None: jitted(state, views, keys, step, pixels)
 
 
-def step_function(config: ml_collections.ConfigDict, batch_sharding=None, num_agents: int = 2,
-                  agents_sharded: bool = False):
+def step_function(learner: agents.Learner, how: str = "vmap", batch_sharding=None,
+                  num_agents: int = 2):
   """The step over all agents before jitting: (state, views, keys, step, pixels) -> (state,
   metrics).
 
   One agent skips the vmap: XLA's CPU backend runs a batched matmul with a batch of one
-  about 1.4x slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). Several
-  agents run as ``agents.agent_map(config)`` says: ``lax_map`` (one after another inside
-  the program; measured faster than vmap on 2 CPU cores) or ``vmap`` (batched; for GPU and
-  TPU, and agents split over devices); ``auto`` picks by ``jax.default_backend()``.
+  slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). Several agents run
+  ``lax_map`` (one after another inside the program; faster on CPU) or ``vmap`` (batched;
+  for GPU and TPU, and agents split over devices).
   """
-  one = functools.partial(agents.train_step, config=config, batch_sharding=batch_sharding)
+  one = functools.partial(agents.train_step, learner, batch_sharding=batch_sharding)
   if num_agents == 1:
     squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
     expand = lambda t: jax.tree.map(lambda x: x[None], t)
-    step = lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
-  elif agents.agent_map(config, agents_sharded) == "lax_map":  # one at a time
-    step = lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
-  else:
-    step = jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p),
-                    in_axes=(0, 0, 0, None, None))
-  return step
+    return lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
+  if how == "lax_map":  # one at a time
+    return lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
+  return jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p), in_axes=(0, 0, 0, None, None))
 
 
 # --- Evaluation --------------------------------------------------------------------------
 
-def make_encoder(config: ml_collections.ConfigDict):
+def make_encoder(model: models.WorldModel):
   """``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes the
   states as seen from view ``index[a]`` (``agents.encode_chunked``)."""
-  return lambda params, obs, index: agents.encode_chunked(config, params["encoder"], obs, index)
+  return lambda params, obs, index: agents.encode_chunked(model, params["encoder"], obs, index)
 
 
 # Rank metrics need many more states than dimensions: N = 8 D keeps isotropic Gaussian
@@ -222,19 +219,26 @@ def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, floa
   return scores
 
 
+# The labels the nonlinear (MLP) probe also reads: a diagnostic of what a linear probe misses.
+MLP_PROBED = ("class",)
+
+
 def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
                  initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
                  names: Sequence[str]) -> dict[str, dict[str, float]]:
-  """``probes.evaluate`` of every agent, trained vs random-init: held-out class accuracy,
-  position R^2 (the world only) and the class probe's final gradient norm; agent ``a`` sees
-  the probe states from view ``index[a]`` of ``probe_set``."""
+  """``probes.evaluate`` of every agent, trained vs random-init: each label's held-out score
+  (the world's class, shape, size, position, colour and distractors; a dataset's class),
+  the class probe's final gradient norm and, for the trained agents, the MLP probe's class
+  accuracy (a diagnostic); agent ``a`` sees the probe states from view ``index[a]`` of
+  ``probe_set``."""
   n_train = probe_train_size(config, probe_set.obs.shape[1])
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
     z = encode_all(s.params, probe_set.obs, index)
     for a, view in enumerate(names):
-      scores = probes.evaluate(z[a], probe_set.labels, n_train, probe_set.num_classes,
-                               config.eval.probe_steps)[2]
+      mlp = MLP_PROBED if name == "trained" else ()
+      _, scores = probes.evaluate(z[a], probe_set.labels, n_train, probe_set.num_classes,
+                                  config.eval.probe_steps, mlp=mlp)
       report.setdefault(view, {}).update({f"{name}/{k}": v for k, v in scores.items()})
   return report
 
@@ -248,15 +252,26 @@ def probe_train_size(config: ml_collections.ConfigDict, available: int) -> int:
   return int(available * e.probe_train / (e.probe_train + e.probe_test))
 
 
+def first_nonfinite(values: dict[str, np.ndarray]) -> tuple[str, int] | None:
+  """The first (name, agent) whose value holds a NaN or inf; each value has a leading agent
+  axis. None when all are finite."""
+  for name, v in values.items():
+    v = np.asarray(v).reshape(len(v), -1)
+    bad = np.flatnonzero(~np.all(np.isfinite(v), axis=1))
+    if bad.size:
+      return name, int(bad[0])
+  return None
+
+
 def check_finite(metrics: dict[str, np.ndarray], names: Sequence[str], first: int,
                  last: int, latest_checkpoint: int | None) -> None:
   """Raises if any agent's metric is NaN or inf, naming the steps, agent and checkpoint."""
-  for name, values in metrics.items():
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-      raise FloatingPointError(
-          f"Non-finite {name} for agent {bad[0]} ({names[bad[0]]}) between steps {first} and "
-          f"{last}; training stopped. Last good checkpoint: {_step_or_none(latest_checkpoint)}.")
+  bad = first_nonfinite(metrics)
+  if bad is not None:
+    name, a = bad
+    raise FloatingPointError(
+        f"Non-finite {name} for agent {a} ({names[a]}) between steps {first} and {last}; "
+        f"training stopped. Last good checkpoint: {_step_or_none(latest_checkpoint)}.")
 
 
 # --- The loop ----------------------------------------------------------------------------
@@ -276,55 +291,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return _train_and_evaluate(config, workdir, views, roster)
 
 
-def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[str, Any]:
-  """The run, once the config is checked and the workdir held."""
-  # Setup.
-  names = roster.names
-  agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
-  stacked_views = data.stack_views(config, roster.views)
-  train_images = data.load_images(config, config.data.train_split)
-  eval_images = data.load_images(config, config.data.eval_split)
-  pixels = None if train_images is None else jnp.asarray(train_images.pixels)
-  keys = agents.agent_keys(roster.seeds, roster.views)
+class _Source(NamedTuple):
+  """What the agents see: their stacked views and keys, and a dataset's images (None for
+  the world)."""
+  views: Any
+  keys: jax.Array
+  pixels: jax.Array | None  # the train split's images, shared by every agent
+  eval_images: Any  # images.Images of the evaluation split
 
-  # Model and checkpoint: resume from the latest checkpoint when there is one.
-  initial = agents.init_agents(config, roster.views, roster.seeds)
+
+def _source(config, roster: agents.Roster) -> _Source:
+  train_images = data.load_images(config, config.data.train_split)
+  return _Source(data.stack_views(config, roster.views),
+                 agents.agent_keys(roster.seeds, roster.views),
+                 None if train_images is None else jnp.asarray(train_images.pixels),
+                 data.load_images(config, config.data.eval_split))
+
+
+def _restore_or_init(config, workdir: str, roster: agents.Roster,
+                     initial: agents.AgentState, agent_sharding):
+  """(checkpoint manager, state, first step): resumed from the newest intact checkpoint,
+  damaged ones set aside, or fresh."""
   if jax.process_index() == 0:
     checkpointing.set_aside_damaged(workdir)
   if jax.process_count() > 1:  # every process sees the same checkpoints from here on
     multihost_utils.sync_global_devices("sjepa_checkpoints_checked")
   mngr = checkpointing.manager(workdir, config.keep_checkpoints)
-  start = 0
-  if mngr.latest_step() is not None:
-    meta, _ = checkpointing.read_meta(workdir)
-    check_resumable(meta, config, roster, workdir)
-    abstract = jax.eval_shape(lambda: initial)
-    if jax.process_count() > 1:  # each process reads only its own shards
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                             sharding=agent_sharding), abstract)
-    state, start = checkpointing.restore(mngr, abstract)
-    logging.info("Resumed from step %d in %s.", start, workdir)
-  else:
-    state = jax.tree.map(jnp.copy, initial)
+  if mngr.latest_step() is None:
+    return mngr, jax.tree.map(jnp.copy, initial), 0
+  meta, _ = checkpointing.read_meta(workdir)
+  check_resumable(meta, config, roster, workdir)
+  abstract = jax.eval_shape(lambda: initial)
+  if jax.process_count() > 1:  # each process reads only its own shards
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=agent_sharding), abstract)
+  state, start = checkpointing.restore(mngr, abstract)
+  logging.info("Resumed from step %d in %s.", start, workdir)
+  return mngr, state, start
+
+
+def _paired_states(config, views: Sequence[str], eval_images, which: int, num: int
+                   ) -> data.PairedSet:
+  """Fixed paired states, the same for every run (``eval.seed``): ``which`` 0 for the
+  running evaluation, 1 for the end-of-run probes; a dataset's at most its whole split."""
+  if eval_images is not None:
+    num = min(num, len(eval_images.labels))
+  key = jax.random.fold_in(jax.random.key(config.eval.seed), which)
+  return data.paired_set(config, key, data.stack_views(config, views), num, eval_images)
+
+
+def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[str, Any]:
+  """The run, once the config is checked and the workdir held."""
+  # Setup: the learner (built once), devices, what the agents see.
+  names = roster.names
+  learner = agents.learner_from_config(config)
+  agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
+  source = _source(config, roster)
+
+  # State: resumed from the newest intact checkpoint, or fresh.
+  initial = agents.init_agents(learner, roster.views, roster.seeds)
+  mngr, state, start = _restore_or_init(config, workdir, roster, initial, agent_sharding)
+  stacked_views, keys, pixels = source.views, source.keys, source.pixels
   if agent_sharding is not None:
     state, stacked_views, keys = to_global((state, stacked_views, keys), agent_sharding)
   if pixels is not None and jax.device_count() > 1:  # once, not a copy per step
     pixels = to_global(pixels, replicated(agent_sharding or batch_sharding))
-  step_fn = make_step(config, agent_sharding, batch_sharding, len(names))
-  encode_all = make_encoder(config)
+  how = agents.agent_map(config, agent_sharding is not None)
+  step_fn = make_step(learner, how, agent_sharding, batch_sharding, len(names))
+  encode_all = make_encoder(learner.model)
 
-  # Evaluation data: fixed paired states, the same for every run, rendered once per view:
-  # the running cross-agent CKA and every agent's latent spectrum are measured on them.
-  e = config.eval
-  eval_key = jax.random.key(e.seed)
-  eval_views = data.stack_views(config, views)
+  # Evaluation: fixed paired states rendered once per view, on which the running
+  # cross-agent CKA and every agent's latent spectrum are measured.
   view_index = np.asarray([views.index(v) for v in roster.views])
-  num = eval_set_size(config)
-  if eval_images is not None:
-    num = min(num, len(eval_images.labels))
-  eval_set = data.paired_set(config, jax.random.fold_in(eval_key, 0), eval_views, num,
-                             eval_images)
-  reference = losses.isotropic_reference(num, config.model.dim)
+  eval_set = _paired_states(config, views, source.eval_images, 0, eval_set_size(config))
+  reference = losses.isotropic_reference(eval_set.obs.shape[1], config.model.dim)
 
   main_process = jax.process_index() == 0  # one writer of event files and log lines
   writer = metrics_io.MetricWriter(workdir, enabled=main_process)
@@ -346,7 +386,8 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[s
         last_logged = done
         scalars = {f"train/agent_{v}/{k}": float(m[a])
                    for k, m in metrics.items() for a, v in enumerate(names)}
-        rate = progress(done)  # after device_get: the steps have run, not just been queued
+        # After device_get: the steps have run, not just been queued.
+        rate = progress(done, dict(zip(names, metrics["loss"].tolist())))
         if rate is not None:
           scalars["steps_per_sec"] = rate
         z = encode_all(host_local(state.params), eval_set.obs, view_index)
@@ -358,18 +399,17 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[s
         _save_if_finite(mngr, done, state, config, roster)
     mngr.wait_until_finished()
 
+    # The end-of-run probes, trained against random-init.
     report = {}
     if stop == total:
-      num = e.probe_train + e.probe_test
-      if eval_images is not None:  # a dataset: every image of its evaluation split at most
-        num = min(num, len(eval_images.labels))
-      probe_set = data.paired_set(config, jax.random.fold_in(eval_key, 1), eval_views, num,
-                                  eval_images)
+      e = config.eval
+      probe_set = _paired_states(config, views, source.eval_images, 1,
+                                 e.probe_train + e.probe_test)
       report = probe_report(config, encode_all, state._replace(params=host_local(state.params)),
                             initial, probe_set, view_index, names)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
-      if jax.process_index() == 0:
+      if main_process:
         checkpointing.write_json(report, os.path.join(workdir, "probe.json"))
   mngr.close()
   return report
@@ -379,12 +419,12 @@ def _save_if_finite(mngr, step, state, config, roster: agents.Roster) -> None:
   """Saves a checkpoint only if every agent's parameters are finite."""
   finite = jax.vmap(lambda p: jnp.all(jnp.asarray(
       [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(state.params)
-  finite = np.asarray(host_local(finite))
-  if not finite.all():
-    bad = int(np.flatnonzero(~finite)[0])
+  bad = first_nonfinite({"parameters": np.where(np.asarray(host_local(finite)), 0.0, np.nan)})
+  if bad is not None:
     raise FloatingPointError(
-        f"Non-finite parameters for agent {bad} ({roster.names[bad]}) at step {step}; not saved, "
-        f"training stopped. Last good checkpoint: {_step_or_none(mngr.latest_step())}.")
+        f"Non-finite parameters for agent {bad[1]} ({roster.names[bad[1]]}) at step {step}; "
+        f"not saved, training stopped. Last good checkpoint: "
+        f"{_step_or_none(mngr.latest_step())}.")
   checkpointing.save(mngr, step, state, config, roster.views, roster.seeds)
 
 

@@ -46,3 +46,9 @@ def tiny_config():
 @pytest.fixture
 def config():
   return tiny_config()
+
+
+def init_agents(config, views, seeds=0):
+  """Fresh stacked agents of the run ``config`` describes."""
+  from sjepa_jax import agents  # pylint: disable=g-import-not-at-top
+  return agents.init_agents(agents.learner_from_config(config), views, seeds)

@@ -12,9 +12,14 @@ from sjepa_jax import agents
 from sjepa_jax import world
 
 
+def _init(config, views, seed=0):
+  return agents.init_agents(agents.learner_from_config(config), views, seed)
+
+
 def _train(config, views, steps, seed=0):
-  state = agents.init_agents(config, views, seed)
-  step = jax.jit(jax.vmap(functools.partial(agents.train_step, config=config),
+  learner = agents.learner_from_config(config)
+  state = agents.init_agents(learner, views, seed)
+  step = jax.jit(jax.vmap(functools.partial(agents.train_step, learner),
                           in_axes=(0, 0, 0, None)))
   stacked, keys = world.stack_views(views), agents.agent_keys(seed, views)
   for i in range(steps):
@@ -44,7 +49,7 @@ def test_vmapped_agents_equal_agents_trained_alone(config, regularizer, target):
   config.optim.eps = 1e-3
   together, metrics = _train(config, ["mountain", "forest"], steps=REAL_STEPS + 1)
   chex.assert_tree_all_finite(metrics)
-  _assert_moved(agents.init_agents(config, ["mountain", "forest"], 0).params, together.params)
+  _assert_moved(_init(config, ["mountain", "forest"], 0).params, together.params)
   for a, view in enumerate(["mountain", "forest"]):
     alone, _ = _train(config, [view], steps=REAL_STEPS + 1)
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[a], together),
@@ -63,12 +68,13 @@ def test_agents_differ_and_share_nothing(config):
 
 def test_step_compiles_once(config):
   views = ["mountain", "forest"]
-  state = agents.init_agents(config, views, 0)
+  learner = agents.learner_from_config(config)
+  state = agents.init_agents(learner, views, 0)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(state, stacked, keys, i):
-    return jax.vmap(functools.partial(agents.train_step, config=config),
+    return jax.vmap(functools.partial(agents.train_step, learner),
                     in_axes=(0, 0, 0, None))(state, stacked, keys, i)
 
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
@@ -80,8 +86,9 @@ def test_ema_target_follows_the_encoder(config):
   config.objective.target = "ema"
   config.objective.ema_decay = 0.5
   views = ["drone"]
-  state = agents.init_agents(config, views, 0)
-  step = jax.jit(jax.vmap(functools.partial(agents.train_step, config=config),
+  learner = agents.learner_from_config(config)
+  state = agents.init_agents(learner, views, 0)
+  step = jax.jit(jax.vmap(functools.partial(agents.train_step, learner),
                           in_axes=(0, 0, 0, None)))
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
   for i in range(REAL_STEPS + 1):
@@ -89,7 +96,7 @@ def test_ema_target_follows_the_encoder(config):
     expected = jax.tree.map(lambda t, p: 0.5 * t + 0.5 * p, state.target, new.params["encoder"])
     chex.assert_trees_all_close(new.target, expected, atol=1e-6)
     state = new
-  _assert_moved(agents.init_agents(config, views, 0).params["encoder"], state.params["encoder"])
+  _assert_moved(_init(config, views, 0).params["encoder"], state.params["encoder"])
   _assert_moved(state.params["encoder"], state.target)  # lags behind: not a copy
 
 
@@ -97,7 +104,7 @@ def test_autoencoder_objective_learns_to_reconstruct(config):
   config.objective.kind = "autoencoder"
   config.num_train_steps = 12  # the learning-rate schedule spans the steps taken
   config.optim.lr = 3e-3
-  state = agents.init_agents(config, ["mountain"], 0)
+  state = _init(config, ["mountain"], 0)
   assert "decoder" in state.params  # JEPA agents have none
   _, first = _train(config, ["mountain"], steps=1)
   _, last = _train(config, ["mountain"], steps=12)
@@ -113,7 +120,7 @@ def test_supervised_objective_learns_the_labels(config):
   config.objective.kind = "supervised"
   config.num_train_steps = 80
   config.optim.lr = 3e-3
-  state = agents.init_agents(config, ["mountain"], 0)
+  state = _init(config, ["mountain"], 0)
   assert "head" in state.params and "decoder" not in state.params
   _, first = _train(config, ["mountain"], steps=1)
   _, last = _train(config, ["mountain"], steps=80)
@@ -144,12 +151,12 @@ def test_single_agent_step_equals_the_vmapped_step(config):
   config.optim.eps = 1e-3  # see test_vmapped_agents_equal_agents_trained_alone
   views = ["forest"]
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
-  plain = train.make_step(config, None, None, num_agents=1)
-  state = agents.init_agents(config, views, 0)
+  plain = train.make_step(agents.learner_from_config(config), "vmap", num_agents=1)
+  state = _init(config, views, 0)
   for i in range(REAL_STEPS + 1):
     state, metrics = plain(state, stacked, keys, i)
   vmapped, vmetrics = _train(config, views, steps=REAL_STEPS + 1)
-  _assert_moved(agents.init_agents(config, views, 0).params, vmapped.params)
+  _assert_moved(_init(config, views, 0).params, vmapped.params)
   chex.assert_trees_all_close(state, vmapped, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(metrics, vmetrics, atol=1e-5, rtol=1e-5)
 
@@ -161,13 +168,12 @@ def test_lax_map_over_agents_equals_vmap(config):
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
   results = []
   for agent_map in ("vmap", "lax_map"):
-    config.agent_map = agent_map
-    step = train.make_step(config, None, None, num_agents=2)
-    state = agents.init_agents(config, views, 0)
+    step = train.make_step(agents.learner_from_config(config), agent_map, num_agents=2)
+    state = _init(config, views, 0)
     for i in range(REAL_STEPS + 1):
       state, metrics = step(state, stacked, keys, i)
     results.append((state, metrics))
-  _assert_moved(agents.init_agents(config, views, 0).params, results[0][0].params)
+  _assert_moved(_init(config, views, 0).params, results[0][0].params)
   chex.assert_trees_all_close(results[0], results[1], atol=1e-5, rtol=1e-5)
 
 
@@ -185,3 +191,49 @@ def test_auto_agent_map_is_lax_map_on_cpu_and_vmap_on_accelerators(config, monke
     agents.validate(config)
   with pytest.raises(ValueError, match="'pmap'; valid: auto, vmap, lax_map"):
     agents.agent_map(config)
+
+
+def test_motion_blocks_fall_where_the_frames_change():
+  """A planted change in one patch: every block is centred on it (with one block of 3 x 3
+  tokens the mask is exactly its neighbourhood), and the masks differ per sample."""
+  obs = jnp.zeros((2, 2, 16, 16, 3))
+  obs = obs.at[0, 1, 8:12, 4:8].set(1.0)  # sample 0: patch (row 2, col 1) of a 4 x 4 grid
+  obs = obs.at[1, 1, 0:4, 12:16].set(1.0)  # sample 1: patch (0, 3), a corner
+  mask = agents.motion_blocks(jax.random.key(0), obs, patch=4, blocks=1, size=3)
+  grid = np.asarray(mask).reshape(2, 4, 4)
+  expected0 = np.zeros((4, 4), bool)
+  expected0[1:4, 0:3] = True
+  np.testing.assert_array_equal(grid[0], expected0)
+  expected1 = np.zeros((4, 4), bool)
+  expected1[0:3, 1:4] = True  # clipped inside the grid
+  np.testing.assert_array_equal(grid[1], expected1)
+
+
+@pytest.mark.parametrize("context,horizon,blocks", [("tokens", 0, 2), ("latent", 1, 0)])
+def test_token_prediction_learns_its_targets(config, context, horizon, blocks):
+  """The token term is in the loss and falls with training (I-JEPA: masked blocks of the same
+  frame from the visible tokens; across time: the next frame's tokens from the latent and
+  the action); the encoder carries a mask token only when it is given masks."""
+  config.objective.token_weight = 1.0
+  config.objective.token_context = context
+  config.objective.token_horizon = horizon
+  config.objective.mask_blocks = blocks
+  config.num_train_steps = 30
+  config.optim.lr = 3e-3
+  state = _init(config, ["mountain"])
+  assert "token_predictor" in state.params
+  assert ("mask_token" in state.params["encoder"]) == (blocks > 0)
+  _, first = _train(config, ["mountain"], steps=1)
+  _, last = _train(config, ["mountain"], steps=30)
+  assert 0 < float(first["masked_fraction"][0]) <= 1
+  assert float(last["token_prediction"][0]) < 0.7 * float(first["token_prediction"][0])
+
+
+def test_seq_jepa_aggregates_and_predicts_the_last_latent(config):
+  config.objective.seq_weight = 1.0
+  config.data.frames = 4
+  state = _init(config, ["forest"])
+  assert state.params["aggregator"]["pos"].shape == (1, 3, config.model.width)  # A, L - 1, W
+  _, metrics = _train(config, ["forest"], steps=2)
+  assert np.isfinite(float(metrics["seq_prediction"][0])) and float(
+      metrics["seq_prediction"][0]) > 0

@@ -1,11 +1,14 @@
 """CKA and probes against planted answers."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from sjepa_jax import align
+from sjepa_jax import exchange
 from sjepa_jax import probes
 
 KEY = jax.random.key(0)
@@ -45,10 +48,11 @@ def test_logistic_probe_separates_separable_classes():
   labels = jax.random.randint(k1, (600,), 0, 5)
   means = 4.0 * jax.random.normal(k2, (5, 10))
   z = means[labels] + jax.random.normal(k3, (600, 10))
-  probe = probes.fit_logistic(z[:400], labels[:400], 5, steps=300)
-  assert float(probes.accuracy(probe, z[400:], labels[400:])) > 0.98
-  shuffled = probes.fit_logistic(z[:400], jnp.roll(labels[:400], 1), 5, steps=300)
-  assert float(probes.accuracy(shuffled, z[400:], labels[400:])) < 0.45
+  probe = probes.fit_classifier(z[:400], labels[:400], 5, steps=300)
+  assert float(probe.score(z[400:], labels[400:])) > 0.98
+  np.testing.assert_array_equal(probe.predict(z[400:]), jnp.argmax(probe.outputs(z[400:]), -1))
+  shuffled = probes.fit_classifier(z[:400], jnp.roll(labels[:400], 1), 5, steps=300)
+  assert float(shuffled.score(z[400:], labels[400:])) < 0.45
 
 
 def test_logistic_probe_reaches_its_optimum_on_ill_conditioned_latents():
@@ -60,22 +64,51 @@ def test_logistic_probe_reaches_its_optimum_on_ill_conditioned_latents():
   mix = jnp.linalg.qr(jax.random.normal(k2, (16, 16)))[0] @ jnp.diag(jnp.logspace(0, -3, 16))
   labels = jnp.argmax(base @ jax.random.normal(k3, (16, 4))
                       + 0.5 * jax.random.gumbel(k3, (600, 4)), -1)
-  probe = probes.fit_logistic(base @ mix, labels, 4)
-  assert float(probes.logistic_grad_norm(probe, base @ mix, labels)) < 1e-4
+  probe = probes.fit_classifier(base @ mix, labels, 4)
+  assert float(probes.classifier_grad_norm(probe, base @ mix, labels)) < 1e-4
 
 
-def test_probe_evaluation_scores_class_and_position_held_out():
-  """``probes.evaluate``, the one probe evaluation of training, migration and the study."""
+def test_probe_evaluation_scores_every_label_held_out():
+  """``probes.evaluate``, the one probe evaluation of training, migration and the study:
+  a classifier for each integer label, a regressor for each float one."""
   k1, k2, k3 = jax.random.split(jax.random.fold_in(KEY, 9), 3)
   labels = jax.random.randint(k1, (300,), 0, 3)
   position = jax.random.normal(k2, (300, 2))
   z = jnp.concatenate([4.0 * jax.nn.one_hot(labels, 3), position,
                        0.1 * jax.random.normal(k3, (300, 3))], axis=1)
-  clf, reg, scores = probes.evaluate(z, {"class": labels, "position": position}, 200, 3)
+  fitted, scores = probes.evaluate(z, {"class": labels, "position": position}, 200,
+                                   {"class": 3})
   assert scores["class_acc"] > 0.98 and scores["position_r2"] > 0.98
-  assert scores["class_probe_grad_norm"] < 1e-4 and reg is not None
-  _, none, scores = probes.evaluate(z, {"class": labels}, 200, 3)  # datasets: no position
-  assert none is None and "position_r2" not in scores
+  assert scores["class_probe_grad_norm"] < 1e-4
+  assert fitted["class"].classes and not fitted["position"].classes
+  fitted, scores = probes.evaluate(z, {"class": labels}, 200, {"class": 3})  # no position
+  assert set(fitted) == {"class"} and "position_r2" not in scores
+
+
+def test_attribute_probes_say_what_a_latent_misses():
+  """Class = shape x size, as in the world: latents that hold the size and a colour but
+  not the shape read size and colour, and shape only at chance, whatever probe reads them;
+  latents that hold the shape too read all three. The MLP probe finds a class the latent
+  holds nonlinearly (an XOR of two features) where the linear probe is at chance."""
+  k1, k2, k3, k4 = jax.random.split(jax.random.fold_in(KEY, 11), 4)
+  shape = jax.random.randint(k1, (900,), 0, 3)
+  size = jax.random.randint(k2, (900,), 0, 3)
+  colour = jax.random.uniform(k3, (900, 3))
+  labels = {"class": shape * 3 + size, "shape": shape, "size": size, "colour": colour}
+  counts = {"class": 9, "shape": 3, "size": 3}
+  noise = 0.1 * jax.random.normal(k4, (900, 4))
+  no_shape = jnp.concatenate([4.0 * jax.nn.one_hot(size, 3), colour, noise], 1)
+  _, miss = probes.evaluate(no_shape, labels, 600, counts, mlp=("shape",))
+  assert miss["size_acc"] > 0.98 and miss["colour_r2"] > 0.98
+  assert miss["shape_acc"] < 0.45 and miss["shape_mlp_acc"] < 0.45 and miss["class_acc"] < 0.45
+  full = jnp.concatenate([no_shape, 4.0 * jax.nn.one_hot(shape, 3)], 1)
+  _, hold = probes.evaluate(full, labels, 600, counts)
+  assert hold["shape_acc"] > 0.98 and hold["class_acc"] > 0.95
+  bits = jax.random.bernoulli(k4, 0.5, (900, 2))
+  xor = jnp.logical_xor(bits[:, 0], bits[:, 1]).astype(jnp.int32)
+  z = 2.0 * bits.astype(jnp.float32) + 0.05 * noise[:, :2]
+  _, scores = probes.evaluate(z, {"xor": xor}, 600, {"xor": 2}, mlp=("xor",))
+  assert scores["xor_acc"] < 0.65 and scores["xor_mlp_acc"] > 0.95
 
 
 def test_distractor_probe_reads_what_the_latents_keep_and_nothing_else():
@@ -87,8 +120,9 @@ def test_distractor_probe_reads_what_the_latents_keep_and_nothing_else():
             "distractor_centroid": jax.random.normal(k3, (400, 2))}
   focal_only = jnp.concatenate([jax.nn.one_hot(labels["class"], 3), labels["position"]], 1)
   both = jnp.concatenate([focal_only, labels["distractor_centroid"]], 1)
-  assert probes.evaluate(both, labels, 300, 3)[2]["distractor_r2"] > 0.99
-  assert probes.evaluate(focal_only, labels, 300, 3)[2]["distractor_r2"] < 0.05
+  counts = {"class": 3}
+  assert probes.evaluate(both, labels, 300, counts)[1]["distractor_centroid_r2"] > 0.99
+  assert probes.evaluate(focal_only, labels, 300, counts)[1]["distractor_centroid_r2"] < 0.05
 
 
 def test_ridge_recovers_a_planted_linear_map():
@@ -96,9 +130,8 @@ def test_ridge_recovers_a_planted_linear_map():
   z = jax.random.normal(k1, (500, 12))
   w = jax.random.normal(k2, (12, 3))
   y = z @ w + 0.5
-  probe = probes.fit_ridge(z[:400], y[:400], l2=1e-6)
-  np.testing.assert_allclose(float(align.r2_score(probes.apply(probe, z[400:]), y[400:])),
-                             1.0, atol=1e-4)
+  probe = probes.fit_regressor(z[:400], y[:400], l2=1e-6)
+  np.testing.assert_allclose(float(probe.score(z[400:], y[400:])), 1.0, atol=1e-4)
 
 
 def _planted(key, n=600, d=16, noise=0.05, scale=2.5):
@@ -114,7 +147,7 @@ def test_procrustes_recovers_a_planted_rotation_and_scale_under_noise():
   x, y, r = _planted(KEY)
   m = align.fit_procrustes(x[:400], y[:400])
   np.testing.assert_allclose(m.w, 2.5 * r, atol=0.02)
-  assert float(align.r2_score(align.apply_map(m, x[400:]), y[400:])) > 0.999
+  assert float(align.r2_score(m.apply(x[400:]), y[400:])) > 0.999
 
 
 def test_every_map_recovers_a_planted_isometry_and_the_gap_is_near_zero():
@@ -144,8 +177,8 @@ def test_cca_finds_exactly_the_shared_directions_of_spaces_sharing_fewer_than_al
   _, rho = align.fit_cca(x[:2000], y[:2000])
   np.testing.assert_allclose(rho[:k], 1.0, atol=0.01)  # l2 = 1e-3 shrinks them a little
   assert float(jnp.max(rho[k:])) < 0.15, rho  # sampling noise at N = 2000: 0.09 here
-  r2 = {r: float(align.r2_score(align.apply_map(align.fit_cca(x[:2000], y[:2000], rank=r)[0],
-                                                x[2000:]), y[2000:])) for r in (k - 1, k, d)}
+  r2 = {r: float(align.r2_score(align.fit_cca(x[:2000], y[:2000], rank=r)[0].apply(x[2000:]),
+                                y[2000:])) for r in (k - 1, k, d)}
   assert abs(r2[k] - r2[d]) < 0.01 and r2[k - 1] < r2[k] - 0.05, r2
 
 
@@ -211,7 +244,7 @@ def test_ridge_picks_its_strength_on_fitting_pairs_and_beats_lstsq_with_few_pair
   x = jax.random.normal(k1, (245, 32)) * jnp.concatenate([jnp.ones(2), 1e-4 * jnp.ones(30)])
   y = x[:, :2] @ jax.random.normal(k2, (2, 4)) + jax.random.normal(k3, (245, 4))
   fit, test = slice(0, 45), slice(45, None)
-  r2 = lambda m: float(align.r2_score(align.apply_map(m, x[test]), y[test]))
+  r2 = lambda m: float(align.r2_score(m.apply(x[test]), y[test]))
   assert r2(align.fit_ridge(x[fit], y[fit])) > r2(align.fit_lstsq(x[fit], y[fit])) + 0.2
 
 
@@ -237,7 +270,7 @@ def test_generalized_procrustes_recovers_planted_rotations_of_three_spaces():
     for b in range(3):
       relative = space.rotation[a] @ space.rotation[b].T  # maps space a onto space b
       np.testing.assert_allclose(relative, rots[a] @ rots[b].T, atol=0.01)
-      mapped = align.apply_map(align.shared_space_map(space, a, b), z[a])
+      mapped = align.shared_space_map(space, a, b).apply(z[a])
       assert float(align.r2_score(mapped, z[b])) > 0.99  # noise 0.01 on a space of scale 0.2
 
 
@@ -249,8 +282,9 @@ def test_evaluate_pair_vmaps_over_pairs_as_a_loop_does():
                                                       rank=3, k=4))(xs, ys)
   for i in range(3):
     one = align.evaluate_pair(xs[i, :80], ys[i, :80], xs[i, 80:], ys[i, 80:], rank=3, k=4)
-    for name, value in one.items():
-      np.testing.assert_allclose(batched[name][i], value, rtol=2e-4, atol=2e-4, err_msg=name)
+    jax.tree_util.tree_map_with_path(  # every figure and every fitted map
+        lambda path, b, v: np.testing.assert_allclose(
+            b[i], v, rtol=2e-4, atol=2e-4, err_msg=jax.tree_util.keystr(path)), batched, one)
 
 
 def test_r2_against_pairs_rises_with_more_pairs_and_refuses_too_many():
@@ -268,10 +302,39 @@ def test_transfer_through_the_planted_map_matches_the_native_probe():
   z_src = 3.0 * jax.random.normal(k2, (4, 8))[labels] + jax.random.normal(k3, (600, 8))
   r = _rotation(jax.random.fold_in(KEY, 9), 8)
   z_tgt = 0.5 * z_src @ r  # the target agent sees the same states, rotated and scaled
-  probe = probes.fit_logistic(z_src[:400], labels[:400], 4, steps=300)
-  native = float(probes.accuracy(probe, z_src[400:], labels[400:]))
+  probe = probes.fit_classifier(z_src[:400], labels[:400], 4, steps=300)
+  native = float(probe.score(z_src[400:], labels[400:]))
   m = align.fit_procrustes(z_tgt[:400], z_src[:400])
   hits = jnp.argmax(probes.transfer(probe, m, z_tgt[400:]), -1) == labels[400:]
   assert float(hits.mean()) == pytest.approx(native, abs=0.01)
-  unmapped = float(probes.accuracy(probe, z_tgt[400:], labels[400:]))
+  unmapped = float(probe.score(z_tgt[400:], labels[400:]))
   assert unmapped < native - 0.2  # without the map the probe does not transfer
+
+
+def test_maps_and_probes_round_trip_through_files(tmp_path):
+  """What two agents exchange: a map and a probe saved, loaded and applied give what the
+  originals give; the record says where they came from; a damaged file is named."""
+  k1, k2, k3 = jax.random.split(jax.random.fold_in(KEY, 12), 3)
+  x = jax.random.normal(k1, (200, 6))
+  y = x @ jax.random.normal(k2, (6, 4))
+  labels = jax.random.randint(k3, (200,), 0, 3)
+  m = align.fit("ridge", x, y)
+  probe = probes.fit_classifier(y, labels, 3, steps=50)
+  size = exchange.save(str(tmp_path / "keys" / "x_to_y.npz"), m, source="y", n_fit=200)
+  exchange.save(str(tmp_path / "y.class.npz"), probe, label="class")
+  assert size < 2000  # 6 x 4 weights and two means, float32, and the record
+  loaded = exchange.load(str(tmp_path / "keys" / "x_to_y.npz"))
+  np.testing.assert_allclose(loaded.apply(x), m.apply(x), atol=1e-6)
+  assert exchange.load_meta(str(tmp_path / "keys" / "x_to_y.npz")) == {
+      "kind": "map", "source": "y", "n_fit": 200}
+  back = exchange.load(str(tmp_path / "y.class.npz"))
+  assert back.classes
+  np.testing.assert_array_equal(back.predict(loaded.apply(x)), probe.predict(m.apply(x)))
+  assert os.listdir(tmp_path / "keys") == ["x_to_y.npz"]  # no temporary file left behind
+  (tmp_path / "bad.npz").write_bytes(b"not a zip file")
+  with pytest.raises(ValueError, match="bad.npz' is not a map or probe file"):
+    exchange.load(str(tmp_path / "bad.npz"))
+  with pytest.raises(FileNotFoundError, match="No map or probe file"):
+    exchange.load(str(tmp_path / "missing.npz"))
+  with pytest.raises(ValueError, match="Unknown map 'affine'; valid maps: lstsq, ridge"):
+    align.fit("affine", x, y)

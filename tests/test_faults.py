@@ -17,7 +17,7 @@ from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import images
 from sjepa_jax import train
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, init_agents
 from tests.test_train import _TINY_FLAGS  # the same tiny run, flag by flag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +30,7 @@ def _cli(*args):
 
 
 def _state(config, workdir, step=None):
-  abstract = jax.eval_shape(lambda: agents.init_agents(config, VIEWS, 0))
+  abstract = jax.eval_shape(lambda: init_agents(config, VIEWS, 0))
   mngr = checkpointing.reader(workdir)
   state, step = checkpointing.restore(mngr, abstract, step)
   mngr.close()

@@ -10,6 +10,7 @@ from sjepa_jax import agents
 from sjepa_jax import data
 from sjepa_jax import flops
 from sjepa_jax import train
+from tests.conftest import init_agents
 
 
 def test_a_dense_layer_costs_its_analytic_flops():
@@ -79,13 +80,14 @@ def test_the_training_step_costs_the_same_under_vmap_and_lax_map(config):
   """Agents one after another (lax.map) or batched (vmap): the same work, so the same count,
   twice one agent's (XLA's cost analysis counts the lax.map body once: one agent's)."""
   def args(views):
-    state = jax.eval_shape(lambda: agents.init_agents(config, views, 0))
+    state = jax.eval_shape(lambda: init_agents(config, views, 0))
     return state, data.stack_views(config, views), agents.agent_keys(0, views), 0, None
 
+  learner = agents.learner_from_config(config)
   counts = {}
   for mode in ("vmap", "lax_map"):
-    config.agent_map = mode
-    counts[mode] = flops.count_flops(train.step_function(config), *args(["mountain", "forest"]))
+    counts[mode] = flops.count_flops(train.step_function(learner, mode),
+                                     *args(["mountain", "forest"]))
   assert abs(counts["lax_map"] / counts["vmap"] - 1) < 0.03, counts
-  one = flops.count_flops(train.step_function(config, num_agents=1), *args(["mountain"]))
+  one = flops.count_flops(train.step_function(learner, num_agents=1), *args(["mountain"]))
   assert abs(counts["vmap"] / (2 * one) - 1) < 0.03, (counts, one)

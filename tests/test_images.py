@@ -15,6 +15,7 @@ from sjepa_jax import agents
 from sjepa_jax import data
 from sjepa_jax import images
 from sjepa_jax import train
+from tests.conftest import init_agents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,8 +112,9 @@ def test_vmapped_region_agents_equal_agents_trained_alone(config, dataset_dir):
   pixels = jnp.asarray(images.load("stripes", dataset_dir, "train").pixels)
 
   def run(views):
-    step = train.make_step(config, None, None, len(views))
-    state = agents.init_agents(config, views, 0)
+    learner = agents.learner_from_config(config)
+    step = train.make_step(learner, "lax_map", num_agents=len(views))
+    state = agents.init_agents(learner, views, 0)
     stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
     for i in range(2):
       state, metrics = step(state, stacked, keys, i, pixels)
@@ -157,7 +159,7 @@ def test_train_and_align_on_a_dataset_end_to_end(tmp_path, dataset_dir):
   report = json.load(open(os.path.join(main, "report.json")))
   assert report["source"] == {"dataset": "stripes", "split": "test", "region_size": 0.6,
                               "image_shape": [20, 20, 3]}
-  assert report["agents"]["left"]["native_distractor_r2"] is None  # no pucks in a dataset
+  assert set(report["probes_by_view"]["left"]["jepa"]) == {"class_acc", "class_mlp_acc"}
   assert [(p["source"], p["target"]) for p in report["pairs"]] == [("left", "right"),
                                                                    ("right", "left")]
   for p in report["pairs"]:
@@ -188,7 +190,7 @@ def test_probe_set_keeps_its_share_on_a_small_split(config):
 
 def test_runs_saved_before_datasets_resume_as_world_runs(config):
   old = config.to_dict()
-  for k in agents.DATA_DEFAULTS:
+  for k in agents._LEGACY["data"]:  # pylint: disable=protected-access
     del old["data"][k]
   meta = {"views": ["forest"], "seed": 0, "config": old}
   train.check_resumable(meta, config, agents.roster(["forest"], 0), "/tmp/old_run")  # no error

@@ -20,7 +20,7 @@ from sjepa_jax import flops
 from sjepa_jax import migrate
 from sjepa_jax import train
 from sjepa_jax import world
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, init_agents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +35,7 @@ def test_map_from_running_statistics_recovers_a_planted_rotation_and_scale():
   m = migrate.procrustes_map(stats)
   np.testing.assert_allclose(m.w, 0.4 * r, atol=1e-4)
   z = jax.random.normal(k1, (10, 8))
-  np.testing.assert_allclose(align.apply_map(m, z), 0.4 * z @ r + 3.0, atol=1e-3)
+  np.testing.assert_allclose(m.apply(z), 0.4 * z @ r + 3.0, atol=1e-3)
 
 
 def test_the_running_map_of_one_batch_is_the_procrustes_fit_of_that_batch():
@@ -68,15 +68,18 @@ def _scratch_and_student(weight: float, steps: int = 2):
   teacher_config = tiny_config()
   config = _student_config(teacher_config)
   config.migrate.weight = weight
-  teacher = agents.init_agents(teacher_config, ["mountain"], 7).params["encoder"]
+  teacher = init_agents(teacher_config, ["mountain"], 7).params["encoder"]
   teacher = jax.tree.map(lambda x: x[0], teacher)
+  teacher_model = agents.model_from_config(teacher_config)
+  learner = agents.learner_from_config(config)
   key = agents.agent_keys(0, ["forest"])[0]
-  scratch = agents.init_agent(key, config)
+  scratch = agents.init_agent(learner, key)
   student = migrate.Student(scratch, migrate.init_stats(16, 16))
   sv, tv = world.get_view("forest"), world.get_view("mountain")
-  scratch_step = jax.jit(lambda s, i: agents.train_step(s, sv, key, i, config))
-  student_step = jax.jit(lambda s, i: migrate.migrate_step(s, sv, tv, key, i, teacher, config,
-                                                           teacher_config))
+  m = config.migrate
+  scratch_step = jax.jit(lambda s, i: agents.train_step(learner, s, sv, key, i))
+  student_step = jax.jit(lambda s, i: migrate.migrate_step(
+      learner, teacher_model, m.weight, m.map_decay, s, sv, tv, key, i, teacher))
   for i in range(steps):
     scratch, _ = scratch_step(scratch, i)
     student, metrics = student_step(student, i)
@@ -94,7 +97,8 @@ def test_weighted_migration_moves_the_student_away_from_scratch():
   """The converse: with the same keys and batches, a weight > 0 must change the encoder
   (else the comparison of the scratch and migrating curves measures nothing)."""
   scratch, student, _ = _scratch_and_student(1.0, steps=3)
-  init = agents.init_agent(agents.agent_keys(0, ["forest"])[0], _student_config(tiny_config()))
+  init = agents.init_agent(agents.learner_from_config(_student_config(tiny_config())),
+                           agents.agent_keys(0, ["forest"])[0])
   norm = lambda a, b: float(optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
   moved = norm(scratch.params["encoder"], init.params["encoder"])
   apart = norm(student.agent.params["encoder"], scratch.params["encoder"])
@@ -112,20 +116,24 @@ def _step_flops_by_parts(student_view: str, teacher_view: str) -> dict[str, floa
   d, dim_s, dim_t = config.data, config.model.dim, teacher_config.model.dim
   key = agents.agent_keys(0, [student_view])[0]
   sv, tv = world.get_view(student_view), world.get_view(teacher_view)
-  agent = jax.eval_shape(lambda: agents.init_agent(key, config))
-  teacher = jax.eval_shape(lambda: agents.init_agent(key, teacher_config).params["encoder"])
+  learner = agents.learner_from_config(config)
+  teacher_learner = agents.learner_from_config(teacher_config)
+  agent = jax.eval_shape(lambda: agents.init_agent(learner, key))
+  teacher = jax.eval_shape(lambda: agents.init_agent(teacher_learner, key).params["encoder"])
+  m = config.migrate
   obs = jax.ShapeDtypeStruct((d.batch_size, d.frames, d.image_size, d.image_size, 3),
                              jnp.float32)
   n = d.batch_size * d.frames
   student = migrate.Student(agent, migrate.init_stats(dim_s, dim_t))
   return {
-      "scratch": flops.count_flops(lambda s, k, i: agents.train_step(s, sv, k, i, config),
+      "scratch": flops.count_flops(lambda s, k, i: agents.train_step(learner, s, sv, k, i),
                                    agent, key, jnp.int32(0)),
       "migrate": flops.count_flops(lambda s, k, i, t: migrate.migrate_step(
-          s, sv, tv, k, i, t, config, teacher_config), student, key, jnp.int32(0), teacher),
+          learner, teacher_learner.model, m.weight, m.map_decay, s, sv, tv, k, i, t),
+          student, key, jnp.int32(0), teacher),
       "render": flops.count_flops(lambda k: data.world_batch(
           k, tv, d.batch_size, d.frames, d.image_size), key),
-      "teacher": flops.count_flops(lambda t, o: agents.encode(teacher_config, t, o),
+      "teacher": flops.count_flops(lambda t, o: agents.encode(teacher_learner.model, t, o),
                                    teacher, obs),
       "svd": 14 * dim_s * dim_t**2 + 8 * dim_t**3,
       "products": 2 * n * dim_s * dim_t}

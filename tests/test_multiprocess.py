@@ -15,6 +15,7 @@ import pytest
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import study
+from tests.conftest import init_agents
 from tests import die_in_save as die_in_save_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +70,7 @@ def _finish(procs, tmp_path, tag, timeout=900):
 def _params(workdir):
   meta, step = checkpointing.read_meta(workdir)
   config = agents.config_from_meta(meta)
-  abstract = jax.eval_shape(lambda: agents.init_agents(config, meta["views"], meta["seed"]))
+  abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta["seed"]))
   state, step = checkpointing.restore(checkpointing.reader(workdir), abstract)
   assert step == STEPS
   return {v: jax.tree.map(lambda x: np.asarray(x[i]), state.params)
@@ -117,7 +118,7 @@ def test_two_processes_equal_one_survive_a_killed_peer_and_resume(single, tmp_pa
                        "resumed")
   for e in errs:
     assert f"Resumed from step {last}" in e
-  assert "Linear probes" in outs[0] and "Linear probes" not in outs[1]  # process 0 reports
+  assert "Probes on frozen latents" in outs[0] and "Probes" not in outs[1]  # process 0 reports
   assert os.path.exists(os.path.join(workdir, "probe.json"))
   step_dir = os.path.join(workdir, "checkpoints", str(STEPS))
   assert checkpointing.damage(step_dir) is None
@@ -131,9 +132,9 @@ def test_two_processes_equal_one_survive_a_killed_peer_and_resume(single, tmp_pa
     print(f"{v}: two processes vs one, max |difference| {d:.2e}")
     assert d < ATOL
     np.testing.assert_array_equal(
-        np.asarray(agents.load_agent(workdir, v)[0]["encoder"]["Dense_0"]["kernel"]),
+        np.asarray(agents.load_agent(workdir, v).params["encoder"]["Dense_0"]["kernel"]),
         two[v]["encoder"]["Dense_0"]["kernel"])
-  assert [a.view for a in study.load_agents(workdir)] == ["mountain", "forest"]
+  assert [a.view for a in agents.load_agents(workdir)] == ["mountain", "forest"]
 
 
 def test_two_processes_split_the_batch_when_agents_do_not_divide(single, tmp_path):

@@ -10,12 +10,13 @@ _CHILD = r"""
 import sys
 sys.path.insert(0, {root!r})
 import chex, jax, pytest
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, init_agents
 from sjepa_jax import agents, data, train
 assert jax.device_count() == 4, jax.devices()
 
 def run(views, config, sharded, pixels=None):
-  state = agents.init_agents(config, views, 0)
+  learner = agents.learner_from_config(config)
+  state = agents.init_agents(learner, views, 0)
   stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
   if sharded:
     agent_sh, batch_sh = train.shardings(len(views), config.data.batch_size)
@@ -23,9 +24,10 @@ def run(views, config, sharded, pixels=None):
       state, stacked, keys = jax.device_put((state, stacked, keys), agent_sh)
     if pixels is not None:
       pixels = jax.device_put(pixels, train.replicated(agent_sh or batch_sh))
-    step = train.make_step(config, agent_sh, batch_sh, len(views))
+    how = agents.agent_map(config, agent_sh is not None)
+    step = train.make_step(learner, how, agent_sh, batch_sh, len(views))
   else:
-    step = jax.jit(jax.vmap(lambda s, v, k, i, p: agents.train_step(s, v, k, i, config,
+    step = jax.jit(jax.vmap(lambda s, v, k, i, p: agents.train_step(learner, s, v, k, i,
                                                                     pixels=p),
                             in_axes=(0, 0, 0, None, None)))
   for i in range(4):  # step 0 has learning rate 0 (warmup_steps = 1): three real updates

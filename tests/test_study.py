@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+import sjepa_jax as sj
+from sjepa_jax import align
 from sjepa_jax import study
 from sjepa_jax import train
 from tests.conftest import tiny_config
@@ -32,7 +34,7 @@ def test_the_identity_control_has_its_own_r2_key_and_the_margins_read_it():
   k1, k2 = jax.random.split(jax.random.key(2))
   z = jax.random.normal(k1, (64, 4))
   labels = {"class": jax.random.randint(k2, (64,), 0, 3), "position": z[:, :2]}
-  space = study.make_space(z, labels, 48, probe_steps=5, num_classes=3)
+  space = study.make_space(z, labels, 48, probe_steps=5, num_classes={"class": 3})
   out = study.identity_control(space, space, labels, 48)
   assert out["r2_identity"] == pytest.approx(1.0) and "r2_lstsq" not in out
   pair = {"seed": 0, "r2_ridge": 0.5, "isometry_gap": 0.1, "native_acc": 0.8, "transfer_acc": 0.6,
@@ -86,11 +88,16 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
       assert abs(twin_result["isometry_gap"]) < 1e-3
       assert twin_result["transfer_acc"] == pytest.approx(twin_result["native_acc"], abs=0.03)
   assert report["r2_vs_pairs"]["forest_to_mountain"]["n"][-1] == 96
-  agents = report["agents"]  # the diagnostic probe of the pucks: per agent, twin for twin
-  assert isinstance(agents["forest"]["native_distractor_r2"], float)
-  assert agents["forest"]["native_distractor_r2"] == agents["forest_seed0"]["native_distractor_r2"]
-  assert agents["forest"]["native_distractor_r2"] != agents["mountain"]["native_distractor_r2"]
-  assert all(isinstance(f["pixel_pca_distractor_r2"], float) for f in report["floors"].values())
+  agents = report["agents"]  # every label's probe per agent, twin for twin
+  for score in study.PROBE_SCORES:
+    assert isinstance(agents["forest"][score], float), score
+    assert agents["forest"][score] == agents["forest_seed0"][score], score
+  assert agents["forest"]["shape_acc"] != agents["mountain"]["shape_acc"]
+  assert all(isinstance(f["pixel_pca_shape_acc"], float) for f in report["floors"].values())
+  by_view = report["probes_by_view"]  # floors, the agents and the controls, per view
+  assert list(by_view["mountain"]) == ["pixel_pca", "random_init", "jepa", "autoencoder"]
+  assert by_view["forest"]["jepa"]["shape_acc"][2] == 2  # the agent and its twin
+  assert by_view["mountain"]["jepa"]["class_acc"][0] == agents["mountain"]["class_acc"]
   assert set(report["summary"]["goals_met"]) == {"r2", "isometry_gap", "transfer",
                                                  "controls_worse"}
 
@@ -104,7 +111,8 @@ def test_seeds_give_pairs_per_seed_spreads_and_free_same_view_ceilings(tmp_path)
   train.train_and_evaluate(config, seeds_run, "mountain,forest", seeds=[0, 1])
   config.objective.kind = "supervised"
   train.train_and_evaluate(config, sup, "mountain,forest")
-  report, _ = study.run([seeds_run, sup], n_fit=64, n_test=32, probe_steps=10)
+  report, extras = study.run([seeds_run, sup], n_fit=64, n_test=32, probe_steps=10)
+  _check_exported_keys(report, extras, str(tmp_path / "keys"))
   assert sorted((p["seed"], p["target"], p["source"]) for p in report["pairs"]) == [
       (0, "forest", "mountain"), (0, "mountain", "forest"),
       (1, "forest", "mountain"), (1, "mountain", "forest")]
@@ -124,6 +132,29 @@ def test_seeds_give_pairs_per_seed_spreads_and_free_same_view_ceilings(tmp_path)
   assert report["agents"]["mountain_supervised"]["kind"] == "supervised"
   assert {"participation_ratio", "effective_rank", "rankme", "isotropic_effective_rank"} <= set(
       report["agents"]["forest_s1"])
+
+
+def _check_exported_keys(report, extras, folder):
+  """The exported files hold the study's maps and probes: loaded and applied on the
+  held-out latents they score what the study reported, and they name who they join."""
+  sizes = study.export(report, extras, folder)
+  assert len(sizes) == 4 * 2 + 4 * 6  # 4 ordered pairs x 2 maps; 4 agents x 6 labels
+  n_fit, labels = report["n_fit"], extras["labels"]
+  pair = next(p for p in report["pairs"] if p["seed"] == 1 and p["source"] == "forest")
+  path = os.path.join(folder, "maps", "mountain_s1_to_forest_s1.ridge.npz")
+  meta = sj.load_meta(path)
+  assert meta["source"]["name"] == "forest_s1" and meta["target"]["view"] == "mountain"
+  assert meta["n_fit"] == n_fit and meta["held_out_r2"] == pair["r2_ridge"]
+  source, target = extras["agents"]["forest_s1"], extras["agents"]["mountain_s1"]
+  held_out = lambda a: a.encode(extras["obs"][(a.view, a.image_size)][n_fit:])
+  mapped = sj.load(path).apply(held_out(target))
+  np.testing.assert_allclose(float(align.r2_score(mapped, held_out(source))),
+                             pair["r2_ridge"], atol=1e-4)
+  probe = sj.load(os.path.join(folder, "probes", "forest_s1.class.npz"))
+  np.testing.assert_allclose(float(probe.score(mapped, labels["class"][n_fit:])),
+                             pair["transfer_acc"], atol=1e-6)
+  with pytest.raises(ValueError, match="takes latents of size 16, got 3"):
+    sj.load(path).apply(np.zeros((2, 3)))
 
 
 @pytest.mark.parametrize("change, failed", [

@@ -3,6 +3,7 @@
 The twin tests need torch (a benchmark-only dependency) and skip without it.
 """
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,8 @@ def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight)
   obs = rng.random((d.batch_size, d.frames, d.image_size, d.image_size, 3), np.float32)
   actions = rng.normal(size=(d.batch_size, d.frames - 1, data.action_dim(config)))
   actions = actions.astype(np.float32)
-  params = agents.init_agent(jax.random.key(0), config).params
+  learner = agents.learner_from_config(config)
+  params = agents.init_agent(learner, jax.random.key(0)).params
   twin = torch_step._Agent(config, actions.shape[-1])
   torch_step.load_jax_params(twin, params)
   assert sum(p.numel() for p in twin.parameters()) == sum(
@@ -43,8 +45,8 @@ def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight)
   assert ("inverse" in params) == (twin.inverse is not None) == (inverse_weight > 0)
 
   batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
-  grads, ours = jax.grad(agents.loss_fn, has_aux=True)(
-      params, params["encoder"], batch, jax.random.key(1), config)
+  grads, ours = jax.grad(functools.partial(agents.loss_fn, learner), has_aux=True)(
+      params, params["encoder"], batch, jax.random.key(1))
   loss, theirs = torch_step.torch_loss(twin, torch.from_numpy(obs), torch.from_numpy(actions),
                                        config.objective)
   loss.backward()

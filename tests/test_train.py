@@ -20,14 +20,14 @@ from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import train
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, init_agents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = ["mountain", "forest"]
 
 
 def _final_state(config, workdir, seed=0):
-  abstract = jax.eval_shape(lambda: agents.init_agents(config, VIEWS, seed))
+  abstract = jax.eval_shape(lambda: init_agents(config, VIEWS, seed))
   mngr = checkpointing.manager(workdir)
   state, step = checkpointing.restore(mngr, abstract)
   mngr.close()
@@ -53,14 +53,15 @@ def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_
 def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
   """``agents.encode_chunked``, the one chunked encoder of training, migration and study."""
   roster = agents.roster(VIEWS, [0, 1])  # 4 agents: views x seeds
-  state = agents.init_agents(config, roster.views, roster.seeds)
+  model = agents.model_from_config(config)
+  state = init_agents(config, roster.views, roster.seeds)
   obs = jax.random.uniform(jax.random.key(0), (2, 20, 16, 16, 3))
   index = [0, 0, 1, 1]
-  stacked = agents.encode_chunked(config, state.params["encoder"], obs, index, chunk=8)
+  stacked = agents.encode_chunked(model, state.params["encoder"], obs, index, chunk=8)
   for a, u in enumerate(index):
     one = jax.tree.map(lambda x: x[a], state.params["encoder"])
-    np.testing.assert_allclose(stacked[a], agents.encode(config, one, obs[u]), atol=1e-5)
-    np.testing.assert_allclose(agents.encode_chunked(config, one, obs[u], chunk=8),
+    np.testing.assert_allclose(stacked[a], agents.encode(model, one, obs[u]), atol=1e-5)
+    np.testing.assert_allclose(agents.encode_chunked(model, one, obs[u], chunk=8),
                                stacked[a], atol=1e-5)
 
 
@@ -78,7 +79,7 @@ def test_probe_report_scores_each_agent_on_its_own_latents(config):
   encode_all = lambda params, obs, index: jnp.stack([
       jnp.concatenate([readable[k] for k in latents[params][a]] + [jnp.zeros((64, 1))], 1)
       for a in index])
-  probe_set = data.PairedSet(jnp.zeros((2, 64, 1)), labels, num_classes=3)
+  probe_set = data.PairedSet(jnp.zeros((2, 64, 1)), labels, num_classes={"class": 3})
   state = lambda params: types.SimpleNamespace(params=params)
   report = train.probe_report(config, encode_all, state("trained"), state("initial"),
                               probe_set, np.array([0, 1]), VIEWS)
@@ -116,9 +117,9 @@ def test_seeds_are_agents_of_one_program_equal_to_runs_of_their_own(config, tmp_
   assert list(report) == ["mountain_s0", "mountain_s1", "forest_s0", "forest_s1"]
   alone = str(tmp_path / "alone")
   train.train_and_evaluate(config, alone, "forest", seeds=1)
-  params, _ = agents.load_agent(both, "forest", seed=1)
-  chex.assert_trees_all_close(params, agents.load_agent(alone, "forest")[0], atol=1e-5)
-  other, _ = agents.load_agent(both, "forest", seed=0)
+  params = agents.load_agent(both, "forest", seed=1).params
+  chex.assert_trees_all_close(params, agents.load_agent(alone, "forest").params, atol=1e-5)
+  other = agents.load_agent(both, "forest", seed=0).params
   assert not np.allclose(other["encoder"]["Dense_0"]["kernel"],
                          params["encoder"]["Dense_0"]["kernel"])
   with pytest.raises(ValueError, match="Several agents.*give seed"):
@@ -130,7 +131,7 @@ def test_seeds_are_agents_of_one_program_equal_to_runs_of_their_own(config, tmp_
 _CHILD = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, init_agents
 from sjepa_jax import train
 c = tiny_config()
 c.num_train_steps, c.checkpoint_every, c.log_every = {steps}, {every}, {every}
@@ -212,14 +213,15 @@ def test_train_command_end_to_end_then_load_one_agent_by_view(tmp_path):
       [sys.executable, "-m", "experiments.train", "--views=mountain,forest",
        f"--workdir={workdir}", *_TINY_FLAGS], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "Linear probes on frozen latents" in out.stdout
+  assert "Probes on frozen latents" in out.stdout
   assert set(json.load(open(os.path.join(workdir, "probe.json")))) == set(VIEWS)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-  params, config = agents.load_agent(workdir, "forest")
-  state, _ = _final_state(config, workdir)
-  chex.assert_trees_all_equal(params, jax.tree.map(lambda x: x[1], state.params))
-  z = agents.encode(config, params["encoder"], np.zeros((2, 16, 16, 3), np.float32))
-  assert z.shape == (2, config.model.dim)
+  agent = agents.load_agent(workdir, "forest")
+  assert (agent.name, agent.view, agent.seed, agent.kind) == ("forest", "forest", 0, "jepa")
+  state, _ = _final_state(agent.config, workdir)
+  chex.assert_trees_all_equal(agent.params, jax.tree.map(lambda x: x[1], state.params))
+  z = agent.encode(np.zeros((2, 16, 16, 3), np.float32))
+  assert z.shape == (2, agent.config.model.dim)
   with pytest.raises(ValueError, match=r"No agent for view 'river'.*mountain \(seed 0\), fo"):
     agents.load_agent(workdir, "river")
 

@@ -45,6 +45,19 @@ def get_config() -> ml_collections.ConfigDict:
   # predictor barely beats copying; 10 lifted position R^2 from 0.38 to 0.79 (mountain,
   # README "What the default run reaches"); 0 turns it off.
   c.objective.inverse_weight = 10.0
+  # Token prediction (I-JEPA / V-JEPA; 0 turns it off): the EMA encoder's tokens of frame
+  # token_horizon predicted from frame 0's visible tokens (token_context=tokens) or from its
+  # latent alone (latent), the action conditioning it across time; mask_blocks square
+  # blocks of mask_block x mask_block tokens, placed where the frames change, are hidden
+  # from the context and are the targets (0 blocks: every token is a target).
+  c.objective.token_weight = 0.0
+  c.objective.token_context = "tokens"  # tokens | latent
+  c.objective.token_horizon = 1
+  c.objective.mask_blocks = 0
+  c.objective.mask_block = 2
+  # seq-JEPA (0 turns it off): a small transformer aggregates the sample's latents, each
+  # with the action to the next frame, and predicts the last frame's latent from them.
+  c.objective.seq_weight = 0.0
   c.objective.variance_weight = 1.0
   c.objective.covariance_weight = 0.04
   c.objective.sigreg_weight = 0.05

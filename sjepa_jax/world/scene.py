@@ -31,7 +31,16 @@ SHAPES = ("sphere", "slab", "pillar")  # the focal object's shapes (its class)
 PUCK = len(SHAPES)  # the distractors' shape: a flat disc, never the focal object's
 SIZES = (0.35, 0.55, 0.8)  # characteristic half-size of each size class, world units
 NUM_CLASSES = len(SHAPES) * len(SIZES)
+# The labels a probe reads from one frame, and the class count of each integer label (the
+# others are values). Velocity is left out: one frame does not show it.
+PROBED = ("class", "shape", "size", "position", "colour", "distractor_centroid")
+LABEL_CLASSES = {"class": NUM_CLASSES, "shape": len(SHAPES), "size": len(SIZES)}
 MAX_PUSH = 0.6  # largest action component, world units per step per step
+# What the focal object is decides how a push moves it: a push changes its velocity by
+# push / mass, and each shape is of its own material (a hollow sphere, a stone slab, a
+# wooden pillar), so predicting the motion, or reading the push back from it, needs the
+# shape. Size does not enter: the latents read it from the image already.
+SHAPE_MASS = (0.5, 2.0, 1.0)
 FRICTION = 0.85  # the focal object's velocity decays by this factor each step
 MAX_SPEED = 1.0
 DRIFT_SPEED = (0.02, 0.06)  # range of the distractors' constant speed
@@ -97,11 +106,12 @@ def random_state(key: jax.Array) -> WorldState:
 def step(state: WorldState, action: jax.Array) -> WorldState:
   """Advances the world one step; ``action`` (2,) pushes the focal object.
 
-  The push is clipped to ``MAX_PUSH`` per component; the focal object's velocity decays by
-  ``FRICTION`` and is capped at ``MAX_SPEED``; the other objects keep their velocity.
+  The push is clipped to ``MAX_PUSH`` per component and divided by the focal object's mass
+  (``SHAPE_MASS`` of its shape); its velocity decays by ``FRICTION`` and is capped at
+  ``MAX_SPEED``; the other objects keep their velocity.
   Objects that would cross a wall are reflected back inside and their velocity flipped.
   """
-  push = jnp.clip(action, -MAX_PUSH, MAX_PUSH)
+  push = jnp.clip(action, -MAX_PUSH, MAX_PUSH) / jnp.asarray(SHAPE_MASS)[state.shape[0]]
   focal_vel = FRICTION * state.vel[0] + push
   focal_vel *= jnp.minimum(1.0, MAX_SPEED / (jnp.linalg.norm(focal_vel) + 1e-9))
   vel = state.vel.at[0].set(focal_vel)
@@ -129,12 +139,14 @@ def rollout(state: WorldState, actions: jax.Array) -> WorldState:
 
 
 def labels(state: WorldState) -> dict[str, jax.Array]:
-  """The focal object's probe labels: class, position, velocity (and its colour); and the
-  distractors' centroid (their mean position), which asks whether a latent keeps what the
-  action does not move. The pucks look alike, so only an order-free summary of where they
-  are is readable by a linear probe."""
+  """The focal object's labels: class and its two parts (shape, size), position, velocity
+  and colour; and the distractors' centroid (their mean position), which asks whether a
+  latent keeps what the action does not move. The pucks look alike, so only an order-free
+  summary of where they are is readable by a linear probe."""
   return {
       "class": class_id(state.shape[0], state.size[0]).astype(jnp.int32),
+      "shape": state.shape[0].astype(jnp.int32),
+      "size": state.size[0].astype(jnp.int32),
       "position": state.pos[0],
       "velocity": state.vel[0],
       "colour": state.colour[0],
