@@ -68,16 +68,25 @@ def enable_compilation_cache() -> str | None:
   return path
 
 
-class _DropLibraryInfo(logging.Filter):
-  """Drops INFO (and lower) records from Orbax, which logs every step of every save."""
+# Library warnings about choices made on purpose: reading checkpoints read-only, and tfds
+# decoding images with PIL rather than OpenCV (not installed: not needed).
+_EXPECTED_WARNINGS = ("read_only=True, setting save_interval_steps=0",
+                      "Given directory is read only", "OpenCV is not installed")
+
+
+class _DropLibraryNoise(logging.Filter):
+  """Drops INFO (and lower) records from Orbax, which logs every step of every save, and
+  the library warnings that say nothing a user can act on."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if any(w in str(record.msg) for w in _EXPECTED_WARNINGS):
+      return False
     return record.levelno > logging.INFO or "/orbax/" not in record.pathname
 
 
 def quiet_library_logs() -> None:
   """Keeps the run's own log lines readable: Orbax speaks only to warn."""
-  logging.getLogger("absl").addFilter(_DropLibraryInfo())
+  logging.getLogger("absl").addFilter(_DropLibraryNoise())
   # JAX's backend search says "Unable to initialize backend 'tpu'" on every CPU run.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
@@ -178,15 +187,14 @@ def finish_distributed(timeout_s: int = 300) -> None:
   ``initialize_distributed``, do not get JAX's own shutdown barrier). A process that died
   is named within the heartbeat timeout, not waited for."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  if client is None:
+  if not jax.distributed.is_initialized():
     return
   checkpointing.barrier_noticing_lost_peers(key="sjepa_finished", timeout_ms=timeout_s * 1000)
   if jax.process_index() == 0:
+    # The others leave without asking again, so this returns once they are gone.
     deadline = time.time() + timeout_s
-    others = list(range(jax.process_count()))
-    while len(client.get_live_nodes(others)) > 1 and time.time() < deadline:
+    while len(checkpointing.lost_processes()) < jax.process_count() - 1 and (
+        time.time() < deadline):
       time.sleep(0.05)
   jax.distributed.shutdown()
 

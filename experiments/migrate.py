@@ -41,10 +41,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.quiet_library_logs()
   common.enable_compilation_cache()
+  student = _STUDENT.value.split(",")[0].strip()
+  out = _WORKDIR.value or os.path.join(_TEACHER.value, f"migrate_{student}")
   report = migrate.run(_TEACHER.value, _TEACHER_VIEW.value, _STUDENT.value, _CONFIG.value,
-                       _TARGET.value, _SEED.value, _TEACHER_SEED.value)
-  out = _WORKDIR.value or os.path.join(_TEACHER.value, f"migrate_{report['student_view']}")
-  os.makedirs(out, exist_ok=True)
+                       _TARGET.value, _SEED.value, _TEACHER_SEED.value, logdir=out)
   common.write_json(report, os.path.join(out, "report.json"))
   figures.accuracy_against_flops(report, os.path.join(out, "accuracy_vs_flops.png"))
   print(f"\nteacher {report['teacher_view']} -> student {report['student_view']}; GFLOPs per "
@@ -57,7 +57,9 @@ def main(argv):
           f"{s['position_r2']:>16.3f}{m['position_r2']:>16.3f}")
   fmt = lambda x: "never reached" if x is None else f"{x:.3g}"
   print(f"\nTo class accuracy {report['target_acc']}: FLOPs scratch {fmt(report['flops_scratch'])}"
-        f", migrate {fmt(report['flops_migrate'])}, ratio {fmt(report['ratio'])}")
+        f", migrate {fmt(report['flops_migrate'])}, ratio {fmt(report['ratio'])} (the "
+        f"teacher's own training, {report['teacher_training_flops']:.3g} FLOPs, not counted; "
+        f"counted once: {fmt(report.get('ratio_with_teacher_training'))})")
   post = report["at_scratch_final_acc"]
   print(f"To the scratch student's final accuracy {post['target_acc']:.3f} (chosen after the "
         f"fact): ratio {fmt(post['ratio'])}")

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from absl import logging
 import jax
-from jax._src import distributed
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -48,16 +48,22 @@ class PeerLostError(RuntimeError):
 
 # --- Files -------------------------------------------------------------------------------
 
-def write_json(obj, path: str) -> None:
-  """Writes JSON atomically: a crash leaves the previous file, never half of a new one."""
+def write_atomically(path: str, write, mode: str = "w") -> None:
+  """Calls ``write(file)`` on a temporary file beside ``path``, then renames it to ``path``:
+  a crash leaves the previous file, never half of a new one."""
   tmp = f"{path}.tmp{os.getpid()}"
   try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1)
+    with open(tmp, mode) as f:
+      write(f)
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_json(obj, path: str) -> None:
+  """Writes JSON atomically (``write_atomically``)."""
+  write_atomically(path, lambda f: json.dump(obj, f, indent=1))
 
 
 @contextlib.contextmanager
@@ -151,13 +157,23 @@ def barrier_noticing_lost_peers(*, key: str, timeout_ms: int) -> None:
   the lost ones. A live but stuck process is waited for, as by every collective.
   """
   del timeout_ms  # bounded by the heartbeat timeout instead, for a dead process
-  everyone = list(range(jax.process_count()))
-  live = distributed.global_state.client.get_live_nodes(everyone)
-  lost = [p for p in everyone if p not in live]
+  lost = lost_processes()
   if lost:
     raise PeerLostError(
         f"process {', '.join(map(str, lost))} stopped (no heartbeat) while process "
         f"{jax.process_index()} waited for it at barrier {key!r}")
+
+
+def lost_processes() -> list[int]:
+  """The processes of a multi-process run that have stopped, after waiting for every live
+  one to ask too (``multihost_utils.live_devices`` is a barrier of the live processes)."""
+  everyone = jax.devices()
+  try:
+    with multihost_utils.live_devices(everyone) as alive:
+      live = {d.process_index for d in alive}
+  except multihost_utils.ProcessFailureError as e:  # one died since the last time we asked
+    live = {d.process_index for d in everyone} - {d.process_index for d in e.failed_devices}
+  return sorted({d.process_index for d in everyone} - live)
 
 
 def checkpoint_dir(workdir: str) -> str:

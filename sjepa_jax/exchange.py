@@ -13,12 +13,12 @@ Files are written atomically (a temporary file, then a rename) and read without 
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
 from sjepa_jax import align
+from sjepa_jax import checkpointing
 from sjepa_jax import probes
 
 _KINDS = {"map": align.LinearMap, "probe": probes.Probe}
@@ -38,17 +38,10 @@ def save(path: str, obj: align.LinearMap | probes.Probe, **meta: Any) -> int:
   arrays = {"x_mean": obj.x_mean, "y_mean": obj.y_mean, "w": obj.w} if kind == "map" else {
       "mean": obj.mean, "std": obj.std, "w": obj.w, "b": obj.b}
   record = {"kind": kind, **({"classes": obj.classes} if kind == "probe" else {}), **meta}
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, meta=np.asarray(json.dumps(record)),
-               **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  checkpointing.write_atomically(path, lambda f: np.savez(
+      f, meta=np.asarray(json.dumps(record)),
+      **{k: np.asarray(v, np.float32) for k, v in arrays.items()}), mode="wb")
   return os.path.getsize(path)
 
 

@@ -38,8 +38,10 @@ from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import flops
+from sjepa_jax import metrics_io
 from sjepa_jax import models
 from sjepa_jax import probes
+from sjepa_jax import train
 from sjepa_jax import world
 
 PyTree = Any
@@ -132,17 +134,20 @@ def student_config(teacher_config: ml_collections.ConfigDict,
   return c
 
 
+# The migration config's numbers and the values that mean something (agents.check_ranges).
+RANGES = {"num_train_steps": (1, None, True), "eval_every": (1, None, True),
+          "migrate.weight": (0, None, True), "migrate.map_decay": (0, 1, True),
+          "eval.probe_train": (1, None, True), "eval.probe_test": (1, None, True),
+          "eval.probe_steps": (1, None, True)}
+
+
 def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
   """Rejects settings that cannot mean anything, naming the valid range."""
   if not 0.0 < target_acc <= 1.0:
     raise ValueError(f"target_acc must be in (0, 1], got {target_acc}.")
-  if config.migrate.weight < 0:
-    raise ValueError(f"migrate.weight must be >= 0, got {config.migrate.weight}.")
-  if not 0.0 <= config.migrate.map_decay < 1.0:
-    raise ValueError(f"migrate.map_decay must be in [0, 1), got {config.migrate.map_decay}.")
-  if config.eval_every < 1 or config.num_train_steps < 1:
-    raise ValueError(f"num_train_steps and eval_every must be >= 1, got "
-                     f"{config.num_train_steps} and {config.eval_every}.")
+  agents.check_ranges(config, RANGES)
+  if config.migrate.map_decay == 1.0:  # the map would never leave its first batch's estimate
+    raise ValueError("config.migrate.map_decay must be below 1, got 1.0.")
 
 
 def evaluate(learner: agents.Learner, params: PyTree, probe_set: data.PairedSet, n_fit: int,
@@ -162,10 +167,12 @@ def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"
 
 
 def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | None,
-                  student_view: str, seed: int, probe_set: data.PairedSet
-                  ) -> tuple[list[dict], float]:
+                  student_view: str, seed: int, probe_set: data.PairedSet,
+                  writer: metrics_io.MetricWriter) -> tuple[list[dict], float]:
   """Trains one student (scratch when ``teacher`` is None) and returns its curve of probe
-  scores against cumulative FLOPs and training wall time, and its FLOPs per step."""
+  scores against cumulative FLOPs and training wall time, and its FLOPs per step. The
+  curve also goes to ``writer`` as ``migrate/<scratch|migrate>/<score>``."""
+  mode = "scratch" if teacher is None else "migrate"
   learner = agents.learner_from_config(config)
   key = agents.agent_keys(seed, [student_view])[0]
   agent = agents.init_agent(learner, key)
@@ -193,27 +200,43 @@ def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | Non
     if (step + 1) % config.eval_every == 0 or step + 1 == config.num_train_steps:
       metrics = jax.device_get(metrics)
       wall += time.perf_counter() - start
-      bad = [k for k, v in metrics.items() if not np.all(np.isfinite(v))]
-      if bad:
-        raise FloatingPointError(
-            f"Non-finite {bad} for the {'scratch' if teacher is None else 'migrating'} "
-            f"student ({student_view}) between steps {step + 2 - config.eval_every} and "
-            f"{step + 1}.")
+      train.check_finite({k: np.reshape(v, (1, -1)) for k, v in metrics.items()},
+                         [f"{mode} student on {student_view}"],
+                         step + 2 - config.eval_every, step + 1, None)
       point = {"step": step + 1, "flops": step_flops * (step + 1), "wall_s": wall,
                **evaluate_now(params(state))}
       curve.append(point)
-      logging.info("%s student, step %d: %s", "scratch" if teacher is None else "migrating",
-                   step + 1, point)
+      writer.write_scalars(step + 1, {f"migrate/{mode}/{k}": v for k, v in point.items()
+                                      if k != "step"})
+      logging.info("%s student, step %d: class %.3f, position %.3f", mode, step + 1,
+                   point["class_acc"], point.get("position_r2", float("nan")))
     else:
       wall += time.perf_counter() - start
   return curve, step_flops
 
 
+def teacher_training_flops(teacher: agents.Agent) -> float:
+  """What training the teacher cost: its run's step FLOPs (one agent) times its steps."""
+  learner = agents.learner_from_config(teacher.config)
+  key = agents.agent_keys(teacher.seed, [teacher.view])[0]
+  state = jax.eval_shape(lambda: agents.init_agent(learner, key))
+  view = world.get_view(teacher.view)
+  per_step = flops.count_flops(lambda s, k, i: agents.train_step(learner, s, view, k, i),
+                               state, key, jnp.int32(0))
+  return per_step * teacher.config.num_train_steps
+
+
 def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
         config: ml_collections.ConfigDict, target_acc: float, seed: int = 0,
-        teacher_seed: int | None = None) -> dict[str, Any]:
+        teacher_seed: int | None = None, logdir: str | None = None) -> dict[str, Any]:
   """Scratch and migrating students on ``student_view``, same budget; the report.
-  ``teacher_seed`` picks the teacher where its run trained the view with several seeds."""
+  ``teacher_seed`` picks the teacher where its run trained the view with several seeds.
+  With ``logdir``, both curves also go to TensorBoard event files there.
+
+  ``ratio`` counts what the student's training costs (its steps, the teacher's forward
+  passes and the map fits), not the teacher's own training: the teacher already exists and
+  serves any number of students. ``ratio_with_teacher_training`` adds that cost once.
+  """
   validate(config, target_acc)
   student_view = world.parse_views(student_view)[0]
   meta_views = checkpointing.read_meta(teacher_workdir)[0]["views"]
@@ -237,8 +260,10 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
   probe_set = data.world_paired_set(jax.random.key(e.seed), world.stack_views([student_view]),
                                     e.probe_train + e.probe_test, config.data.image_size)
   curves, per_step = {}, {}
-  for mode, t in (("scratch", None), ("migrate", teacher)):
-    curves[mode], per_step[mode] = train_student(config, t, student_view, seed, probe_set)
+  with metrics_io.MetricWriter(logdir, enabled=logdir is not None) as writer:
+    for mode, t in (("scratch", None), ("migrate", teacher)):
+      curves[mode], per_step[mode] = train_student(config, t, student_view, seed, probe_set,
+                                                   writer)
   report = {"target_acc": target_acc, "teacher_workdir": teacher_workdir,
             "teacher_view": teacher_view, "teacher_seed": teacher_seed,
             "teacher_kind": teacher_config.objective.kind, "student_view": student_view,
@@ -246,6 +271,12 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
             "steps": config.num_train_steps, "flops_per_step": per_step,
             "migrate": config.migrate.to_dict(), "curves": curves}
   report.update(_ratio(curves, target_acc))
+  report["teacher_training_counted_in_ratio"] = False
+  report["teacher_training_flops"] = teacher_training_flops(teacher)
+  if report["ratio"] is not None:
+    report["ratio_with_teacher_training"] = ((report["flops_migrate"]
+                                              + report["teacher_training_flops"])
+                                             / report["flops_scratch"])
   # Where the requested target is out of reach, the scratch student's own final accuracy
   # is the highest target both runs can be compared at (chosen after the fact: say so).
   final = curves["scratch"][-1]["class_acc"]

@@ -74,7 +74,7 @@ class SjepaWorld(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     t, s = c.episode_length, c.image_size
-    # BYTES encoding stores raw buffers: no int64 upcast, ~20x faster to write than NONE.
+    # BYTES encoding stores raw buffers: no int64 upcast, so writing is far faster than NONE.
     tensor = lambda shape, dtype: tfds.features.Tensor(
         shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
     features = {f"obs_{v}": tensor((t, s, s, 3), np.uint8) for v in c.views}

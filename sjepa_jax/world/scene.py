@@ -7,9 +7,9 @@ probe labels (class, position, velocity) and is pushed by the action; the others
 constant velocity. Every object bounces off the arena walls.
 
 Class = shape x size (``NUM_CLASSES`` = 3 x 3). The shapes differ in silhouette (round, flat
-and wide, tall and thin), so they stay apart at a few pixels across, where a cube and a
-cylinder did not (a supervised encoder confused them at 32x32). Colour is drawn independently of the class,
-so a probe cannot read the class off the colour (a pixel-PCA baseline could).
+and wide, tall and thin), so they stay apart at a few pixels across. Colour is drawn
+independently of the class, so a probe cannot read the class off the colour (a pixel-PCA
+baseline could).
 
 The labels must be readable from one frame, so the focal object is the only one of its
 family: it is upright and saturated in colour, while the distractors are flat grey pucks
@@ -36,11 +36,6 @@ NUM_CLASSES = len(SHAPES) * len(SIZES)
 PROBED = ("class", "shape", "size", "position", "colour", "distractor_centroid")
 LABEL_CLASSES = {"class": NUM_CLASSES, "shape": len(SHAPES), "size": len(SIZES)}
 MAX_PUSH = 0.6  # largest action component, world units per step per step
-# What the focal object is decides how a push moves it: a push changes its velocity by
-# push / mass, and each shape is of its own material (a hollow sphere, a stone slab, a
-# wooden pillar), so predicting the motion, or reading the push back from it, needs the
-# shape. Size does not enter: the latents read it from the image already.
-SHAPE_MASS = (0.5, 2.0, 1.0)
 FRICTION = 0.85  # the focal object's velocity decays by this factor each step
 MAX_SPEED = 1.0
 DRIFT_SPEED = (0.02, 0.06)  # range of the distractors' constant speed
@@ -106,12 +101,11 @@ def random_state(key: jax.Array) -> WorldState:
 def step(state: WorldState, action: jax.Array) -> WorldState:
   """Advances the world one step; ``action`` (2,) pushes the focal object.
 
-  The push is clipped to ``MAX_PUSH`` per component and divided by the focal object's mass
-  (``SHAPE_MASS`` of its shape); its velocity decays by ``FRICTION`` and is capped at
-  ``MAX_SPEED``; the other objects keep their velocity.
+  The push is clipped to ``MAX_PUSH`` per component; the focal object's velocity decays by
+  ``FRICTION`` and is capped at ``MAX_SPEED``; the other objects keep their velocity.
   Objects that would cross a wall are reflected back inside and their velocity flipped.
   """
-  push = jnp.clip(action, -MAX_PUSH, MAX_PUSH) / jnp.asarray(SHAPE_MASS)[state.shape[0]]
+  push = jnp.clip(action, -MAX_PUSH, MAX_PUSH)
   focal_vel = FRICTION * state.vel[0] + push
   focal_vel *= jnp.minimum(1.0, MAX_SPEED / (jnp.linalg.norm(focal_vel) + 1e-9))
   vel = state.vel.at[0].set(focal_vel)
