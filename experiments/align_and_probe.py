@@ -12,7 +12,8 @@ evaluation images, seen through each agent's region, and probe its labels. Write
 ``report.json`` and PNG figures (``figures/``) into the first workdir (or ``--out``) and
 prints a short table; if that folder already holds a study, into a fresh ``study_<n>``
 subfolder (said so; ``--overwrite`` replaces it instead). Pairs are written target->source
-(the target's latents mapped into the source's space) in the table, log and figures. See sjepa_jax/study.py for what is measured.
+(the target's latents mapped into the source's space) in the table, log and figures. See
+sjepa_jax/study.py for what is measured.
 """
 
 import os
@@ -92,7 +93,7 @@ def print_table(report: dict) -> None:
 
 
 _HEADINGS = {"class_acc": "class", "shape_acc": "shape", "size_acc": "size",
-             "position_r2": "pos R2", "colour_r2": "colour R2",
+             "position_r2": "pos R2",
              "distractor_centroid_r2": "pucks R2", "class_mlp_acc": "class MLP"}
 
 
@@ -134,6 +135,7 @@ def main(argv):
                              _PROBE_STEPS.value, _STEP.value,
                              _DATA_DIR.value and os.path.abspath(
                                  os.path.expanduser(_DATA_DIR.value)))
+  report = {"command": common.command_line(), **report}
   out = fresh_out(_OUT.value or workdirs[0], _OVERWRITE.value)
   common.write_json(report, os.path.join(out, "report.json"))
   paths = figures.write_all(report, extras, os.path.join(out, "figures"))

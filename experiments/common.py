@@ -91,6 +91,12 @@ def quiet_library_logs() -> None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
+def command_line() -> str:
+  """The command that is running, as a user would type it (``python -m <module> ...``)."""
+  module = os.path.relpath(os.path.abspath(sys.argv[0]), _ROOT)[:-len(".py")].replace(os.sep, ".")
+  return " ".join(["python -m", module] + sys.argv[1:])
+
+
 def write_json(obj, path: str) -> None:
   """Writes JSON atomically: a crash leaves the previous file, never half of a new one."""
   checkpointing.write_json(obj, path)

@@ -45,6 +45,8 @@ def main(argv):
   out = _WORKDIR.value or os.path.join(_TEACHER.value, f"migrate_{student}")
   report = migrate.run(_TEACHER.value, _TEACHER_VIEW.value, _STUDENT.value, _CONFIG.value,
                        _TARGET.value, _SEED.value, _TEACHER_SEED.value, logdir=out)
+  report = {"command": common.command_line(), **report}
+  os.makedirs(out, exist_ok=True)
   common.write_json(report, os.path.join(out, "report.json"))
   figures.accuracy_against_flops(report, os.path.join(out, "accuracy_vs_flops.png"))
   print(f"\nteacher {report['teacher_view']} -> student {report['student_view']}; GFLOPs per "

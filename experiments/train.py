@@ -69,7 +69,7 @@ flags.register_validator("seeds", _check_seeds)
 
 # The probe table's columns: (score in probe.json, heading).
 _COLUMNS = (("class_acc", "class"), ("shape_acc", "shape"), ("size_acc", "size"),
-            ("position_r2", "pos R2"), ("colour_r2", "colour R2"),
+            ("position_r2", "pos R2"),
             ("distractor_centroid_r2", "pucks R2"), ("class_mlp_acc", "class MLP"))
 
 

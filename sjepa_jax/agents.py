@@ -297,7 +297,8 @@ def jepa_loss(learner: Learner, params: PyTree, target: PyTree, batch: data.Batc
   tokens = None
   if z_BxLxD is None:
     b, l = batch.obs.shape[:2]
-    z, tokens = encode_tokens(model, params["encoder"], batch.obs.reshape((b * l,) + batch.obs.shape[2:]))
+    frames = batch.obs.reshape((b * l,) + batch.obs.shape[2:])
+    z, tokens = encode_tokens(model, params["encoder"], frames)
     z_BxLxD = z.reshape(b, l, -1)
     tokens = tokens.reshape((b, l) + tokens.shape[1:])
   # Stop-gradient: the target is not trained through, whether EMA copy or online encoder.
@@ -389,28 +390,38 @@ def train_step(learner: Learner, state: AgentState, view: Any, key: jax.Array,
 
 # --- From a config: the boundary ---------------------------------------------------------
 
+def compute_dtype(name: str, backend: str | None = None):
+  """``model.compute_dtype``: ``auto`` is bfloat16 on GPU and TPU, float32 on CPU (where
+  bfloat16 matmuls are no faster)."""
+  if name == "auto":
+    name = "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+  return models.COMPUTE_DTYPES[name]
+
+
 def model_from_config(config: ml_collections.ConfigDict) -> models.WorldModel:
   """The world model ``config.model`` and ``config.objective`` describe."""
   m, o = config.model, config.objective
-  encoder = models.make_encoder(m.encoder, m.dim, m.patch, m.width, m.depth, m.pool)
+  dtype = compute_dtype(m.compute_dtype)
+  encoder = models.make_encoder(m.encoder, m.dim, m.patch, m.width, m.depth, m.pool, dtype)
   decoder = head = inverse = token_predictor = aggregator = None
   if o.kind == "autoencoder":
-    decoder = models.PatchDecoder(config.data.image_size, m.patch, m.width)
+    decoder = models.PatchDecoder(config.data.image_size, m.patch, m.width, dtype)
   if o.kind == "supervised":
-    head = models.LabelHead(scene.NUM_CLASSES)
+    head = models.LabelHead(scene.NUM_CLASSES, dtype)
   if o.kind == "jepa":
     if o.inverse_weight > 0:
-      inverse = models.InverseDynamics(m.predictor_hidden, data.action_dim(config))
+      inverse = models.InverseDynamics(m.predictor_hidden, data.action_dim(config), dtype)
     if o.token_weight > 0:
       tokens = (config.data.image_size // m.patch) ** 2
       token_predictor = models.TokenPredictor(tokens, m.width, m.width,
                                               from_latent=o.token_context == "latent",
-                                              conditioned=o.token_horizon > 0)
+                                              conditioned=o.token_horizon > 0, dtype=dtype)
     if o.seq_weight > 0:
-      aggregator = models.Aggregator(m.dim, config.data.frames - 1, m.width)
-  return models.WorldModel(encoder, models.Predictor(m.predictor_hidden, m.predictor_depth),
-                           decoder, head, inverse, token_predictor, aggregator,
-                           hides_tokens=token_predictor is not None and o.mask_blocks > 0)
+      aggregator = models.Aggregator(m.dim, config.data.frames - 1, m.width, dtype=dtype)
+  predictor = models.Predictor(m.predictor_hidden, m.predictor_depth, dtype)
+  hides = token_predictor is not None and o.mask_blocks > 0
+  return models.WorldModel(encoder, predictor, decoder, head, inverse, token_predictor,
+                           aggregator, hides_tokens=hides)
 
 
 def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -493,6 +504,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice("model.encoder", config.model.encoder, models.ENCODERS)
   _check_choice("agent_map", config.agent_map, AGENT_MAPS)
   _check_choice("model.pool", config.model.pool, models.POOLS)
+  _check_choice("model.compute_dtype", config.model.compute_dtype,
+                ("auto",) + tuple(models.COMPUTE_DTYPES))
   if not data.is_world(config):
     if not 0 < config.data.region_size <= 1:
       raise ValueError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
@@ -529,6 +542,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 _LEGACY = {"objective": {"kind": "jepa", "inverse_weight": 0.0, "token_weight": 0.0,
                          "token_context": "tokens", "token_horizon": 1, "mask_blocks": 0,
                          "mask_block": 2, "seq_weight": 0.0},
+           "model": {"compute_dtype": "float32"},
            "data": {"dataset": "", "data_dir": "", "train_split": "train",
                     "eval_split": "test", "region_size": 0.6, "min_crop": 0.5}}
 

@@ -2,7 +2,8 @@
 
 ``MetricWriter`` writes scalars and hyperparameters through tensorboardX (the event files
 ``tensorboard --logdir`` reads), and logs them only at ``--verbosity=1``; ``Progress`` logs
-one short line per logged step: the step, each agent's loss, steps/s and the time left. Both speak only in process 0 of a multi-process job, so a job writes one set of
+one short line per logged step: the step, each agent's loss, steps/s and the time left.
+Both speak only in process 0 of a multi-process job, so a job writes one set of
 event files and one set of log lines.
 """
 

@@ -15,12 +15,16 @@ Shapes: B = batch, H = W = image size, P = patches (tokens), C = width, D = late
 A = action size.
 """
 
+import functools
+from typing import Any
+
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 ENCODERS = ("mixer", "vit", "cnn")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 POOLS = ("flatten", "mean")
 
 
@@ -53,19 +57,22 @@ class MlpBlock(nn.Module):
   (benchmarks/torch_step.py).
   """
   hidden: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    down, up = nn.Dense(x.shape[-1]), nn.Dense(self.hidden)  # created in this order: Dense_0 is the down projection
+    # Created down first, so the down projection is Dense_0.
+    down, up = nn.Dense(x.shape[-1], dtype=self.dtype), nn.Dense(self.hidden, dtype=self.dtype)
     return down(nn.gelu(up(x.reshape(-1, x.shape[-1])))).reshape(x.shape)
 
 
-def mixer_block(x_BxPxC: jax.Array, channel_hidden: int) -> jax.Array:
+def mixer_block(x_BxPxC: jax.Array, channel_hidden: int, dtype: Any = jnp.float32
+                ) -> jax.Array:
   """One MLP-Mixer block (arXiv 2105.01601), inside a compact module: pre-LN token mixing,
   then pre-LN channel mixing, each residual."""
-  y = jnp.swapaxes(nn.LayerNorm()(x_BxPxC), -1, -2)
-  x = x_BxPxC + jnp.swapaxes(MlpBlock(2 * x_BxPxC.shape[-2])(y), -1, -2)  # mixes patches
-  return x + MlpBlock(channel_hidden)(nn.LayerNorm()(x))  # mixes channels
+  y = jnp.swapaxes(nn.LayerNorm(dtype=dtype)(x_BxPxC), -1, -2)
+  x = x_BxPxC + jnp.swapaxes(MlpBlock(2 * x_BxPxC.shape[-2], dtype)(y), -1, -2)  # patches
+  return x + MlpBlock(channel_hidden, dtype)(nn.LayerNorm(dtype=dtype)(x))  # channels
 
 
 def hide(module: nn.Module, x_BxPxC: jax.Array, mask_BxP: jax.Array | None) -> jax.Array:
@@ -85,15 +92,18 @@ class MixerEncoder(nn.Module):
   width: int = 128
   depth: int = 2
   pool: str = "flatten"
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, obs, mask=None):
-    x = nn.Dense(self.width)(patchify(obs, self.patch))
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
+    x = dense(self.width)(patchify(obs, self.patch))
     x = hide(self, x, mask)
     for _ in range(self.depth):
-      x = mixer_block(x, 2 * self.width)
-    tokens = nn.LayerNorm()(x)
-    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
+      x = mixer_block(x, 2 * self.width, self.dtype)
+    tokens = norm()(x)
+    return dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
 
 
 class VitEncoder(nn.Module):
@@ -104,17 +114,20 @@ class VitEncoder(nn.Module):
   depth: int = 2
   pool: str = "flatten"
   heads: int = 4
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, obs, mask=None):
-    x = nn.Dense(self.width)(patchify(obs, self.patch))
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
+    x = dense(self.width)(patchify(obs, self.patch))
     x = hide(self, x, mask)
     x += self.param("pos", nn.initializers.normal(0.02), x.shape[-2:])
     for _ in range(self.depth):
-      x = x + nn.MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x))
-      x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
-    tokens = nn.LayerNorm()(x)
-    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
+      x = x + nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)(norm()(x))
+      x = x + MlpBlock(2 * self.width, self.dtype)(norm()(x))
+    tokens = norm()(x)
+    return dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
 
 
 class MatmulConv(nn.Module):
@@ -122,13 +135,15 @@ class MatmulConv(nn.Module):
   features: int
   kernel: int = 3
   stride: int = 2
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x_BxHxWxC):
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
     cols = jax.lax.conv_general_dilated_patches(
         x_BxHxWxC, (self.kernel, self.kernel), (self.stride, self.stride), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return nn.Dense(self.features)(cols)
+    return dense(self.features)(cols)
 
 
 class CnnEncoder(nn.Module):
@@ -137,30 +152,35 @@ class CnnEncoder(nn.Module):
   width: int = 32
   depth: int = 4
   pool: str = "flatten"
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, obs, mask=None):
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
     if mask is not None:
       raise ValueError("The cnn encoder has no patches to hide; token masking needs a patch "
                        "encoder: mixer or vit.")
     x = obs
     for i in range(self.depth):
-      x = nn.gelu(MatmulConv(self.width * 2 ** min(i, 2))(x))
+      x = nn.gelu(MatmulConv(self.width * 2 ** min(i, 2), dtype=self.dtype)(x))
     tokens = x.reshape(x.shape[:-3] + (-1, x.shape[-1]))
-    return nn.Dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
+    return dense(self.dim)(pool_tokens(tokens, self.pool)), tokens
 
 
 class Predictor(nn.Module):
   """Residual MLP: z_{t+1} = z_t + MLP([LN(z_t), a_t])."""
   hidden: int = 256
   depth: int = 2
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, z, action):
-    x = jnp.concatenate([nn.LayerNorm()(z), action], -1)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
+    x = jnp.concatenate([norm()(z), action], -1)
     for _ in range(self.depth):
-      x = nn.gelu(nn.Dense(self.hidden)(x))
-    return z + nn.Dense(z.shape[-1])(x)
+      x = nn.gelu(dense(self.hidden)(x))
+    return z + dense(z.shape[-1])(x)
 
 
 class PatchDecoder(nn.Module):
@@ -168,14 +188,17 @@ class PatchDecoder(nn.Module):
   size: int
   patch: int = 8
   width: int = 128
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, z_BxD):
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
     grid = self.size // self.patch
-    x = nn.Dense(grid * grid * self.width)(z_BxD)
+    x = dense(grid * grid * self.width)(z_BxD)
     x = x.reshape(z_BxD.shape[:-1] + (grid * grid, self.width))
-    x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
-    x = nn.Dense(self.patch * self.patch * 3)(nn.LayerNorm()(x))
+    x = x + MlpBlock(2 * self.width, self.dtype)(norm()(x))
+    x = dense(self.patch * self.patch * 3)(norm()(x))
     return einops.rearrange(x, "... (h w) (p q c) -> ... (h p) (w q) c", h=grid, p=self.patch,
                             q=self.patch)
 
@@ -184,20 +207,25 @@ class InverseDynamics(nn.Module):
   """MLP from two consecutive latents to the action between them: ``(z_t, z_t+1) -> a_t``."""
   hidden: int
   action_dim: int
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, z, z_next):
-    x = jnp.concatenate([nn.LayerNorm()(z), nn.LayerNorm()(z_next)], -1)
-    return nn.Dense(self.action_dim)(nn.gelu(nn.Dense(self.hidden)(x)))
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
+    x = jnp.concatenate([norm()(z), norm()(z_next)], -1)
+    return dense(self.action_dim)(nn.gelu(dense(self.hidden)(x)))
 
 
 class LabelHead(nn.Module):
   """Linear read-out of the labels from the latent: class logits and a 2D position."""
   num_classes: int
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, z):
-    out = nn.Dense(self.num_classes + 2)(z)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    out = dense(self.num_classes + 2)(z)
     return out[..., :self.num_classes], out[..., self.num_classes:]
 
 
@@ -212,19 +240,22 @@ class TokenPredictor(nn.Module):
   depth: int = 1
   from_latent: bool = False  # the context is the latent (B, D), not the tokens
   conditioned: bool = True  # across time: takes the action between the frames
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, context, action=None):
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
     if self.from_latent:  # one token per patch from the latent
-      x = nn.Dense(self.num_tokens * self.width)(context)
+      x = dense(self.num_tokens * self.width)(context)
       x = x.reshape(context.shape[:-1] + (self.num_tokens, self.width))
     else:
-      x = nn.Dense(self.width)(context)
+      x = dense(self.width)(context)
     if self.conditioned:
-      x = x + nn.Dense(self.width)(action)[..., None, :]
+      x = x + dense(self.width)(action)[..., None, :]
     for _ in range(self.depth):
-      x = mixer_block(x, 2 * self.width)
-    return nn.Dense(self.out)(nn.LayerNorm()(x))
+      x = mixer_block(x, 2 * self.width, self.dtype)
+    return dense(self.out)(norm()(x))
 
 
 class Aggregator(nn.Module):
@@ -239,20 +270,23 @@ class Aggregator(nn.Module):
   width: int = 64
   depth: int = 1
   heads: int = 4
+  dtype: Any = jnp.float32  # of the computation; parameters stay float32
 
   @nn.compact
   def __call__(self, z_BxLxD, actions_BxLxA):
-    x = nn.Dense(self.width)(jnp.concatenate([nn.LayerNorm()(z_BxLxD), actions_BxLxA], -1))
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
+    norm = functools.partial(nn.LayerNorm, dtype=self.dtype)
+    x = dense(self.width)(jnp.concatenate([norm()(z_BxLxD), actions_BxLxA], -1))
     x += self.param("pos", nn.initializers.normal(0.02), (self.length, self.width))[:x.shape[-2]]
     agg = jnp.broadcast_to(self.param("agg", nn.initializers.normal(0.02), (self.width,)),
                            x.shape[:-2] + (1, self.width))
     x = jnp.concatenate([agg, x], -2)
     for _ in range(self.depth):
-      x = x + nn.MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x))
-      x = x + MlpBlock(2 * self.width)(nn.LayerNorm()(x))
-    aggregate = nn.LayerNorm()(x[..., 0, :])
-    hidden = nn.gelu(nn.Dense(2 * self.width)(aggregate))
-    return aggregate, nn.Dense(self.dim)(hidden)
+      x = x + nn.MultiHeadDotProductAttention(self.heads, dtype=self.dtype)(norm()(x))
+      x = x + MlpBlock(2 * self.width, self.dtype)(norm()(x))
+    aggregate = norm()(x[..., 0, :])
+    hidden = nn.gelu(dense(2 * self.width)(aggregate))
+    return aggregate, dense(self.dim)(hidden)
 
 
 class WorldModel(nn.Module):
@@ -266,6 +300,9 @@ class WorldModel(nn.Module):
   - ``aggregate``: (z_1..z_k, a_1..a_k) -> (aggregate, z_{k+1}), seq-JEPA;
   - ``decode``: z -> obs, the autoencoder control; ``read``: z -> (class logits, position),
     the supervised ceiling.
+
+  The parts may compute in a lower precision (their ``dtype``); what every method returns
+  is float32, so losses, probes and maps never see bfloat16.
   """
   encoder: nn.Module
   predictor: nn.Module
@@ -294,37 +331,41 @@ class WorldModel(nn.Module):
     return self.predict(z, action)
 
   def encode(self, obs):
-    return self.encoder(obs)[0]
+    return _f32(self.encoder(obs)[0])
 
   def encode_tokens(self, obs, mask=None):
-    return self.encoder(obs, mask)
+    return _f32(self.encoder(obs, mask))
 
   def predict(self, z, action):
-    return self.predictor(z, action)
+    return _f32(self.predictor(z, action))
 
   def infer_action(self, z, z_next):
-    return self.inverse(z, z_next)
+    return _f32(self.inverse(z, z_next))
 
   def predict_tokens(self, context, action=None):
-    return self.token_predictor(context, action)
+    return _f32(self.token_predictor(context, action))
 
   def aggregate(self, z_BxLxD, actions_BxLxA):
-    return self.aggregator(z_BxLxD, actions_BxLxA)
+    return _f32(self.aggregator(z_BxLxD, actions_BxLxA))
 
   def decode(self, z):
-    return self.decoder(z)
+    return _f32(self.decoder(z))
 
   def read(self, z):
-    return self.head(z)
+    return _f32(self.head(z))
 
 
-def make_encoder(kind: str, dim: int, patch: int, width: int, depth: int, pool: str
-                 ) -> nn.Module:
+def _f32(tree):
+  return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
+
+
+def make_encoder(kind: str, dim: int, patch: int, width: int, depth: int, pool: str,
+                 dtype: Any = jnp.float32) -> nn.Module:
   """An encoder by name (``ENCODERS``); an unknown one lists the valid ones."""
   if kind == "mixer":
-    return MixerEncoder(dim, patch, width, depth, pool)
+    return MixerEncoder(dim, patch, width, depth, pool, dtype)
   if kind == "vit":
-    return VitEncoder(dim, patch, width, depth, pool)
+    return VitEncoder(dim, patch, width, depth, pool, dtype=dtype)
   if kind == "cnn":
-    return CnnEncoder(dim, width // 4, depth, pool)
+    return CnnEncoder(dim, width // 4, depth, pool, dtype)
   raise ValueError(f"Unknown encoder {kind!r}; valid encoders: {', '.join(ENCODERS)}.")

@@ -408,7 +408,7 @@ def export(report: dict[str, Any], extras: dict[str, Any], folder: str) -> dict[
   return sizes
 
 
-PROBE_SCORES = ("class_acc", "shape_acc", "size_acc", "position_r2", "colour_r2",
+PROBE_SCORES = ("class_acc", "shape_acc", "size_acc", "position_r2",
                 "distractor_centroid_r2", "class_mlp_acc")
 
 

@@ -227,7 +227,7 @@ def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.Ag
                  initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
                  names: Sequence[str]) -> dict[str, dict[str, float]]:
   """``probes.evaluate`` of every agent, trained vs random-init: each label's held-out score
-  (the world's class, shape, size, position, colour and distractors; a dataset's class),
+  (the world's class, shape, size, position and distractors; a dataset's class),
   the class probe's final gradient norm and, for the trained agents, the MLP probe's class
   accuracy (a diagnostic); agent ``a`` sees the probe states from view ``index[a]`` of
   ``probe_set``."""

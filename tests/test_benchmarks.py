@@ -57,3 +57,19 @@ def test_op_profile_times_the_ops_of_a_gradient_and_names_their_phase():
   matmuls = {(r["phase"], r["shape"]) for r in rows if "dot" in r["what"]}
   assert matmuls == {("forward", "f32[32,48]"), ("backward", "f32[64,48]")}, rows
   assert op_profile.summarise(rows)["matmul ops"] > 0
+
+
+def test_the_scaling_benchmark_times_each_agent_count_and_mapping(tmp_path):
+  path = tmp_path / "scaling.json"
+  _run("benchmarks.scaling", "--recipes=default", "--agents=1,2", "--modes=lax_map",
+       "--steps=1", "--repeats=1", "--batch=4", "--image_size=16", "--peak_tflops=1",
+       f"--json={path}")
+  report = json.loads(path.read_text())
+  assert [(r["recipe"], r["agent_map"], r["agents"]) for r in report["rows"]] == [
+      ("default", "lax_map", 1), ("default", "lax_map", 2)]
+  one, two = report["rows"]
+  assert two["step_flops"] == pytest.approx(2 * one["step_flops"], rel=0.03)  # A agents' work
+  for r in report["rows"]:
+    assert r["agent_steps_per_s"] > 0 and r["compile_s"] > 0
+    assert r["images_per_s"] == pytest.approx(r["agent_steps_per_s"] * 4 * 3)  # batch x frames
+    assert r["mfu"] == pytest.approx(r["flops_per_s"] / 1e12)

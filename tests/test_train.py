@@ -26,12 +26,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = ["mountain", "forest"]
 
 
-def _final_state(config, workdir, seed=0):
-  abstract = jax.eval_shape(lambda: init_agents(config, VIEWS, seed))
+def _final_state_of(config, workdir, views, seed=0):
+  abstract = jax.eval_shape(lambda: init_agents(config, views, seed))
   mngr = checkpointing.manager(workdir)
   state, step = checkpointing.restore(mngr, abstract)
   mngr.close()
   return state, step
+
+
+def _final_state(config, workdir, seed=0):
+  return _final_state_of(config, workdir, VIEWS, seed)
 
 
 @pytest.mark.parametrize("recipe", ["default", "long"])
@@ -252,3 +256,27 @@ def test_compilation_cache_is_on_by_default_and_configurable(monkeypatch, tmp_pa
     assert common.enable_compilation_cache() == os.path.expanduser(common.DEFAULT_CACHE)
   finally:
     jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_the_long_recipe_trains_checkpoints_and_resumes_on_cpu(tmp_path):
+  """configs/long.py, the accelerator recipe, for a few steps: its shapes (64x64 frames, 8x8
+  patches, D = 128), its state's size, a checkpoint, and a resume that continues to the end
+  with finite metrics. Only the evaluation is shrunk."""
+  config = importlib.import_module("experiments.configs.long").get_config()
+  config.num_train_steps, config.log_every, config.checkpoint_every = 4, 2, 2
+  config.max_steps_per_run = 2
+  config.eval.update(probe_train=48, probe_test=16, probe_steps=10)
+  workdir = str(tmp_path / "long")
+  assert train.train_and_evaluate(config, workdir, "mountain") == {}  # stopped at step 2
+  assert _final_state_of(config, workdir, ["mountain"])[1] == 2
+  report = train.train_and_evaluate(config, workdir, "mountain")  # resumes, finishes
+  state, step = _final_state_of(config, workdir, ["mountain"])
+  assert step == 4 and np.isfinite(report["mountain"]["trained/class_acc"])
+  chex.assert_tree_all_finite(state)
+  agent = agents.load_agent(workdir, "mountain")
+  assert agent.image_size == 64 and agent.model.encoder.patch == 8
+  assert agent.encode(np.zeros((3, 64, 64, 3), np.float32)).shape == (3, 128)
+  params = sum(x.size for x in jax.tree.leaves(agent.params))
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  # Parameters, the EMA encoder and Adam's two moments, all float32: under 4 copies.
+  assert 3 * 4 * params < state_bytes < 4 * 4 * params, (params, state_bytes)

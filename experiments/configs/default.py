@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.pool = "flatten"  # flatten | mean (mean pooling discards where things are)
   c.model.predictor_hidden = 128
   c.model.predictor_depth = 2
+  # The networks' arithmetic: auto is bfloat16 on GPU and TPU, float32 on CPU. Parameters,
+  # optimiser state, losses, probes and maps are float32 whatever this says.
+  c.model.compute_dtype = "auto"
 
   c.objective = ml_collections.ConfigDict()
   # jepa: latent prediction + regulariser. autoencoder: pixel reconstruction with the same

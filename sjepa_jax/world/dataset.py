@@ -9,9 +9,9 @@ and read back as random-access data sources::
   tfds.builder_from_directory(builder.data_path).as_data_source()
 
 Each example is one episode: ``obs_<view>`` (T, H, W, 3) uint8 per view, ``actions``
-(T - 1, 2) and the focal object's labels ``class``, ``shape``, ``size`` (T,), ``position``,
-``velocity`` (T, 2) and ``colour`` (T, 3), and the distractors' centroid (T, 2). The config name is derived from every parameter, so different
-parameters never reuse a stale directory.
+(T - 1, 2) and the focal object's labels ``class``, ``shape``, ``size`` (T,), ``position``
+and ``velocity`` (T, 2), and the distractors' centroid (T, 2). The config name is derived
+from every parameter, so different parameters never reuse a stale directory.
 """
 
 import contextlib
@@ -62,10 +62,11 @@ class WorldConfig(tfds.core.BuilderConfig):
 class SjepaWorld(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Multi-view episodes of the embedded world (local builder, no download)."""
   name = "sjepa_world"
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("2.0.0")
   RELEASE_NOTES = {"1.0.0": "First release.",
                    "1.1.0": "The distractors' centroid per frame (a diagnostic label).",
-                   "1.2.0": "The focal object's shape and size, the two parts of its class."}
+                   "2.0.0": "The focal object's shape and size, the two parts of its class; "
+                            "its colour is fixed, so no longer a label."}
   BUILDER_CONFIG_CLASS = WorldConfig
   # tfds looks for checksums beside the builder's module via importlib_resources, which is
   # not installed; this builder downloads nothing, so it needs no checksums.
@@ -81,7 +82,6 @@ class SjepaWorld(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     features.update(actions=tensor((t - 1, 2), np.float32), **{"class": tensor((t,), np.int32)},
                     shape=tensor((t,), np.int32), size=tensor((t,), np.int32),
                     position=tensor((t, 2), np.float32), velocity=tensor((t, 2), np.float32),
-                    colour=tensor((t, 3), np.float32),
                     distractor_centroid=tensor((t, 2), np.float32))
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
                                  disable_shuffling=True)  # examples stay in episode order

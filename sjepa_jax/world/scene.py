@@ -7,13 +7,14 @@ probe labels (class, position, velocity) and is pushed by the action; the others
 constant velocity. Every object bounces off the arena walls.
 
 Class = shape x size (``NUM_CLASSES`` = 3 x 3). The shapes differ in silhouette (round, flat
-and wide, tall and thin), so they stay apart at a few pixels across. Colour is drawn
-independently of the class, so a probe cannot read the class off the colour (a pixel-PCA
-baseline could).
+and wide, tall and thin), so they stay apart at a few pixels across.
 
 The labels must be readable from one frame, so the focal object is the only one of its
-family: it is upright and saturated in colour, while the distractors are flat grey pucks
-(shape ``PUCK``, never a class). Pushes move it several pixels per step in every view, so a
+family: it is upright and always the same red (``FOCAL_COLOUR``), while the distractors are
+flat grey pucks (shape ``PUCK``, never a class). Its colour carries no label: only its
+silhouette and size tell its class. (A colour drawn at random per episode is a nuisance an
+encoder must learn to see through: it cost the agents most of what they learn of the
+object; docs/results.md.) Pushes move it several pixels per step in every view, so a
 predictor that copies the current latent is a poor one.
 
 Shapes: N = objects, T = time steps.
@@ -33,13 +34,14 @@ SIZES = (0.35, 0.55, 0.8)  # characteristic half-size of each size class, world 
 NUM_CLASSES = len(SHAPES) * len(SIZES)
 # The labels a probe reads from one frame, and the class count of each integer label (the
 # others are values). Velocity is left out: one frame does not show it.
-PROBED = ("class", "shape", "size", "position", "colour", "distractor_centroid")
+PROBED = ("class", "shape", "size", "position", "distractor_centroid")
 LABEL_CLASSES = {"class": NUM_CLASSES, "shape": len(SHAPES), "size": len(SIZES)}
 MAX_PUSH = 0.6  # largest action component, world units per step per step
 FRICTION = 0.85  # the focal object's velocity decays by this factor each step
 MAX_SPEED = 1.0
 DRIFT_SPEED = (0.02, 0.06)  # range of the distractors' constant speed
 GREY = (0.3, 0.6)  # range of the distractors' (achromatic) albedo
+FOCAL_COLOUR = (0.85, 0.18, 0.12)
 
 
 class WorldState(NamedTuple):
@@ -68,21 +70,11 @@ def half_extents(shape: jax.Array, size: jax.Array) -> jax.Array:
   return ratio * s[..., None]
 
 
-def _random_colour(key: jax.Array, n: int) -> jax.Array:
-  """Saturated colours of uniformly random hue (HSV -> RGB)."""
-  kh, ks, kv = jax.random.split(key, 3)
-  h = jax.random.uniform(kh, (n, 1))
-  s = jax.random.uniform(ks, (n, 1), minval=0.55, maxval=1.0)
-  v = jax.random.uniform(kv, (n, 1), minval=0.65, maxval=1.0)
-  k = (jnp.asarray([5.0, 3.0, 1.0]) + 6.0 * h) % 6.0
-  return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
-
-
 @jax.jit
 def random_state(key: jax.Array) -> WorldState:
-  """A random initial state: a focal object of random class and colour at rest, and grey
-  pucks drifting; random positions."""
-  k_shape, k_size, k_col, k_grey, k_pos, k_dir, k_speed = jax.random.split(key, 7)
+  """A random initial state: a focal object of random class at rest, and grey pucks
+  drifting; random positions."""
+  k_shape, k_size, _, k_grey, k_pos, k_dir, k_speed = jax.random.split(key, 7)
   n = NUM_OBJECTS
   shape = jnp.full((n,), PUCK).at[0].set(jax.random.randint(k_shape, (), 0, len(SHAPES)))
   size = jax.random.randint(k_size, (n,), 0, len(SIZES))
@@ -93,7 +85,7 @@ def random_state(key: jax.Array) -> WorldState:
   vel = speed[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], -1)
   vel = vel.at[0].set(0.0)  # the focal object moves only when pushed
   grey = jax.random.uniform(k_grey, (n, 1), minval=GREY[0], maxval=GREY[1])
-  colour = jnp.where(jnp.arange(n)[:, None] == 0, _random_colour(k_col, n), grey)
+  colour = jnp.where(jnp.arange(n)[:, None] == 0, jnp.asarray(FOCAL_COLOUR), grey)
   return WorldState(pos, vel, shape, size, colour)
 
 
@@ -133,8 +125,8 @@ def rollout(state: WorldState, actions: jax.Array) -> WorldState:
 
 
 def labels(state: WorldState) -> dict[str, jax.Array]:
-  """The focal object's labels: class and its two parts (shape, size), position, velocity
-  and colour; and the distractors' centroid (their mean position), which asks whether a
+  """The focal object's labels: class and its two parts (shape, size), position and
+  velocity; and the distractors' centroid (their mean position), which asks whether a
   latent keeps what the action does not move. The pucks look alike, so only an order-free
   summary of where they are is readable by a linear probe."""
   return {
@@ -143,7 +135,6 @@ def labels(state: WorldState) -> dict[str, jax.Array]:
       "size": state.size[0].astype(jnp.int32),
       "position": state.pos[0],
       "velocity": state.vel[0],
-      "colour": state.colour[0],
       "distractor_centroid": jnp.mean(state.pos[1:], axis=0),
   }
 
