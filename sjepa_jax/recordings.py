@@ -486,7 +486,7 @@ def normalise_episode(episode: dict, where: str) -> tuple[dict, dict[str, str]]:
   if not np.issubdtype(action.dtype, np.number) or action.ndim not in (1, 2):
     raise ValueError(f"{where}: actions must be numbers, (T,) or (T, A); got {action.dtype} "
                      f"{action.shape}.")
-  skipped = {k: f"{x.dtype} {x.shape}" for k, x in obs.items()
+  skipped = {k: f"{x.dtype}, {x.shape[1:]} per step" for k, x in obs.items()
              if not is_camera_array(x) and (x.ndim > 2 or not (
                  np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_))}
   obs = {k: x for k, x in obs.items() if k not in skipped}
