@@ -45,6 +45,7 @@ import os
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from absl import logging
+from google.protobuf import message
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -330,6 +331,10 @@ def check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
                        "probes need finite actions and states: fix or drop that episode.")
 
 
+# What a damaged file raises from deep inside tfds, array_record and protobuf.
+_READ_ERRORS = (RuntimeError, ValueError, OSError, TypeError, EOFError, message.DecodeError)
+
+
 def _read(b, lay: Layout, part: Part, cameras: Sequence[str], labels: Sequence[str],
           options: Options, min_steps: int):
   """Every kept episode of ``part`` as (index, frames per camera, action, labels), and how
@@ -342,7 +347,7 @@ def _read(b, lay: Layout, part: Part, cameras: Sequence[str], labels: Sequence[s
       arrays = _stack(steps, cameras, labels)
     except StopIteration:
       break
-    except (RuntimeError, ValueError, OSError) as e:
+    except _READ_ERRORS as e:
       raise ValueError(f"Recording {lay.name!r} cannot be read at {part} ({type(e).__name__}: "
                        f"{e}); a file may be damaged: rebuild or re-import it.") from e
     length = len(arrays["action"])
