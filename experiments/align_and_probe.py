@@ -87,7 +87,16 @@ def print_table(report: dict) -> None:
   for k in (*shown, *labelled):
     if s.get(k) is not None:
       print(f"  {k:<32}{_pm(s[k], sp.get(k, 0.0), 16)}")
-  chance = report["chance_acc"]
+  print_controls(report, labelled)
+  print_probes(report)
+  print(f"\nGoals {s['goals']}: met {s['goals_met']}")
+
+
+def print_controls(report: dict, labelled: list[str]) -> None:
+  """Each control's means over the pairs it was measured on: map R^2 and the transferred
+  class accuracy, position R^2 and every other label's score (``labelled``)."""
+  s, chance = report["summary"], report["chance_acc"]
+  sp = s["spread"]
   print("\nControls, means over the pairs each was measured on"
         f"{'' if chance is None else f' (class chance {chance:.3f})'}:")
   columns = [k for k in ("transfer_acc", "transfer_position_r2", *labelled)
@@ -103,8 +112,6 @@ def print_table(report: dict) -> None:
     print(f"{name:<16}{c['pairs']:>6}{_pm(c.get(r2), cs.get(r2, 0.0), 16)}"
           f"{_pm(c.get('r2_procrustes'), cs.get('r2_procrustes', 0.0), 16)}"
           + "".join(_pm(c.get(k), cs.get(k, 0.0), widths[k]) for k in columns))
-  print_probes(report)
-  print(f"\nGoals {s['goals']}: met {s['goals_met']}")
 
 
 _HEADINGS = {"class_acc": "class", "shape_acc": "shape", "size_acc": "size",

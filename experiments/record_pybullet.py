@@ -11,10 +11,11 @@ colour and size) at a random place on the floor in front of the arm; a scripted 
 moves the end effector behind it and pushes it in a random direction, with noise (one
 episode in five is a random walk instead). The action is the commanded displacement of
 the end effector's target (dx, dy, dz, metres per step, within a workspace box); the arm
-follows it through inverse kinematics and position control. State per step: ``joint_positions`` (7, radians),
-``effector_position`` (3), ``object_position`` (3), ``object_orientation`` (quaternion, 4)
-and ``object_shape``. Cameras (``--cameras``): ``front`` (facing the arm), ``side`` (from
-its left), ``top`` (overhead) and ``wrist`` (on the end effector, looking down).
+follows it through inverse kinematics and position control. State per step:
+``joint_positions`` (7, radians), ``effector_position`` (3), ``object_position`` (3),
+``object_orientation`` (quaternion x, y, z, w with w >= 0) and ``object_shape``. Cameras
+(``--cameras``): ``front`` (facing the arm), ``side`` (from its left), ``top`` (overhead)
+and ``wrist`` (on the end effector, looking down).
 
 Episodes are written as ``ep_<index>.npz`` (one file each, atomically: a killed run leaves
 whole files, and a rerun records only the missing ones); episode i depends only on
@@ -63,8 +64,9 @@ def _pybullet():
     import pybullet  # pylint: disable=g-import-not-at-top
     import pybullet_data  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise images.MissingExtraError("Recording needs pybullet: install the extra with "
-                                   "`pip install -e .[pybullet]` (or `pip install pybullet`).") from e
+    raise images.MissingExtraError(
+        "Recording needs pybullet: install the extra with `pip install -e .[pybullet]` (or "
+        "`pip install pybullet`).") from e
   return pybullet, pybullet_data
 
 
@@ -139,7 +141,9 @@ class Scene:
             "effector_position": np.asarray(p.getLinkState(self.robot, 6, physicsClientId=c)[4],
                                             np.float32),
             "object_position": np.asarray(position, np.float32),
-            "object_orientation": np.asarray(orientation, np.float32)}
+            # q and -q are one rotation: w >= 0 keeps the label continuous for the probes.
+            "object_orientation": np.asarray(orientation, np.float32) * np.sign(
+                orientation[3] or 1.0)}
 
   def frame(self, camera: str) -> np.ndarray:
     """One (size, size, 3) uint8 frame from ``camera`` (TinyRenderer: CPU, no OpenGL)."""

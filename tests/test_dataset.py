@@ -27,9 +27,11 @@ def test_round_trip_is_bit_identical(built):
     part = recordings.load(config.name, data_dir, role, list(VIEWS), recordings.Options(8, 3))
     expected = dataset.generate_episodes(config, split, np.arange(n))
     for c, view in enumerate(VIEWS):
-      np.testing.assert_array_equal(part.frames[c], expected[f"obs_{view}"].reshape(n * 3, 8, 8, 3))
+      np.testing.assert_array_equal(part.frames[c],
+                                    expected[f"obs_{view}"].reshape(n * 3, 8, 8, 3))
     for k in ("class", "shape", "size", "position", "colour", "distractor_centroid"):
-      np.testing.assert_array_equal(part.labels[k], expected[k].reshape((n * 3,) + expected[k].shape[2:]))
+      np.testing.assert_array_equal(part.labels[k],
+                                    expected[k].reshape((n * 3,) + expected[k].shape[2:]))
     assert "velocity" not in part.labels  # one frame does not show it: not probed
 
 

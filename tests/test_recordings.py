@@ -6,7 +6,6 @@ Planted recordings make every answer checkable: a frame's pixels hold 10 * episo
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
