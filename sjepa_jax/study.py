@@ -459,10 +459,11 @@ def spectrum(z_NxD: jax.Array) -> dict[str, float]:
 def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections.ConfigDict:
   """The data settings every agent shares (a copy), with ``data_dir`` overriding theirs.
 
-  Agents on different sources (the world and a dataset, two datasets, or two region
-  sizes) see different things, so their latents have no pairs to align.
+  Agents on different sources (the world and a dataset, two datasets, two region sizes,
+  or a recording's episodes held out or turned differently) see different things, so their
+  latents have no pairs to align.
   """
-  fields = ("dataset", "eval_split", "region_size")
+  fields = ("dataset", "eval_split", "region_size", "holdout_fraction", "flip")
   seen = {tuple(a.config.data[f] for f in fields) for a in used}
   if len(seen) > 1:
     raise ValueError(f"The runs use different data sources ({', '.join(fields)}): "
