@@ -106,9 +106,10 @@ def print_source(workdir: str) -> None:
     parts = json.load(f)
   print(f"\nRecording parts ({path}):")
   for role, p in parts.items():
-    line = (f"  {role:<6}{p['part']:<22}{p['episodes']:>6} episodes {p['steps']:>8} steps, "
-            f"{p['skipped_short_episodes']} skipped (shorter than data.frames)")
-    print(line)
+    skipped = (f", {p['skipped_short_episodes']} skipped (shorter than data.frames)"
+               if role == "train" else "")
+    print(f"  {role:<6}{p['part']:<22}{p['episodes']:>6} episodes {p['steps']:>8} steps"
+          f"{skipped}")
     if "action_mean" in p:
       fmt = lambda xs: "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
       print(f"        actions normalised with the train mean {fmt(p['action_mean'])} and "
