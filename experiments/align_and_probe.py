@@ -58,38 +58,61 @@ def _pm(x, spread, width: int) -> str:
   return f"{f'{x:.3f}+-{spread:.3f}' if spread else f'{x:.3f}':>{width}}"
 
 
+def _num(x, width: int, digits: int = 3) -> str:
+  return f"{'-':>{width}}" if x is None else f"{x:>{width}.{digits}f}"
+
+
 def print_table(report: dict) -> None:
   s = report["summary"]
+  native, transfer, what = study.headline_transfer(report)
   print("\nA pair 'target->source' maps the target agent's latents into the source's space "
-        "and applies the source's probes there (zero gradient steps on the target).")
+        f"and applies the source's probes there (zero gradient steps on the target); native "
+        f"and transfer: {what}.")
+  if report["overlap"].get("undefined"):
+    print(f"Overlap undefined: {report['overlap']['undefined']}.")
   print(f"{'seed':<5}{'pair (target->source)':<22}{'overlap':>8}{'R2 lstsq':>9}{'R2 ridge':>9}"
         f"{'R2 Procr':>9}{'gap':>7}{'CKA-u':>7}{'native':>8}{'transfer':>9}")
   for p in report["pairs"]:
-    print(f"{p['seed']:<5}{p['target'] + '->' + p['source']:<22}{p['overlap']:>8.3f}"
+    print(f"{p['seed']:<5}{p['target'] + '->' + p['source']:<22}{_num(p['overlap'], 8)}"
           f"{p['r2_lstsq']:>9.3f}{p['r2_ridge']:>9.3f}{p['r2_procrustes']:>9.3f}"
-          f"{p['isometry_gap']:>7.3f}{p['cka_unbiased']:>7.3f}{p['native_acc']:>8.3f}"
-          f"{p['transfer_acc']:>9.3f}")
+          f"{p['isometry_gap']:>7.3f}{p['cka_unbiased']:>7.3f}{_num(p.get(native), 8)}"
+          f"{_num(p.get(transfer), 9)}")
   sp = s["spread"]
   print(f"\nMeans over pairs, +- the spread (std) of the per-seed means over {len(s['seeds'])} "
         f"seed(s) {s['seeds']}:")
-  for k in ("r2_ridge", "r2_ridge_uniform", "r2_ridge_whitened", "r2_procrustes",
-            "isometry_gap", "cka_unbiased", "native_acc",
-            "transfer_acc", "native_position_r2", "transfer_position_r2"):
+  shown = ("r2_ridge", "r2_ridge_uniform", "r2_ridge_whitened", "r2_procrustes",
+           "isometry_gap", "cka_unbiased", "native_acc", "transfer_acc", "native_position_r2",
+           "transfer_position_r2")
+  labelled = sorted(k for k in s if k.startswith(("native_", "transfer_")) and k not in shown
+                    and not k.endswith("_procrustes"))
+  for k in (*shown, *labelled):
     if s.get(k) is not None:
-      print(f"  {k:<22}{_pm(s[k], sp.get(k, 0.0), 16)}")
-  print(f"\nControls, means over the pairs each was measured on (class chance "
-        f"{report['chance_acc']:.3f}):")
-  print(f"{'control':<16}{'pairs':>6}{'R2 ridge':>16}{'R2 Procr':>16}{'transfer':>16}"
-        f"{'pos R2 transfer':>18}")
+      print(f"  {k:<32}{_pm(s[k], sp.get(k, 0.0), 16)}")
+  print_controls(report, labelled)
+  print_probes(report)
+  print(f"\nGoals {s['goals']}: met {s['goals_met']}")
+
+
+def print_controls(report: dict, labelled: list[str]) -> None:
+  """Each control's means over the pairs it was measured on: map R^2 and the transferred
+  class accuracy, position R^2 and every other label's score (``labelled``)."""
+  s, chance = report["summary"], report["chance_acc"]
+  sp = s["spread"]
+  print("\nControls, means over the pairs each was measured on"
+        f"{'' if chance is None else f' (class chance {chance:.3f})'}:")
+  columns = [k for k in ("transfer_acc", "transfer_position_r2", *labelled)
+             if k.startswith("transfer_") and any(k in c for c in s["controls"].values())]
+  headings = {k: ("class" if k == "transfer_acc" else k[len("transfer_"):]) + " transfer"
+              for k in columns}
+  widths = {k: max(18, len(h) + 2) for k, h in headings.items()}
+  print(f"{'control':<16}{'pairs':>6}{'R2 ridge':>16}{'R2 Procr':>16}"
+        + "".join(f"{headings[k]:>{widths[k]}}" for k in columns))
   for name, c in s["controls"].items():
     cs = sp["controls"].get(name, {})
     r2 = "r2_ridge" if "r2_ridge" in c else "r2_identity"
     print(f"{name:<16}{c['pairs']:>6}{_pm(c.get(r2), cs.get(r2, 0.0), 16)}"
           f"{_pm(c.get('r2_procrustes'), cs.get('r2_procrustes', 0.0), 16)}"
-          f"{_pm(c.get('transfer_acc'), cs.get('transfer_acc', 0.0), 16)}"
-          f"{_pm(c.get('transfer_position_r2'), cs.get('transfer_position_r2', 0.0), 18)}")
-  print_probes(report)
-  print(f"\nGoals {s['goals']}: met {s['goals_met']}")
+          + "".join(_pm(c.get(k), cs.get(k, 0.0), widths[k]) for k in columns))
 
 
 _HEADINGS = {"class_acc": "class", "shape_acc": "shape", "size_acc": "size",
@@ -100,14 +123,16 @@ _HEADINGS = {"class_acc": "class", "shape_acc": "shape", "size_acc": "size",
 def print_probes(report: dict) -> None:
   """Per view, each kind of latent's held-out probes, floors first and ceiling last."""
   by_view = report["probes_by_view"]
-  scores = [k for k in _HEADINGS if any(k in row for kinds in by_view.values()
-                                         for row in kinds.values())]
+  present = {k for kinds in by_view.values() for row in kinds.values() for k in row}
+  scores = [k for k in _HEADINGS if k in present] + sorted(present - set(_HEADINGS))
+  heading = lambda k: _HEADINGS.get(k, k)
+  width = max([14] + [len(heading(k)) + 2 for k in scores])
   print("\nHeld-out probes per view (accuracy or R^2; mean+-std over seeds where several):")
-  print(f"{'view / latents':<24}" + "".join(f"{_HEADINGS[k]:>14}" for k in scores))
+  print(f"{'view / latents':<24}" + "".join(f"{heading(k):>{width}}" for k in scores))
   for view, kinds in by_view.items():
     for kind, row in kinds.items():
       print(f"{view + ' ' + kind:<24}" + "".join(
-          _pm(row[k][0], row[k][1], 14) if k in row else f"{'-':>14}" for k in scores))
+          _pm(row[k][0], row[k][1], width) if k in row else f"{'-':>{width}}" for k in scores))
 
 
 def fresh_out(out: str, overwrite: bool) -> str:

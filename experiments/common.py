@@ -15,26 +15,31 @@ from ml_collections import config_flags
 from sjepa_jax import checkpointing
 from sjepa_jax import images
 from sjepa_jax import world
+from sjepa_jax.world import views as views_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def define_views_flag(name: str, default: str | None, help_text: str) -> flags.FlagHolder:
-  """A comma-separated list of view names, checked at parse time (unknown, duplicate):
-  world views, or region views of a dataset (whether they fit the source is checked later)."""
+  """A comma-separated list of view names, checked at parse time where it can be (empty,
+  duplicate, unknown world or region names): world views, region views of a dataset, or
+  camera keys of a recording (checked against it when it is read)."""
   holder = flags.DEFINE_string(
       name, default, f"{help_text} World views: {','.join(sorted(world.VIEWS))}; region "
-      f"views of a --dataset: {','.join(images.REGIONS)}.")
+      f"views of a --dataset: {','.join(images.REGIONS)}; a recording's cameras by key.")
 
   def check(value):
     if value is None:
       return True
     names = [n.strip() for n in value.split(",") if n.strip()]
+    known = [n in world.VIEWS or n in images.REGIONS for n in names]
     try:
       if all(n in images.REGIONS for n in names):
         images.parse_regions(names)
-      else:
+      elif all(known):
         world.parse_views(names)
+      else:  # camera keys: the recording names its own (data.parse_views)
+        views_lib.parse_names(names, lambda n: None, "a recording's camera keys")
     except ValueError as e:
       raise flags.ValidationError(str(e)) from e
     return True
@@ -107,8 +112,10 @@ def write_json(obj, path: str) -> None:
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "On an error, print the whole traceback, "
                                "not one line (so does --verbosity=1).")
 # What a user can cause and fix: bad values, paths, permissions, a full disk, a damaged
-# checkpoint, a workdir in use, a diverged run. Anything else is a bug: full traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, checkpointing.WorkdirLockedError)
+# checkpoint, a workdir in use, a diverged run, an optional extra not installed. Anything
+# else is a bug: full traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, checkpointing.WorkdirLockedError,
+               images.MissingExtraError)
 _MAX_LINE = 400
 PEER_LOST = "A process of this multi-process run stopped or cannot be reached"
 

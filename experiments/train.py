@@ -1,16 +1,20 @@
-r"""Trains JEPA agents, one per view (of the embedded world, or regions of a dataset's images).
+r"""Trains JEPA agents, one per view: of the embedded world, regions of a dataset's images, or
+cameras of a recording (a dataset of multi-camera episodes, docs/recordings.md).
 
   python -m experiments.train --view=forest --workdir=/tmp/forest
   python -m experiments.train --views=mountain,forest --workdir=/tmp/mf \
       [--config=experiments/configs/smoke.py] [--config.model.dim=64] [--seed=1]
   python -m experiments.train --dataset=mnist --data_dir=~/tensorflow_datasets \
       --views=left,right --workdir=/tmp/mnist  # a labelled image dataset, region views
+  python -m experiments.train --dataset=pushing --data_dir=~/tensorflow_datasets \
+      --views=front,side --workdir=/tmp/pushing  # a recording: one agent per camera
 
 Rerunning the same command resumes from the latest checkpoint in the workdir. Metrics go
 to TensorBoard event files and the log; the run ends with a linear-probe table (trained
 vs random-init encoders) that is also written to ``<workdir>/probe.json``.
 """
 
+import json
 import os
 
 from absl import app
@@ -18,6 +22,7 @@ from absl import flags
 import jax
 
 from experiments import common
+from sjepa_jax import data
 from sjepa_jax import train
 
 _CONFIG = common.define_config_flag("experiments/configs/default.py",
@@ -30,8 +35,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed; an agent's keys depend on it and 
 _SEEDS = flags.DEFINE_list("seeds", None, "Several seeds, comma-separated (instead of "
                            "--seed): every (view, seed) pair is one agent of the same program.")
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "A tensorflow-datasets name read from --data_dir (never downloaded); "
-    "agents then see regions of its images. Default: the embedded world. Sets "
+    "dataset", None, "A tensorflow-datasets name read from --data_dir (never downloaded): "
+    "a labelled image dataset (agents see regions of its images) or a recording (agents "
+    "see its cameras; --views names them). Default: the embedded world. Sets "
     "config.data.dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory holding --dataset. "
                                 "Sets config.data.data_dir.")
@@ -76,13 +82,38 @@ _COLUMNS = (("class_acc", "class"), ("shape_acc", "shape"), ("size_acc", "size")
 def print_probes(report: dict, path: str) -> None:
   """The end-of-run probes, one row per agent and one for its random-init encoder."""
   columns = [(k, h) for k, h in _COLUMNS if any(f"trained/{k}" in r for r in report.values())]
+  others = sorted({k[len("trained/"):] for r in report.values() for k in r
+                   if k.startswith("trained/") and k.endswith(("_acc", "_r2"))}
+                  - {k for k, _ in _COLUMNS})  # a recording's own labels
+  columns += [(k, k) for k in others]
   print(f"\nProbes on frozen latents, held-out states ({path}; accuracy or R^2):")
-  print(f"{'agent':<16}" + "".join(f"{h:>10}" for _, h in columns))
+  width = max([10] + [len(h) + 2 for _, h in columns])
+  print(f"{'agent':<16}" + "".join(f"{h:>{width}}" for _, h in columns))
   for agent, r in report.items():
     for kind, label in (("trained", agent), ("random_init", "  random init")):
       print(f"{label:<16}" + "".join(
-          f"{r[f'{kind}/{k}']:>10.3f}" if f"{kind}/{k}" in r else f"{'-':>10}"
+          f"{r[f'{kind}/{k}']:>{width}.3f}" if f"{kind}/{k}" in r else f"{'-':>{width}}"
           for k, _ in columns))
+
+
+def print_source(workdir: str) -> None:
+  """A recording's parts as the run read them: episodes, steps, skipped episodes and the
+  action statistics its actions were normalised with."""
+  path = os.path.join(workdir, data.SOURCE_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    parts = json.load(f)
+  print(f"\nRecording parts ({path}):")
+  for role, p in parts.items():
+    skipped = (f", {p['skipped_short_episodes']} skipped (shorter than data.frames)"
+               if role == "train" else "")
+    print(f"  {role:<6}{p['part']:<22}{p['episodes']:>6} episodes {p['steps']:>8} steps"
+          f"{skipped}")
+    if "action_mean" in p:
+      fmt = lambda xs: "[" + ", ".join(f"{x:.3g}" for x in xs) + "]"
+      print(f"        actions normalised with the train mean {fmt(p['action_mean'])} and "
+            f"std {fmt(p['action_std'])}")
 
 
 def main(argv):
@@ -102,6 +133,7 @@ def main(argv):
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else _SEED.value
   report = train.train_and_evaluate(config, _WORKDIR.value, views, seeds)
   if report and jax.process_index() == 0:
+    print_source(_WORKDIR.value)
     print_probes(report, os.path.join(_WORKDIR.value, "probe.json"))
   if _MULTIHOST.value:
     common.finish_distributed()

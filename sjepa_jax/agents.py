@@ -33,6 +33,7 @@ from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import losses
 from sjepa_jax import models
+from sjepa_jax import recordings
 from sjepa_jax.world import scene
 
 PyTree = Any
@@ -374,8 +375,9 @@ def train_step(learner: Learner, state: AgentState, view: Any, key: jax.Array,
                ) -> tuple[AgentState, dict[str, jax.Array]]:
   """One optimisation step of one agent on a fresh batch seen from its view.
 
-  ``view`` is a ``world.View``, or an ``images.Region`` of ``pixels`` (a dataset's train
-  images, shared by every agent). ``batch_sharding``, when given, constrains the batch's
+  ``view`` is a ``world.View``, an ``images.Region`` of ``pixels`` (a dataset's train
+  images, shared by every agent), or a camera index into ``pixels`` (a recording's
+  ``recordings.OnDevice``). ``batch_sharding``, when given, constrains the batch's
   leading axis to be split over devices (for runs with more devices than agents).
   """
   data_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
@@ -506,6 +508,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice("model.pool", config.model.pool, models.POOLS)
   _check_choice("model.compute_dtype", config.model.compute_dtype,
                 ("auto",) + tuple(models.COMPUTE_DTYPES))
+  _check_choice("data.flip", config.data.flip, recordings.FLIPS)
+  if not 0 <= config.data.holdout_fraction < 1:
+    raise ValueError(f"data.holdout_fraction must be in [0, 1), got "
+                     f"{config.data.holdout_fraction}.")
   if not data.is_world(config):
     if not 0 < config.data.region_size <= 1:
       raise ValueError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
@@ -544,7 +550,8 @@ _LEGACY = {"objective": {"kind": "jepa", "inverse_weight": 0.0, "token_weight": 
                          "mask_block": 2, "seq_weight": 0.0},
            "model": {"compute_dtype": "float32"},
            "data": {"dataset": "", "data_dir": "", "train_split": "train",
-                    "eval_split": "test", "region_size": 0.6, "min_crop": 0.5}}
+                    "eval_split": "test", "region_size": 0.6, "min_crop": 0.5, "labels": "",
+                    "holdout_fraction": 0.2, "flip": "none", "action_dim": 0}}
 
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:

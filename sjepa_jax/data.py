@@ -1,8 +1,14 @@
-"""Batches for agents, made on the device inside the step, from one of two sources.
+"""Batches for agents, made on the device inside the step, from one of three sources.
 
 - The embedded world (the default): each agent renders its own episodes from its own view.
 - A labelled image dataset read through tensorflow-datasets (``config.data.dataset``): each
   agent sees a fixed region of the images (``sjepa_jax.images``).
+- A recording (``config.data.dataset`` names a dataset of episodes, ``sjepa_jax.recordings``):
+  each agent sees one camera, with the recorded actions.
+
+A dataset's split is loaded once (``load_images``) and its train split placed on the device
+(``on_device``: a dataset's images, a recording's frames, actions and window starts): the
+sampler indexes it inside the jitted step.
 
 Each agent draws its own samples (its own key) and sees them only through its own view:
 agents share the source's rules, never data. A fixed *paired* set (the same states or
@@ -11,6 +17,9 @@ images seen from every view) serves evaluation only: probes and cross-agent alig
 Shapes: A = agents, B = batch, L = frames per sample, N = paired states.
 """
 
+import copy
+import json
+import os
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -19,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from sjepa_jax import images
+from sjepa_jax import recordings
 from sjepa_jax import world
 from sjepa_jax.world import scene
 
@@ -83,43 +93,124 @@ def is_world(config: ml_collections.ConfigDict) -> bool:
   return not config.data.dataset
 
 
+def is_recording(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config's dataset is a prepared recording (episodes with ``steps``)."""
+  return bool(config.data.dataset) and recordings.is_recording(config.data.dataset,
+                                                                config.data.data_dir)
+
+
+def _layout(config: ml_collections.ConfigDict) -> recordings.Layout:
+  return recordings.layout(config.data.dataset, config.data.data_dir)
+
+
+def recording_options(config: ml_collections.ConfigDict) -> recordings.Options:
+  """How the config reads a recording."""
+  d = config.data
+  return recordings.Options(d.image_size, d.frames, d.flip, d.labels, d.train_split,
+                            d.eval_split, d.holdout_fraction)
+
+
 def parse_views(config: ml_collections.ConfigDict, names: str | Sequence[str]) -> list[str]:
-  """Checks view names against the config's source: world views, or dataset regions."""
+  """Checks view names against the config's source: world views, dataset regions, or a
+  recording's cameras."""
+  if is_recording(config):
+    return recordings.parse_cameras(names, _layout(config))
   try:
     return world.parse_views(names) if is_world(config) else images.parse_regions(names)
   except ValueError as e:
-    hint = (" Region views need a dataset (--dataset)." if is_world(config) else
-            " World views need no dataset: leave --dataset out.")
+    hint = (" Region views need a dataset (--dataset); camera views a recording." if
+            is_world(config) else " World views need no dataset: leave --dataset out.")
     raise ValueError(str(e) + hint) from e
 
 
 def stack_views(config: ml_collections.ConfigDict, names: Sequence[str]) -> Any:
-  """The views stacked along a leading agent axis: ``world.View`` or ``images.Region``.
-  A name may repeat (the same view for agents of several seeds)."""
+  """The views stacked along a leading agent axis: ``world.View``, ``images.Region``, or a
+  recording's camera indices (A,) int32 into a split loaded with the same ``names``
+  (``load_images``). A name may repeat (the same view for agents of several seeds)."""
   unique = list(dict.fromkeys(names))
   if is_world(config):
     stacked = world.stack_views(unique)
+  elif is_recording(config):
+    stacked = np.arange(len(unique), dtype=np.int32)
   else:
     stacked = images.stack_regions(unique, config.data.region_size)
   index = np.asarray([unique.index(n) for n in names])
   return jax.tree.map(lambda x: x[index], stacked)
 
 
+def view_order(config: ml_collections.ConfigDict) -> list[str]:
+  """Every view name of the source in its canonical order (reports list views so)."""
+  if is_world(config):
+    return list(world.VIEWS)
+  return list(_layout(config).cameras) if is_recording(config) else list(images.REGIONS)
+
+
 def action_dim(config: ml_collections.ConfigDict) -> int:
-  return 2 if is_world(config) else images.ACTION_DIM
+  """The action size: the world's push (2), a crop's move (3), or a recording's, saved in
+  ``data.action_dim`` by ``resolve`` (read from the recording when 0)."""
+  if is_world(config):
+    return 2
+  if config.data.get("action_dim", 0) > 0:  # runs on a recording save it: no data needed
+    return config.data.action_dim
+  return _layout(config).action_dim if is_recording(config) else images.ACTION_DIM
 
 
-def load_images(config: ml_collections.ConfigDict, split: str) -> images.Images | None:
-  """One split of the config's dataset in memory; None for the world."""
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with what a recording decides filled in (its action size, so trained agents
+  load without the data), after checking it against the recording (labels, splits); other
+  sources' configs unchanged."""
+  if not is_recording(config):
+    return config
+  lay = _layout(config)
+  o = recording_options(config)
+  recordings.select_labels(lay, o.labels)
+  recordings.parts(lay, o.train_split, o.eval_split, o.holdout_fraction)
+  if config.data.action_dim not in (0, lay.action_dim):
+    raise ValueError(f"config.data.action_dim is {config.data.action_dim}, but recording "
+                     f"{lay.name!r} has actions of size {lay.action_dim}: leave it 0.")
+  resolved = copy.deepcopy(config)
+  resolved.data.action_dim = lay.action_dim
+  return resolved
+
+
+def load_images(config: ml_collections.ConfigDict, split: str,
+                views: Sequence[str] | None = None
+                ) -> images.Images | recordings.Recording | None:
+  """One split of the config's dataset in memory: labelled images, or a recording's part
+  (``train_split``: the episodes that train; any other: those that evaluate) with the
+  frames of ``views`` (default: every camera), in that order. None for the world."""
   if is_world(config):
     return None
+  if is_recording(config):
+    role = "train" if split == config.data.train_split else "eval"
+    cameras = list(dict.fromkeys(views)) if views else list(_layout(config).cameras)
+    return recordings.load(config.data.dataset, config.data.data_dir, role, cameras,
+                           recording_options(config))
   return images.load(config.data.dataset, config.data.data_dir, split)
+
+
+def on_device(source: images.Images | recordings.Recording | None) -> Any:
+  """What the jitted step indexes, on the device: a dataset's images, a recording's
+  ``recordings.OnDevice``; None for the world."""
+  if source is None:
+    return None
+  if isinstance(source, recordings.Recording):
+    return recordings.on_device(source)
+  return jnp.asarray(source.pixels)
+
+
+def num_states(source: images.Images | recordings.Recording) -> int:
+  """How many paired states a loaded split can give: its images, or its steps."""
+  if isinstance(source, recordings.Recording):
+    return source.num_steps
+  return len(source.labels)
 
 
 def sampler(config: ml_collections.ConfigDict):
   """``sample(key, view, pixels) -> Batch``, one agent's training batch from the config's
-  source: world rollouts (``pixels`` unused), or sub-crops of its region of ``pixels``
-  (N, H, W, 3) uint8 images of the dataset's train split."""
+  source: world rollouts (``pixels`` unused); sub-crops of its region of ``pixels``, the
+  train split's (N, H, W, 3) uint8 images; or windows of its camera's steps when ``pixels``
+  is a recording's ``recordings.OnDevice``. Reads no data: agents load without it."""
   d = config.data
   size, batch_size, frames, min_crop = d.image_size, d.batch_size, d.frames, d.min_crop
   if is_world(config):
@@ -128,24 +219,76 @@ def sampler(config: ml_collections.ConfigDict):
 
   def sample(key, view, pixels=None):
     if pixels is None:
-      raise ValueError(f"Config names dataset {dataset!r}, but no images were passed: give "
-                       "the train split's pixels (data.load_images(config, 'train').pixels).")
+      raise ValueError(f"Config names dataset {dataset!r}, but no data was passed: give the "
+                       "train split on the device (data.on_device(data.load_images(config, "
+                       "'train', views))).")
+    if isinstance(pixels, recordings.OnDevice):
+      return Batch(*recordings.batch(key, pixels, view, batch_size, frames))
     return Batch(*images.region_batch(key, pixels, view, batch_size, frames, size, min_crop))
   return sample
 
 
 def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, num: int,
-               source: images.Images | None = None) -> PairedSet:
-  """``num`` states seen from every stacked view: random world states, or (for a dataset)
-  ``num`` images drawn without replacement from ``source``, each agent seeing its region."""
+               source: images.Images | recordings.Recording | None = None) -> PairedSet:
+  """``num`` states seen from every stacked view: random world states; for a dataset,
+  ``num`` images drawn without replacement from ``source``, each agent seeing its region;
+  for a recording, ``num`` steps of whole episodes of ``source`` (``recordings.paired_steps``)
+  seen by each agent's camera, with their labels."""
   if source is None:
     return world_paired_set(key, views, num, config.data.image_size)
-  if num > len(source.labels):
-    raise ValueError(f"Asked for {num} paired images, but split {config.data.eval_split!r} "
-                     f"of {config.data.dataset!r} holds only {len(source.labels)}: lower "
-                     "--pairs and --test_pairs (or the eval sizes).")
+  if num > num_states(source):
+    where = (f"the {source.part} episodes of {source.name!r} hold only {source.num_steps} "
+             "steps" if isinstance(source, recordings.Recording) else
+             f"split {config.data.eval_split!r} of {config.data.dataset!r} holds only "
+             f"{len(source.labels)}")
+    raise ValueError(f"Asked for {num} paired states, but {where}: lower --pairs and "
+                     "--test_pairs (or the eval sizes).")
+  if isinstance(source, recordings.Recording):
+    steps = recordings.paired_steps(source, key, num)
+    return PairedSet(recordings.paired_obs(source, np.asarray(views), steps),
+                     {k: jnp.asarray(v[steps]) for k, v in source.labels.items()},
+                     dict(source.num_classes))
   index = np.asarray(jax.random.permutation(key, len(source.labels))[:num])
   pixels = jnp.asarray(source.pixels[index])
   obs = _regions_obs(pixels, views, config.data.image_size)
   return PairedSet(obs, {"class": jnp.asarray(source.labels[index])},
                    {"class": source.num_classes})
+
+
+def overlap_matrix(config: ml_collections.ConfigDict, views: Sequence[str], source: Any,
+                   key: jax.Array) -> np.ndarray | None:
+  """(V, V) pixel overlap of the views (row a: the fraction of a's pixels b also sees):
+  measured on 256 random world states, or the regions' geometry. None for a recording:
+  its cameras' poses and depth are not recorded, so which pixels two cameras share is
+  undefined."""
+  if is_world(config):
+    states = jax.vmap(world.random_state)(jax.random.split(key, 256))
+    return np.asarray(world.overlap_matrix(states, world.stack_views(views)))
+  if isinstance(source, recordings.Recording):
+    return None
+  return images.overlap_matrix(views, config.data.region_size, *source.pixels.shape[1:3])
+
+
+SOURCE_FILE = "source.json"  # a run on a recording states its splits here (train.py)
+
+
+def describe(config: ml_collections.ConfigDict, source: Any, workdir: str | None = None
+             ) -> Any:
+  """What a report says about the source: ``world``; a dataset's split and image shape; a
+  recording's cameras, frame handling and the evaluated part's episodes and steps, beside
+  the training part's as the run in ``workdir`` stated them (``SOURCE_FILE``)."""
+  if source is None:
+    return "world"
+  if not isinstance(source, recordings.Recording):
+    return {"dataset": config.data.dataset, "split": config.data.eval_split,
+            "region_size": config.data.region_size, "image_shape": list(source.pixels.shape[1:])}
+  out = {"dataset": source.name, "kind": "recording", "cameras": list(source.cameras),
+         "image_size": config.data.image_size, "flip": config.data.flip,
+         "resize": "stretched to the square (PIL bilinear, antialiased)",
+         "labels": {k: ("class" if k in source.num_classes else "value")
+                    for k in source.labels}, "eval": source.summary()}
+  stated = os.path.join(workdir or "", SOURCE_FILE)
+  if workdir and os.path.exists(stated):
+    with open(stated) as f:
+      out["train"] = json.load(f).get("train")
+  return out

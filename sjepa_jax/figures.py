@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from sjepa_jax.study import CONTROLS as _CONTROLS
+from sjepa_jax.study import headline_transfer
 
 
 def _save(fig, path: str) -> str:
@@ -77,34 +78,45 @@ def r2_against_pairs(report: dict, path: str) -> str:
   return _save(fig, path)
 
 
+def _cell(x, digits: int) -> str:
+  return "-" if x is None else f"{x:.{digits}f}"
+
+
 def transfer_table(report: dict, path: str) -> str:
-  """The transfer table: per pair, native and transferred class accuracy and map R^2, and
-  each control's transferred accuracy and R^2."""
+  """The transfer table: per pair, native and transferred class accuracy (a recording
+  without classes: its first label's score) and map R^2, and each control's transferred
+  score and R^2."""
+  native, transfer, what = headline_transfer(report)
   head = ["pair", "overlap", "R2 ridge", "R2 Procr.", "native", "transfer"]
   head += [c.replace("_", " ") for c in _CONTROLS]
   rows = []
   for p in report["pairs"]:
-    row = [_label(p), f"{p['overlap']:.2f}", f"{p['r2_ridge']:.2f}",
-           f"{p['r2_procrustes']:.2f}", f"{p['native_acc']:.3f}", f"{p['transfer_acc']:.3f}"]
+    row = [_label(p), _cell(p["overlap"], 2), f"{p['r2_ridge']:.2f}",
+           f"{p['r2_procrustes']:.2f}", _cell(p.get(native), 3), _cell(p.get(transfer), 3)]
     for c in _CONTROLS:
       ctl = p["controls"].get(c)
       row.append("-" if not ctl else
-                 f"{ctl['transfer_acc']:.3f} / {ctl.get('r2_ridge', ctl.get('r2_identity')):.2f}")
+                 f"{_cell(ctl.get(transfer), 3)} / "
+                 f"{ctl.get('r2_ridge', ctl.get('r2_identity')):.2f}")
     rows.append(row)
   fig, ax = plt.subplots(figsize=(1.25 * len(head), 0.25 * len(rows) + 0.6))
   ax.axis("off")
   table = ax.table(cellText=rows, colLabels=head, bbox=[0, 0, 1, 1])
   table.auto_set_font_size(False)
   table.set_fontsize(7)
-  ax.set_title(f"class accuracy (chance {report['chance_acc']:.3f}); controls: transfer acc "
-               "/ R^2", fontsize=8)
+  chance = report.get("chance_acc")
+  ax.set_title(f"{what}{'' if chance is None else f' (chance {chance:.3f})'}; controls: "
+               "transfer / R^2", fontsize=8)
   return _save(fig, path)
 
 
-def overlap_vs_alignment(report: dict, path: str) -> str:
-  """Alignment scores of every ordered view pair against the views' pixel overlap."""
+def overlap_vs_alignment(report: dict, path: str) -> str | None:
+  """Alignment scores of every ordered view pair against the views' pixel overlap; None
+  (no file) where the overlap is undefined (a recording's cameras)."""
+  pairs = [p for p in report["pairs"] if p["overlap"] is not None]
+  if not pairs:
+    return None
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  pairs = report["pairs"]
   x = [p["overlap"] for p in pairs]
   for key, marker in (("r2_ridge", "o"), ("r2_procrustes", "s"), ("cka_unbiased", "^")):
     ax.scatter(x, [p[key] for p in pairs], marker=marker, label=key)
@@ -120,11 +132,12 @@ def write_all(report: dict, extras: dict[str, Any], out_dir: str) -> list[str]:
   """Writes every figure into ``out_dir``; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   j = lambda name: os.path.join(out_dir, name)
-  return [alignment_scatter(report, extras, j("alignment_scatter.png")),
-          singular_values(report, j("singular_values.png")),
-          r2_against_pairs(report, j("r2_vs_pairs.png")),
-          transfer_table(report, j("transfer_table.png")),
-          overlap_vs_alignment(report, j("overlap_vs_alignment.png"))]
+  paths = [alignment_scatter(report, extras, j("alignment_scatter.png")),
+           singular_values(report, j("singular_values.png")),
+           r2_against_pairs(report, j("r2_vs_pairs.png")),
+           transfer_table(report, j("transfer_table.png")),
+           overlap_vs_alignment(report, j("overlap_vs_alignment.png"))]
+  return [p for p in paths if p is not None]
 
 
 def accuracy_against_flops(report: dict, path: str) -> str:

@@ -26,7 +26,8 @@ import importlib.util
 import io
 import os
 import re
-from typing import NamedTuple, Sequence
+import tempfile
+from typing import Iterator, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -149,7 +150,12 @@ def missing_message(name: str, data_dir: str) -> str:
           f"`tfds build {name} --data_dir=<dir>` (or `tfds.builder({name!r}, data_dir=<dir>)"
           f".download_and_prepare()` in Python), then copy <dir>/{name} into {data_dir!r}. "
           "Arrays you already have locally become such a dataset with "
-          "`python -m experiments.import_images`.")
+          "`python -m experiments.import_images` (labelled images) or "
+          "`python -m experiments.import_episodes` (multi-camera episodes).")
+
+
+class MissingExtraError(ImportError):
+  """An optional dependency is not installed; the message names the extra that adds it."""
 
 
 def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
@@ -223,7 +229,7 @@ def _read_split(b: tfds.core.DatasetBuilder, split: str, image_key: str,
     pixels = np.stack([e[image_key] for e in examples])
     return pixels, np.asarray([e[label_key] for e in examples], np.int32)
   if importlib.util.find_spec("tensorflow") is None:
-    raise ImportError(
+    raise MissingExtraError(
         f"Dataset {b.name!r} is stored as {b.info.file_format.value} files, which only "
         "TensorFlow's tf.data reads: install the extra with `pip install -e .[tfrecord]`, or "
         "convert it to array_record (`tfds build --file_format=array_record`, or arrays "
@@ -253,14 +259,35 @@ def store(name: str, data_dir: str, splits: dict[str, tuple[np.ndarray, np.ndarr
     for i in range(len(pixels)):  # PIL images: tfds encodes arrays with TensorFlow
       image = pixels[i, ..., 0] if channels == 1 else pixels[i]
       yield i, {"image": PIL.Image.fromarray(image), "label": int(labels[i])}
+  return write_examples(name, data_dir, features,
+                        {s: examples(*arrays) for s, arrays in splits.items()}, version)
+
+
+def write_examples(name: str, data_dir: str, features: tfds.features.FeaturesDict,
+                   splits: dict[str, Iterator[tuple[int, dict]]], version: str = "1.0.0",
+                   description: str = "") -> str:
+  """Writes (key, example) generators, one per split, as a local tfds dataset in the
+  ``array_record`` format (read back without TensorFlow); returns its directory.
+
+  Examples keep their order (index i is the generator's i-th). tfds writes into a temporary
+  directory and renames it when every split is complete, so a failure leaves nothing.
+  """
   tfds.display_progress_bar(False)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)  # tfds logs each file it writes
   with contextlib.redirect_stdout(io.StringIO()):  # its banner says "downloaded"; nothing is
     b = _ArraysBuilder(
         name=name, version=version, features=features, data_dir=data_dir,
-        split_datasets={s: examples(*arrays) for s, arrays in splits.items()},
+        split_datasets=splits, description=description or None,
         disable_shuffling=True,  # examples keep their order: index i is the arrays' row i
         file_format="array_record")  # read back without TensorFlow
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    try:  # tfds makes an (empty) downloads/ folder: a temporary one, so nothing is left
+      with tempfile.TemporaryDirectory() as downloads:
+        b.download_and_prepare(
+            download_dir=downloads,
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    finally:
+      logging.set_verbosity(verbosity)
   return str(b.data_dir)
 
 

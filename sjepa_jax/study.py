@@ -37,10 +37,8 @@ from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import exchange
-from sjepa_jax import images
 from sjepa_jax import losses
 from sjepa_jax import probes
-from sjepa_jax import world
 
 PyTree = Any
 # Goals from DESIGN.md: what "an approximate linear isometry that transfers" must mean.
@@ -151,18 +149,23 @@ def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
   return Space(z_NxD, fitted, scores)
 
 
+def _scored(prefix: str, name: str, probe: probes.Probe) -> str:
+  """``<prefix>_acc`` for the class label (the headline), else ``<prefix>_<label>_<acc|r2>``
+  (``native_position_r2``, ``transfer_joint_positions_r2``)."""
+  return f"{prefix}_acc" if name == "class" else f"{prefix}_{probes.score_name(name, probe)}"
+
+
 def _transfers(source: Space, outputs_of, labels: dict[str, jax.Array], n_fit: int,
                suffix: str = "") -> dict[str, float]:
-  """The source's probes of class and position scored on the target's held-out latents,
+  """The source's probe of every label scored on the target's held-out latents,
   ``outputs_of(probe)`` giving each probe's outputs there."""
   out = {}
-  for name, score in (("class", "transfer_acc"), ("position", "transfer_position_r2")):
-    if name in source.probes:
-      p = source.probes[name]
-      y = labels[name][n_fit:]
-      got = outputs_of(p)
-      out[score + suffix] = float(jnp.mean(jnp.argmax(got, -1) == y) if p.classes
-                                  else align.r2_score(got, y))
+  for name, p in source.probes.items():
+    y = labels[name][n_fit:]
+    got = outputs_of(p)
+    out[_scored("transfer", name, p) + suffix] = float(
+        jnp.mean(jnp.argmax(got, -1) == y) if p.classes
+        else align.r2_score(got, y.reshape(y.shape[0], -1)))
   return out
 
 
@@ -181,10 +184,10 @@ def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: i
   fitted = ev.pop("maps")
   out = {k: float(v) for k, v in ev.items() if jnp.ndim(v) == 0}
   out["singular_values"] = np.asarray(ev["singular_values"]).tolist()
-  out["native_acc"] = target.scores["class_acc"]
-  out["source_acc"] = source.scores["class_acc"]
-  if "position_r2" in target.scores:
-    out["native_position_r2"] = target.scores["position_r2"]
+  for name, p in target.probes.items():
+    out[_scored("native", name, p)] = target.scores[probes.score_name(name, p)]
+  if "class_acc" in source.scores:
+    out["source_acc"] = source.scores["class_acc"]
   for suffix, kind in (("", "ridge"), ("_procrustes", "procrustes")):
     m = fitted[kind]
     out.update(_transfers(source, lambda p, m=m: probes.transfer(p, m, x[n_fit:]), labels,
@@ -204,7 +207,10 @@ def identity_control(source: Space, target: Space, labels: dict[str, jax.Array],
 
 
 def _pick(result: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
-  return {k: result[k] for k in CONTROL_FIELDS if k in result and k not in drop}
+  """A control's figures: ``CONTROL_FIELDS`` and every label's native and transferred score."""
+  labelled = [k for k in result if k.startswith(("native_", "transfer_"))
+              and not k.endswith("_procrustes")]
+  return {k: result[k] for k in (*CONTROL_FIELDS, *labelled) if k in result and k not in drop}
 
 
 # --- The study ---------------------------------------------------------------------------
@@ -215,28 +221,25 @@ class _Paired(NamedTuple):
   labels: dict[str, jax.Array]
   num_classes: dict[str, int]
   views: list[str]  # the studied views, in the registry's order
-  overlap: np.ndarray  # (V, V) pixel overlap of the studied views
-  eval_images: Any  # a dataset's evaluation split; None for the world
+  overlap: np.ndarray | None  # (V, V) pixel overlap of the studied views (None: undefined)
+  eval_images: Any  # a dataset's evaluation split or a recording's part; None for the world
 
 
 def _paired(config, roles: Roles, used: Sequence[Agent], n: int, k_states, k_overlap
             ) -> _Paired:
-  order = list(world.VIEWS) if data.is_world(config) else list(images.REGIONS)
+  order = data.view_order(config)
   all_views = sorted({a.view for a in used}, key=order.index)
   stacked = data.stack_views(config, all_views)
-  eval_images = data.load_images(config, config.data.eval_split)
-  obs, paired = {}, None
-  for size in sorted({a.image_size for a in used}):
+  sizes = sorted({a.image_size for a in used})
+  obs, paired, eval_images = {}, None, None
+  for size in sizes:
     config.data.image_size = size
+    if size == sizes[0] or data.is_recording(config):  # a recording's frames load resized
+      eval_images = data.load_images(config, config.data.eval_split, all_views)
     paired = data.paired_set(config, k_states, stacked, n, eval_images)
     obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
   views = sorted({v for group in roles.main.values() for v in group}, key=order.index)
-  if eval_images is None:
-    overlap_states = jax.vmap(world.random_state)(jax.random.split(k_overlap, 256))
-    overlap = np.asarray(world.overlap_matrix(overlap_states, world.stack_views(views)))
-  else:
-    overlap = images.overlap_matrix(views, config.data.region_size,
-                                    *eval_images.pixels.shape[1:3])
+  overlap = data.overlap_matrix(config, views, eval_images, k_overlap)
   # The labels are those of the same states at every size.
   return _Paired(obs, paired.labels, paired.num_classes, views, overlap, eval_images)
 
@@ -272,8 +275,9 @@ def _pair(roles: Roles, spaces: _Spaces, paired: _Paired, main: dict[str, Agent]
   views, labels = paired.views, paired.labels
   trained, initial, pca = spaces
   s, t = trained[main[src].name], trained[main[tgt].name]
-  result = {"seed": seed, "source": src, "target": tgt,
-            "overlap": float(paired.overlap[views.index(src), views.index(tgt)]),
+  overlap = (None if paired.overlap is None  # undefined for a recording's cameras
+             else float(paired.overlap[views.index(src), views.index(tgt)]))
+  result = {"seed": seed, "source": src, "target": tgt, "overlap": overlap,
             "n_fit": n_fit, "n_test": s.z.shape[0] - n_fit, **compare(s, t, labels, n_fit)}
   controls = {
       "random_init": _pick(compare(initial[main[src].name], initial[main[tgt].name],
@@ -294,8 +298,8 @@ def _pair(roles: Roles, spaces: _Spaces, paired: _Paired, main: dict[str, Agent]
         compare(s, trained[partner.name], labels, n_fit))}
   result["controls"] = controls
   logging.info("seed %d, %s->%s (target->source): R^2 ridge %.3f, Procrustes %.3f, "
-               "transfer %.3f (native %.3f)", seed, tgt, src, result["r2_ridge"],
-               result["r2_procrustes"], result["transfer_acc"], result["native_acc"])
+               "transfer %s (native %s)", seed, tgt, src, result["r2_ridge"],
+               result["r2_procrustes"], result.get("transfer_acc"), result.get("native_acc"))
   return result
 
 
@@ -349,15 +353,13 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
 
   # The report.
   labels = paired.labels
-  chance = float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
+  chance = (float(np.bincount(np.asarray(labels["class"][n_fit:])).max() / n_test)
+            if "class" in labels else None)  # a recording may have no class label
   without_grad = lambda scores, prefix="": {f"{prefix}{k}": x for k, x in scores.items()
                                             if k != "class_probe_grad_norm"}
   report = {
       "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
-      "source": "world" if paired.eval_images is None else {
-          "dataset": config.data.dataset, "split": config.data.eval_split,
-          "region_size": config.data.region_size,
-          "image_shape": list(paired.eval_images.pixels.shape[1:])},
+      "source": data.describe(config, paired.eval_images, used[0].workdir),
       "chance_acc": chance,
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           "workdir": a.workdir, "step": a.step, **trained[a.name].scores,
@@ -366,7 +368,10 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                              if a.name in initial else {})}
                  for a in used},
       "floors": {v: without_grad(p.scores, "pixel_pca_") for v, p in pca.items()},
-      "overlap": {"views": views, "matrix": paired.overlap.tolist()},
+      "overlap": {"views": views, "matrix": None if paired.overlap is None else
+                  paired.overlap.tolist(), **({} if paired.overlap is not None else {
+                      "undefined": "a recording's cameras: their poses and depth are not "
+                                   "recorded, so which pixels two cameras share is unknown"})},
       "pairs": pairs, "r2_vs_pairs": curves, "summary": summarise(pairs, chance),
   }
   report["probes_by_view"] = probes_by_view(report)
@@ -397,7 +402,7 @@ def export(report: dict[str, Any], extras: dict[str, Any], folder: str) -> dict[
       sizes[path] = exchange.save(
           path, m, source=who(src), target=who(tgt), map=kind, n_fit=n_fit,
           held_out_r2=p[f"r2_{kind}"],
-          transfer_acc=p["transfer_acc" + ("" if kind == "ridge" else f"_{kind}")])
+          transfer_acc=p.get("transfer_acc" + ("" if kind == "ridge" else f"_{kind}")))
   for name, fitted in extras["probes"].items():
     for label, probe in fitted.items():
       path = os.path.join(folder, "probes", f"{name}.{label}.npz")
@@ -420,19 +425,24 @@ def probes_by_view(report: dict[str, Any]) -> dict[str, dict[str, dict[str, list
   for a in report["agents"].values():
     by_kind = rows.setdefault(a["view"], {})
     by_kind.setdefault(a["kind"], []).append(a)
-    if "random_init_class_acc" in a:
+    if any(k.startswith("random_init_") for k in a):
       by_kind.setdefault("random_init", []).append(
           {k[len("random_init_"):]: v for k, v in a.items() if k.startswith("random_init_")})
   for view, floor in report["floors"].items():
     rows.setdefault(view, {})["pixel_pca"] = [
         {k[len("pixel_pca_"):]: v for k, v in floor.items()}]
   order = ("pixel_pca", "random_init", "jepa", "autoencoder", "supervised")
+  # The world's labels first, then any other probed label (a recording's observation fields).
+  others = sorted({k for by_kind in rows.values() for group in by_kind.values() for g in group
+                   for k in g if k.endswith(("_acc", "_r2")) and not k.startswith(
+                       ("random_init_", "isotropic_")) and k not in PROBE_SCORES})
   out = {}
   for view, by_kind in rows.items():
     out[view] = {}
     for kind in sorted(by_kind, key=lambda k: order.index(k) if k in order else len(order)):
       group = by_kind[kind]
-      out[view][kind] = {k: [float(np.mean(v)), float(np.std(v)), len(v)] for k in PROBE_SCORES
+      out[view][kind] = {k: [float(np.mean(v)), float(np.std(v)), len(v)]
+                         for k in (*PROBE_SCORES, *others)
                          if (v := [g[k] for g in group if g.get(k) is not None])}
   return out
 
@@ -449,10 +459,11 @@ def spectrum(z_NxD: jax.Array) -> dict[str, float]:
 def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections.ConfigDict:
   """The data settings every agent shares (a copy), with ``data_dir`` overriding theirs.
 
-  Agents on different sources (the world and a dataset, two datasets, or two region
-  sizes) see different things, so their latents have no pairs to align.
+  Agents on different sources (the world and a dataset, two datasets, two region sizes,
+  or a recording's episodes held out or turned differently) see different things, so their
+  latents have no pairs to align.
   """
-  fields = ("dataset", "eval_split", "region_size")
+  fields = ("dataset", "eval_split", "region_size", "holdout_fraction", "flip")
   seen = {tuple(a.config.data[f] for f in fields) for a in used}
   if len(seen) > 1:
     raise ValueError(f"The runs use different data sources ({', '.join(fields)}): "
@@ -497,11 +508,29 @@ CONTROLS = ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencod
             "supervised", "same_view")
 
 
+def _headline(pairs: Sequence[dict]) -> tuple[str, ...]:
+  """``HEADLINE`` and every other label's native and transferred score in ``pairs``."""
+  labelled = sorted({k for p in pairs for k in p if k.startswith(("native_", "transfer_"))})
+  return HEADLINE + tuple(k for k in labelled if k not in HEADLINE)
+
+
+def headline_transfer(report: dict[str, Any]) -> tuple[str, str, str]:
+  """(native key, transfer key, what it scores) of the transfer tables show: class accuracy,
+  or (a recording without a class label) its first label's."""
+  if report.get("chance_acc") is not None:
+    return "native_acc", "transfer_acc", "class accuracy"
+  first = next(k for k in report["pairs"][0] if k.startswith("transfer_")
+               and not k.endswith("_procrustes"))
+  label = first[len("transfer_"):]
+  what = label[:-len("_r2")] + " R^2" if label.endswith("_r2") else label[:-4] + " accuracy"
+  return "native_" + label, first, what
+
+
 def _means(pairs: Sequence[dict]) -> dict[str, Any]:
   """Means over ``pairs`` of the headline figures and of each control's figures; a control
   also records over how many pairs it was measured."""
   mean = lambda xs: float(np.mean(xs)) if xs else None
-  out = {k: mean([p[k] for p in pairs if k in p]) for k in HEADLINE}
+  out = {k: mean([p[k] for p in pairs if k in p]) for k in _headline(pairs)}
   out["controls"] = {}
   for name in CONTROLS:
     present = [p["controls"][name] for p in pairs if p["controls"].get(name)]
@@ -514,34 +543,37 @@ def _means(pairs: Sequence[dict]) -> dict[str, Any]:
   return out
 
 
-def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
+def summarise(pairs: Sequence[dict], chance_acc: float | None) -> dict[str, Any]:
   """Means over ordered pairs of the headline figures and controls, their spread over
   seeds, and the goals' verdict.
 
   Each seed's agents give one mean over pairs; ``spread`` is the standard deviation of those
   means across seeds (0 with one seed: then the figure is one seed's, not a result).
   ``transfer_fraction`` is transferred over native accuracy; near chance that ratio says
-  little, so ``transfer_fraction_above_chance`` divides what each gains over chance.
+  little, so ``transfer_fraction_above_chance`` divides what each gains over chance. Without
+  a ``class`` label (a recording's states only) the class figures and goals are None.
   """
   out = _means(pairs)
   seeds = sorted({p.get("seed", 0) for p in pairs})
   per_seed = [_means([p for p in pairs if p.get("seed", 0) == s]) for s in seeds]
   std = lambda xs: float(np.std(xs)) if len(xs) > 1 else 0.0
   out["seeds"] = seeds
-  out["spread"] = {k: std([m[k] for m in per_seed if m[k] is not None]) for k in HEADLINE
-                   if out[k] is not None}
+  out["spread"] = {k: std([m[k] for m in per_seed if m.get(k) is not None])
+                   for k in _headline(pairs) if out[k] is not None}
   out["spread"]["controls"] = {
       name: {k: std([m["controls"][name][k] for m in per_seed
                      if name in m["controls"] and m["controls"][name].get(k) is not None])
              for k, v in c.items() if k != "pairs" and v is not None}
       for name, c in out["controls"].items()}
-  out["transfer_fraction"] = out["transfer_acc"] / out["native_acc"]
+  classes = out["transfer_acc"] is not None and chance_acc is not None
+  out["transfer_fraction"] = out["transfer_acc"] / out["native_acc"] if classes else None
   out["transfer_fraction_above_chance"] = ((out["transfer_acc"] - chance_acc)
-                                           / max(out["native_acc"] - chance_acc, 1e-6))
+                                           / max(out["native_acc"] - chance_acc, 1e-6)
+                                           if classes else None)
   # How far each null control falls below the real result (the ceilings are not nulls).
   out["control_margins"] = {
       name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c.get("r2_identity")),
-             "transfer_acc": out["transfer_acc"] - c["transfer_acc"]}
+             "transfer_acc": out["transfer_acc"] - c["transfer_acc"] if classes else None}
       for name, c in out["controls"].items() if name not in ("same_view", "supervised")}
   out["goals"] = dict(GOALS)
   out["goals_met"] = {
@@ -549,8 +581,8 @@ def summarise(pairs: Sequence[dict], chance_acc: float) -> dict[str, Any]:
       "isometry_gap": out["isometry_gap"] <= GOALS["isometry_gap_max"],
       "transfer": (min(out["transfer_fraction"], out["transfer_fraction_above_chance"])
                    >= GOALS["transfer_fraction_min"]
-                   and out["transfer_acc"] >= GOALS["transfer_acc_min"]),
+                   and out["transfer_acc"] >= GOALS["transfer_acc_min"]) if classes else None,
       "controls_worse": all(m["transfer_acc"] >= GOALS["control_margin_min"]
-                            for m in out["control_margins"].values()),
+                            for m in out["control_margins"].values()) if classes else None,
   }
   return out

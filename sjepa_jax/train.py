@@ -144,7 +144,8 @@ def replicated(sharding: jax.NamedSharding) -> jax.NamedSharding:
 def make_step(learner: agents.Learner, how: str, agent_sharding=None, batch_sharding=None,
               num_agents: int = 2):
   """The jitted step over all agents: (state, views, keys, step[, pixels]) -> (state,
-  metrics); ``pixels`` are a dataset's train images, shared by every agent (None: world).
+  metrics); ``pixels`` is a dataset's train split on the device (``data.on_device``: its
+  images, or a recording's frames and actions), shared by every agent (None: world).
   ``how`` is ``vmap`` or ``lax_map`` (``agents.agent_map``); ``step_function`` says more."""
   step = step_function(learner, how, batch_sharding, num_agents)
   if agent_sharding is None:
@@ -286,26 +287,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   agents.validate(config)
   views = data.parse_views(config, views)
   roster = agents.roster(views, seeds)
+  config = data.resolve(config)
+  # The data is read and checked before the workdir is touched: bad data leaves nothing.
+  source = _source(config, roster)
   check_workdir(workdir)
   with hold_workdir(workdir):
-    return _train_and_evaluate(config, workdir, views, roster)
+    return _train_and_evaluate(config, workdir, views, roster, source)
 
 
 class _Source(NamedTuple):
-  """What the agents see: their stacked views and keys, and a dataset's images (None for
-  the world)."""
+  """What the agents see: their stacked views and keys, and a dataset's train split on the
+  device (None for the world)."""
   views: Any
   keys: jax.Array
-  pixels: jax.Array | None  # the train split's images, shared by every agent
-  eval_images: Any  # images.Images of the evaluation split
+  pixels: Any  # images (N, H, W, 3), or a recording's recordings.OnDevice; every agent's
+  eval_images: Any  # the evaluation split: images.Images or recordings.Recording
+  described: dict | None  # a recording's parts, as source.json states them
 
 
 def _source(config, roster: agents.Roster) -> _Source:
-  train_images = data.load_images(config, config.data.train_split)
+  train = data.load_images(config, config.data.train_split, roster.views)
+  evaluation = data.load_images(config, config.data.eval_split, roster.views)
+  described = None
+  if data.is_recording(config):
+    described = {"train": train.summary(), "eval": evaluation.summary()}
   return _Source(data.stack_views(config, roster.views),
-                 agents.agent_keys(roster.seeds, roster.views),
-                 None if train_images is None else jnp.asarray(train_images.pixels),
-                 data.load_images(config, config.data.eval_split))
+                 agents.agent_keys(roster.seeds, roster.views), data.on_device(train),
+                 evaluation, described)
 
 
 def _restore_or_init(config, workdir: str, roster: agents.Roster,
@@ -335,18 +343,20 @@ def _paired_states(config, views: Sequence[str], eval_images, which: int, num: i
   """Fixed paired states, the same for every run (``eval.seed``): ``which`` 0 for the
   running evaluation, 1 for the end-of-run probes; a dataset's at most its whole split."""
   if eval_images is not None:
-    num = min(num, len(eval_images.labels))
+    num = min(num, data.num_states(eval_images))
   key = jax.random.fold_in(jax.random.key(config.eval.seed), which)
   return data.paired_set(config, key, data.stack_views(config, views), num, eval_images)
 
 
-def _train_and_evaluate(config, workdir, views, roster: agents.Roster) -> dict[str, Any]:
-  """The run, once the config is checked and the workdir held."""
+def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _Source
+                        ) -> dict[str, Any]:
+  """The run, once the config is checked, the data read and the workdir held."""
   # Setup: the learner (built once), devices, what the agents see.
   names = roster.names
   learner = agents.learner_from_config(config)
   agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
-  source = _source(config, roster)
+  if source.described is not None and jax.process_index() == 0:
+    checkpointing.write_json(source.described, os.path.join(workdir, data.SOURCE_FILE))
 
   # State: resumed from the newest intact checkpoint, or fresh.
   initial = agents.init_agents(learner, roster.views, roster.seeds)

@@ -136,9 +136,13 @@ train.train_and_evaluate(c, {workdir!r} + "/run", ["mountain", "forest"])
 pixels = np.arange(8 * 4 * 4, dtype=np.uint8).reshape(8, 4, 4)
 images.store("digits", {workdir!r} + "/tfds", {{"train": (pixels, np.arange(8) % 2)}})
 assert (images.load("digits", {workdir!r} + "/tfds", "train").pixels[..., 0] == pixels).all()
-built = dataset.build({workdir!r} + "/world", ["mountain"], episode_length=2, image_size=8,
-                      num_train=2, num_validation=1, num_test=1)
-assert len(dataset.load(str(built.data_path), "train")) == 2
+config = dataset.WorldConfig(("mountain",), 2, 8, 2, 1, 1)
+dataset.build({workdir!r} + "/world", ["mountain"], episode_length=2, image_size=8,
+              num_train=2, num_validation=1, num_test=1)
+from sjepa_jax import recordings
+part = recordings.load(config.name, {workdir!r} + "/world", "train", ["mountain"],
+                       recordings.Options(8, 2))
+assert part.summary()["episodes"] == 2
 loaded = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow."))
 assert not attempts and not loaded, (attempts, loaded)
 print("no tensorflow")
@@ -146,7 +150,7 @@ print("no tensorflow")
 
 
 def test_the_core_never_imports_tensorflow(tmp_path):
-  """Training on the world, an array_record dataset written and read, the world dataset
+  """Training on the world, an array_record dataset written and read, the world recording
   built and read: no module named tensorflow is even looked for, installed or not."""
   out = subprocess.run([sys.executable, "-c", _NO_TF_CHILD.format(root=ROOT,
                                                                   workdir=str(tmp_path))],

@@ -77,6 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.eval_split = "test"
   c.data.region_size = 0.6
   c.data.min_crop = 0.5
+  # A recording (a dataset of multi-camera episodes, sjepa_jax/recordings.py) is a source
+  # too: each view is a camera (--views=<camera keys>), its samples are frames consecutive
+  # steps of one episode with the recorded actions. Without eval_split, the last
+  # holdout_fraction of train's episodes are held out (splits are by episode).
+  c.data.labels = ""  # observation fields probes read, comma-separated; "": all of them
+  c.data.holdout_fraction = 0.2
+  c.data.flip = "none"  # none | upside_down (rows reversed: robosuite, LIBERO) | rotate180
+  c.data.action_dim = 0  # set from the recording when a run starts (saved); leave 0
   c.data.batch_size = 64
   c.data.frames = 3  # frames per sample: frames - 1 prediction steps
   c.data.image_size = 32

@@ -1,44 +1,42 @@
-"""The world as a local tensorflow-datasets dataset: fixed splits of multi-view episodes.
+"""The world as a recording: its episodes in the RLDS layout every recording uses.
 
-Built offline (nothing downloads, TensorFlow is not needed) in the ``array_record`` format
-and read back as random-access data sources::
+Each view is a camera, ``observation/<view>`` uint8 (T, H, W, 3); the focal object's labels
+that probes read (``scene.PROBED``: class, shape, size, position and the distractors'
+centroid) are the other observation fields; ``action`` is the push in world units (the last
+step's is zero: it leads nowhere). ``build`` writes fixed train/validation/test splits with
+``recordings.write`` (array_record, atomic, no download, no TensorFlow), and
+``sjepa_jax.recordings`` reads them like any other recording::
 
-  builder = build(data_dir, views=("mountain", "forest"), episode_length=8)
-  train = builder.as_data_source()["train"]  # train[i]: dict of numpy arrays
-  # later, without this module's parameters:
-  tfds.builder_from_directory(builder.data_path).as_data_source()
+  path = build(data_dir, views=("mountain", "forest"), episode_length=8)
+  # python -m experiments.train --dataset=<its name> --data_dir=<data_dir> \\
+  #     --views=mountain,forest
 
-Each example is one episode: ``obs_<view>`` (T, H, W, 3) uint8 per view, ``actions``
-(T - 1, 2) and the focal object's labels ``class``, ``shape``, ``size`` (T,), ``position``
-and ``velocity`` (T, 2), and the distractors' centroid (T, 2). The config name is derived
-from every parameter, so different parameters never reuse a stale directory.
+Each episode's key is (seed, split, index), so a dataset is reproducible. Its name is
+derived from every parameter: different parameters never reuse a stale directory, and the
+same parameters reuse the dataset already written.
 """
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
-import io
 import json
-import os
 from typing import Iterator, Sequence
 
-from absl import logging
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
-from sjepa_jax.world import episodes
+from sjepa_jax import recordings
+from sjepa_jax.world import episodes as episodes_lib
+from sjepa_jax.world import scene
 from sjepa_jax.world import views as views_lib
 
 SPLITS = ("train", "validation", "test")
 _CHUNK = 32  # episodes rendered per jitted call while writing
 
 
-@dataclasses.dataclass(eq=False)  # tfds' BuilderConfig is a mutable dataclass
-class WorldConfig(tfds.core.BuilderConfig):
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
   """What to write: views, episode length, image size, episodes per split, seed."""
-  name: str = ""
   views: tuple[str, ...] = ("mountain", "forest", "drone", "river")
   episode_length: int = 8
   image_size: int = 64
@@ -48,56 +46,23 @@ class WorldConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
   def __post_init__(self):
-    self.views = tuple(views_lib.parse_views(self.views))
+    object.__setattr__(self, "views", tuple(views_lib.parse_views(self.views)))
     if self.episode_length < 2:
       raise ValueError(f"episode_length must be at least 2, got {self.episode_length}.")
-    if not self.name:
-      params = {f.name: getattr(self, f.name) for f in dataclasses.fields(WorldConfig)
-                if f.name not in ("name", "version", "release_notes", "supported_versions",
-                                  "description", "tags")}
-      digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-      self.name = f"{'-'.join(self.views)}_t{self.episode_length}_s{self.image_size}_{digest}"
+    if self.num_train < 1:
+      raise ValueError(f"num_train must be at least 1, got {self.num_train}.")
 
+  @property
+  def name(self) -> str:
+    """The dataset's name: its views, length and size, and a digest of every parameter."""
+    params = json.dumps(dataclasses.asdict(self), sort_keys=True)
+    digest = hashlib.sha1(params.encode()).hexdigest()[:10]
+    return (f"world_{'_'.join(self.views)}_t{self.episode_length}_s{self.image_size}_"
+            f"{digest}")
 
-class SjepaWorld(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Multi-view episodes of the embedded world (local builder, no download)."""
-  name = "sjepa_world"
-  VERSION = tfds.core.Version("2.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release.",
-                   "1.1.0": "The distractors' centroid per frame (a diagnostic label).",
-                   "2.0.0": "The focal object's shape and size, the two parts of its class; "
-                            "its colour is fixed, so no longer a label."}
-  BUILDER_CONFIG_CLASS = WorldConfig
-  # tfds looks for checksums beside the builder's module via importlib_resources, which is
-  # not installed; this builder downloads nothing, so it needs no checksums.
-  code_path = None
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    c = self.builder_config
-    t, s = c.episode_length, c.image_size
-    # BYTES encoding stores raw buffers: no int64 upcast, so writing is far faster than NONE.
-    tensor = lambda shape, dtype: tfds.features.Tensor(
-        shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
-    features = {f"obs_{v}": tensor((t, s, s, 3), np.uint8) for v in c.views}
-    features.update(actions=tensor((t - 1, 2), np.float32), **{"class": tensor((t,), np.int32)},
-                    shape=tensor((t,), np.int32), size=tensor((t,), np.int32),
-                    position=tensor((t, 2), np.float32), velocity=tensor((t, 2), np.float32),
-                    distractor_centroid=tensor((t, 2), np.float32))
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
-                                 disable_shuffling=True)  # examples stay in episode order
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    c = self.builder_config
-    sizes = {"train": c.num_train, "validation": c.num_validation, "test": c.num_test}
-    return {split: self._generate_examples(split, n) for split, n in sizes.items() if n > 0}
-
-  def _generate_examples(self, split: str, num: int) -> Iterator[tuple[int, dict]]:
-    c = self.builder_config
-    for start in range(0, num, _CHUNK):
-      chunk = generate_episodes(c, split, np.arange(start, min(start + _CHUNK, num)))
-      for i in range(len(chunk["actions"])):
-        yield start + i, {k: v[i] for k, v in chunk.items()}
+  @property
+  def sizes(self) -> dict[str, int]:
+    return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
 
 
 def episode_keys(seed: int, split: str, indices: np.ndarray) -> jax.Array:
@@ -110,11 +75,13 @@ def episode_keys(seed: int, split: str, indices: np.ndarray) -> jax.Array:
 def _sampler(views: tuple[str, ...], length: int, size: int):
   """One compiled sampler per (views, length, size): renders _CHUNK episodes per call."""
   stacked = views_lib.stack_views(views)
-  return jax.jit(jax.vmap(lambda k: episodes.sample_episode(k, stacked, length, size)))
+  return jax.jit(jax.vmap(lambda k: episodes_lib.sample_episode(k, stacked, length, size)))
 
 
 def generate_episodes(config: WorldConfig, split: str, indices: np.ndarray) -> dict:
-  """Episodes ``indices`` of ``split`` as a dict of numpy arrays with a leading batch axis."""
+  """Episodes ``indices`` of ``split`` as a dict of numpy arrays with a leading batch axis:
+  ``obs_<view>`` (N, T, H, W, 3) uint8, ``actions`` (N, T - 1, 2) and every label of
+  ``scene.labels`` (N, T, ...)."""
   sample = _sampler(config.views, config.episode_length, config.image_size)
   out = []
   for start in range(0, len(indices), _CHUNK):
@@ -130,45 +97,28 @@ def generate_episodes(config: WorldConfig, split: str, indices: np.ndarray) -> d
   return {k: np.concatenate([a[k] for a in out]) for k in out[0]}
 
 
-@contextlib.contextmanager
-def _quiet():
-  """Hides tfds' progress bars, its stdout banners and absl's config-name warning."""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  tfds.display_progress_bar(False)
-  try:
-    with contextlib.redirect_stdout(io.StringIO()):
-      yield
-  finally:
-    logging.set_verbosity(verbosity)
+def episodes(config: WorldConfig, split: str, num: int | None = None) -> Iterator[dict]:
+  """The first ``num`` (default: all) episodes of ``split`` as recordings write them."""
+  num = config.sizes[split] if num is None else num
+  for start in range(0, num, _CHUNK):
+    chunk = generate_episodes(config, split, np.arange(start, min(start + _CHUNK, num)))
+    for i in range(len(chunk["actions"])):
+      obs = {v: chunk[f"obs_{v}"][i] for v in config.views}
+      obs.update({k: chunk[k][i] for k in scene.PROBED})
+      action = np.concatenate([chunk["actions"][i], np.zeros((1, 2), np.float32)])
+      yield {"observation": obs, "action": action,
+             "source": f"world seed {config.seed} {split} episode {start + i}"}
 
 
-def build(data_dir: str, views: Sequence[str] | str = WorldConfig.views, **params) -> SjepaWorld:
-  """Writes the dataset into ``data_dir`` (a no-op if that config is already there).
+def build(data_dir: str, views: Sequence[str] | str = WorldConfig.views, **params) -> str:
+  """Writes the world's episodes as a recording in ``data_dir`` (kept as it is if these
+  parameters were written before); returns its path, ``<data_dir>/<name>/<version>``.
 
   ``params`` are the other ``WorldConfig`` fields. The write is atomic: tfds writes into a
   temporary directory and renames it when every split is complete.
   """
   config = WorldConfig(views=tuple(views_lib.parse_views(views)), **params)
-  with _quiet():
-    builder = SjepaWorld(config=config, data_dir=data_dir)
-    builder.download_and_prepare(
-        file_format="array_record", download_dir=os.path.join(data_dir, "downloads"),
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  return builder
-
-
-def load(data_path: str, split: str):
-  """Random-access source of one split of a built dataset: ``source[i]`` is an episode.
-
-  ``data_path`` is ``builder.data_path`` (``<data_dir>/sjepa_world/<config>/<version>``);
-  reading needs neither this builder's parameters nor TensorFlow.
-  """
-  if not os.path.isdir(data_path):
-    raise FileNotFoundError(f"No built dataset at {data_path!r}; build it with "
-                            "`python -m experiments.build_dataset --data_dir=...`.")
-  with _quiet():
-    sources = tfds.builder_from_directory(data_path).as_data_source()
-  if split not in sources:
-    raise ValueError(f"Unknown split {split!r}; valid splits: {', '.join(sorted(sources))}.")
-  return sources[split]
+  first = next(episodes(config, "train", 1))
+  splits = {s: functools.partial(episodes, config, s) for s, n in config.sizes.items() if n}
+  return recordings.write(config.name, data_dir, splits, first, exist_ok=True,
+                          description=f"The sjepa-jax world, {config}.")
