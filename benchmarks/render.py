@@ -20,7 +20,7 @@ from sjepa_jax.world import render
 _BATCHES = flags.DEFINE_list("batches", ["1", "64", "256"], "Batch sizes (states per call).")
 _SIZE = flags.DEFINE_integer("size", 64, "Image height and width.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per figure; the median is kept.")
-_VIEWS = flags.DEFINE_string("views", "mountain,forest,drone,river", "Views to time.")
+_VIEWS = flags.DEFINE_string("views", ",".join(world.VIEWS), "Views to time.")
 _JSON = flags.DEFINE_string("json", None, "Also write the table here as JSON.")
 
 

@@ -21,7 +21,7 @@ from sjepa_jax.world import dataset
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory to write the dataset into.",
                                 required=True)
-_VIEWS = common.define_views_flag("views", "mountain,forest,drone,river",
+_VIEWS = common.define_views_flag("views", ",".join(world.VIEWS),
                                   "Comma-separated views to write, each as a camera.")
 _LENGTH = flags.DEFINE_integer("episode_length", 8, "Steps per episode (>= 2).")
 _SIZE = flags.DEFINE_integer("image_size", 64, "Image height and width in pixels.")

@@ -1,6 +1,6 @@
 r"""Shows the world from each view and measures how much the views overlap.
 
-  python -m experiments.show_views --views=mountain,forest,drone,river --out=views.png
+  python -m experiments.show_views --out=views.png [--views=mountain,forest]
 
 Writes a PNG grid (random states as rows, views as columns) and prints, over
 ``--overlap_states`` random states, the mean pixel-overlap matrix (row A, column B: the
@@ -21,7 +21,7 @@ from sjepa_jax.world import render
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-_VIEWS = common.define_views_flag("views", "mountain,forest,drone,river",
+_VIEWS = common.define_views_flag("views", ",".join(world.VIEWS),
                                   "Comma-separated views to show.")
 _OUT = flags.DEFINE_string("out", "views.png", "Where to write the PNG grid.")
 _ROWS = flags.DEFINE_integer("rows", 4, "Random states shown, one per row.")

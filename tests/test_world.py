@@ -142,7 +142,7 @@ def test_a_push_moves_the_focal_object_several_pixels(name):
 
 
 def test_unknown_and_duplicate_views_are_clear_errors():
-  with pytest.raises(ValueError, match=r"'lake'.*drone, forest, mountain, river"):
+  with pytest.raises(ValueError, match=r"'lake'.*cellar, drone, forest, mountain, river"):
     world.get_view("lake")
   with pytest.raises(ValueError, match="Duplicate views"):
     world.parse_views("forest,mountain,forest")
@@ -243,3 +243,14 @@ def test_overlap_with_a_view_looking_at_the_empty_sky_is_zero():
   state = world.random_state(jax.random.key(16))
   sky = views_lib.make_view(eye=(0.0, 0.0, 1.0), target=(0.0, 0.0, 50.0), fov_deg=40.0)
   assert float(overlap_lib.overlap(state, world.get_view("mountain"), sky, size=SIZE)) == 0.0
+
+
+def test_the_cellar_shares_under_a_tenth_of_its_pixels_with_every_other_view():
+  """The low-overlap view: from under the floor it sees the objects' undersides, which no
+  view from above sees, and it sees through the floor the others see (the ground is one
+  surface, seen from above only), both ways under 10%."""
+  states = jax.vmap(world.random_state)(jax.random.split(jax.random.key(17), 8))
+  names = ["mountain", "forest", "drone", "river", "cellar"]
+  m = np.asarray(world.overlap_matrix(states, world.stack_views(names), size=32))
+  assert m[4, :4].max() < 0.1 and m[:4, 4].max() < 0.1, m
+  assert m[:4, :4].min() > 0.3  # the views from above share their floor

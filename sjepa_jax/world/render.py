@@ -20,7 +20,6 @@ from sjepa_jax.world import views as views_lib
 
 GROUND_HALF = 16.0  # the ground plane is a square of this half-size; beyond it, sky
 RIVER_Y = (5.0, 6.5)  # a band of water across the ground north of the arena
-_LIGHT = np.asarray([0.45, -0.3, 0.85], np.float32) / np.linalg.norm([0.45, -0.3, 0.85])
 _AMBIENT = 0.35
 _EPS = 1e-4
 STATIC_ID, GROUND_ID, SKY_ID = -1, -2, -3  # object ids of non-movable surfaces
@@ -211,7 +210,7 @@ def render(state: scene.WorldState, view: views_lib.View, size: int = 64,
   t, n, albedo, obj = hits
   obj = jnp.where(jnp.isfinite(t), obj, SKY_ID)
   n = jnp.where((jnp.sum(n * d, -1) > 0)[:, None], -n, n)  # light the side the ray sees
-  shade = _AMBIENT + (1 - _AMBIENT) * jnp.maximum(n @ _LIGHT, 0.0)
+  shade = _AMBIENT + (1 - _AMBIENT) * jnp.maximum(n @ view.light, 0.0)
   fog = jnp.exp(-view.fog_density * jnp.where(jnp.isfinite(t), t, 0.0))[:, None]
   surface = fog * albedo * shade[:, None] + (1 - fog) * view.fog_colour
   rgb = jnp.where(jnp.isfinite(t)[:, None], surface, _sky(d)) * view.tint

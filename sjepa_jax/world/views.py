@@ -23,14 +23,18 @@ class View(NamedTuple):
   fog_colour: np.ndarray  # (3,)
   tint: np.ndarray  # (3,) multiplies the shaded colour
   noise_std: np.ndarray  # () std of additive uniform sensor noise (needs a render key)
+  light: np.ndarray  # (3,) unit direction toward the light that shades what it sees
+
+
+SUN = (0.45, -0.3, 0.85)  # the light of every view that looks from above
 
 
 def make_view(eye, target, fov_deg, fog_density=0.0, fog_colour=(0.7, 0.75, 0.8),
-              tint=(1.0, 1.0, 1.0), noise_std=0.0) -> View:
+              tint=(1.0, 1.0, 1.0), noise_std=0.0, light=SUN) -> View:
   """Builds a ``View`` of float32 numpy leaves from plain numbers."""
   f32 = lambda x: np.asarray(x, np.float32)
   return View(f32(eye), f32(target), f32(fov_deg), f32(fog_density), f32(fog_colour),
-              f32(tint), f32(noise_std))
+              f32(tint), f32(noise_std), f32(light) / np.linalg.norm(light))
 
 
 VIEWS: dict[str, View] = {
@@ -48,6 +52,11 @@ VIEWS: dict[str, View] = {
     # Low above the river on the far (north) side, facing the arena from the opposite side.
     "river": make_view(eye=(-0.8, 5.6, 2.4), target=(0.0, 0.0, 0.1), fov_deg=56.0,
                        fog_density=0.03, fog_colour=(0.6, 0.7, 0.8), tint=(0.9, 0.95, 1.1)),
+    # Under the arena, looking straight up through its floor (the ground is opaque from
+    # above only), lit by a lamp below: it sees the objects' undersides, which no other
+    # view sees, so it shares under a tenth of its pixels with any of them.
+    "cellar": make_view(eye=(0.0, 0.0, -5.0), target=(0.0, 0.0, 0.0), fov_deg=62.0,
+                        light=(0.3, -0.2, -0.93)),
 }
 
 
