@@ -8,7 +8,6 @@ fraction of A's surface pixels whose surface point B also sees) and how often th
 object is visible in each view.
 """
 
-from absl import app
 from absl import flags
 import jax
 import matplotlib

@@ -8,6 +8,8 @@ cameras of a recording (a dataset of multi-camera episodes, docs/recordings.md).
       --views=left,right --workdir=/tmp/mnist  # a labelled image dataset, region views
   python -m experiments.train --dataset=pushing --data_dir=~/tensorflow_datasets \
       --views=front,side --workdir=/tmp/pushing  # a recording: one agent per camera
+  python -m experiments.train --views=mountain,forest --workdir=/tmp/sweep \
+      --sweep=objective.inverse_weight=1,4,10  # six agents: every value, one program
 
 Rerunning the same command resumes from the latest checkpoint in the workdir. Metrics go
 to TensorBoard event files and the log; the run ends with a linear-probe table (trained
@@ -22,6 +24,7 @@ from absl import flags
 import jax
 
 from experiments import common
+from sjepa_jax import agents
 from sjepa_jax import data
 from sjepa_jax import train
 
@@ -34,6 +37,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and probe 
 _SEED = flags.DEFINE_integer("seed", 0, "Seed; an agent's keys depend on it and its view.")
 _SEEDS = flags.DEFINE_list("seeds", None, "Several seeds, comma-separated (instead of "
                            "--seed): every (view, seed) pair is one agent of the same program.")
+_SWEEP = flags.DEFINE_multi_string(
+    "sweep", None, "field=v1,v2,...: every value of a numeric config field as more agents "
+    "of the same program (repeat the flag for a product of several fields), e.g. "
+    "--sweep=objective.inverse_weight=1,4,10. Numbers, not shapes: "
+    "objective weights, objective.ema_decay, optim.lr.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "A tensorflow-datasets name read from --data_dir (never downloaded): "
     "a labelled image dataset (agents see regions of its images) or a recording (agents "
@@ -131,7 +139,8 @@ def main(argv):
     config.data.data_dir = os.path.abspath(os.path.expanduser(_DATA_DIR.value))
   views = _VIEW.value or _VIEWS.value
   seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else _SEED.value
-  report = train.train_and_evaluate(config, _WORKDIR.value, views, seeds)
+  report = train.train_and_evaluate(config, _WORKDIR.value, views, seeds,
+                                    agents.parse_sweep(_SWEEP.value))
   if report and jax.process_index() == 0:
     print_source(_WORKDIR.value)
     print_probes(report, os.path.join(_WORKDIR.value, "probe.json"))

@@ -20,6 +20,7 @@ C = token width.
 
 import dataclasses
 import functools
+import itertools
 import zlib
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -37,6 +38,7 @@ from sjepa_jax import recordings
 from sjepa_jax.world import scene
 
 PyTree = Any
+Hparams = dict[str, Any]  # a swept field -> its value (one agent), or values (A,) stacked
 OBJECTIVES = ("jepa", "autoencoder", "supervised")
 TARGETS = ("ema", "online")
 REGULARIZERS = ("vicreg", "sigreg", "none")
@@ -102,25 +104,86 @@ class Learner:
   sample: Sampler
   image_size: int
   action_dim: int
+  lr: float = 1e-3  # the optimiser's peak learning rate (a swept ``optim.lr`` scales it)
+
+  def value(self, hparams: Hparams, field: str) -> Any:
+    """A number of the objective or the optimiser: this agent's swept value, if any."""
+    if field in hparams:
+      return hparams[field]
+    return self.lr if field == "optim.lr" else getattr(self.objective, field.split(".")[1])
 
 
 # --- Keys and state ----------------------------------------------------------------------
 
+# Numbers of a run that may differ between the agents of one program (a sweep): they enter
+# the step as values, not shapes, so every combination trains in the same jitted program.
+SWEEPABLE = ("objective.prediction_weight", "objective.inverse_weight",
+             "objective.variance_weight", "objective.covariance_weight",
+             "objective.sigreg_weight", "objective.token_weight", "objective.seq_weight",
+             "objective.ema_decay", "optim.lr")
+
+
 class Roster(NamedTuple):
-  """Who is on the agent axis: one entry per agent, view-major over (view, seed)."""
-  names: list[str]  # the view's name with one seed; ``<view>_s<seed>`` with several
+  """Who is on the agent axis: one entry per agent, view-major over (view, seed, swept
+  values)."""
+  names: list[str]  # the view; ``_s<seed>`` with several seeds; ``_<field><value>`` swept
   views: list[str]
   seeds: list[int]
+  hparams: list[dict[str, float]]  # each agent's swept values ({} without a sweep)
 
 
-def roster(views: Sequence[str], seeds: int | Sequence[int]) -> Roster:
-  """Every (view, seed) pair as one agent: seeds are just more entries on the agent axis."""
+def parse_sweep(specs: Sequence[str] | None) -> dict[str, list[float]]:
+  """``field=v1,v2,...`` strings to {field: values}: the sweep, every combination of them
+  one more set of agents. An unknown field, or one that is not a number, lists the valid
+  ones."""
+  sweep = {}
+  for spec in specs or ():
+    field, _, values = spec.partition("=")
+    field = field.strip().removeprefix("config.")
+    if field not in SWEEPABLE:
+      raise ValueError(f"Cannot sweep {field!r} in one program; valid fields (numbers, not "
+                       f"shapes): {', '.join(SWEEPABLE)}.")
+    try:
+      sweep[field] = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError as e:
+      raise ValueError(f"--sweep={spec!r}: values must be numbers, comma-separated.") from e
+    if not sweep[field] or len(set(sweep[field])) != len(sweep[field]):
+      raise ValueError(f"--sweep={spec!r}: give distinct values, comma-separated.")
+  return sweep
+
+
+def roster(views: Sequence[str], seeds: int | Sequence[int],
+           sweep: dict[str, list[float]] | None = None) -> Roster:
+  """Every (view, seed, swept values) as one agent: seeds and sweep values are just more
+  entries on the agent axis."""
   seeds = [seeds] if isinstance(seeds, int) else list(seeds)
   if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f"Seeds must be distinct and at least one, got {seeds}.")
-  pairs = [(v, s) for v in views for s in seeds]
-  names = [v if len(seeds) == 1 else f"{v}_s{s}" for v, s in pairs]
-  return Roster(names, [v for v, _ in pairs], [s for _, s in pairs])
+  sweep = sweep or {}
+  combos = [dict(zip(sweep, c)) for c in itertools.product(*sweep.values())]
+  entries = [(v, s, c) for v in views for s in seeds for c in combos]
+  suffix = lambda c: "".join(f"_{k.split('.')[-1]}{x:g}" for k, x in c.items())
+  names = [(v if len(seeds) == 1 else f"{v}_s{s}") + suffix(c) for v, s, c in entries]
+  return Roster(names, [v for v, _, _ in entries], [s for _, s, _ in entries],
+                [c for _, _, c in entries])
+
+
+def stacked_hparams(hparams: Sequence[dict[str, float]]) -> Hparams:
+  """Each swept field's values over the agents, (A,) float32 (empty without a sweep)."""
+  fields = hparams[0].keys() if hparams else ()
+  return {k: jnp.asarray([h[k] for h in hparams], jnp.float32) for k in fields}
+
+
+def with_sweep_maxima(config: ml_collections.ConfigDict,
+                      hparams: Sequence[dict[str, float]]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose swept fields hold their largest value: the networks and
+  terms a run needs are those of any of its agents (a term one agent weighs 0 still
+  exists, weighed 0)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for field in (hparams[0] if hparams else {}):
+    group, name = field.split(".")
+    config[group][name] = max(h[field] for h in hparams)
+  return config
 
 
 def agent_keys(seeds: int | Sequence[int], views: Sequence[str]) -> jax.Array:
@@ -290,11 +353,13 @@ def seq_loss(model: models.WorldModel, params: PyTree, z_BxLxD: jax.Array,
 
 
 def jepa_loss(learner: Learner, params: PyTree, target: PyTree, batch: data.Batch,
-              key: jax.Array, z_BxLxD: jax.Array | None = None
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The JEPA loss of one agent's batch (``Objective``'s terms). ``z_BxLxD``, the online
-  encoder's latents of the batch, is computed here unless given."""
+              key: jax.Array, z_BxLxD: jax.Array | None = None,
+              hparams: Hparams | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The JEPA loss of one agent's batch (``Objective``'s terms, weighed by this agent's
+  swept values where it has them). ``z_BxLxD``, the online encoder's latents of the batch,
+  is computed here unless given."""
   model, o = learner.model, learner.objective
+  weight = lambda name: learner.value(hparams or {}, f"objective.{name}")
   tokens = None
   if z_BxLxD is None:
     b, l = batch.obs.shape[:2]
@@ -316,7 +381,7 @@ def jepa_loss(learner: Learner, params: PyTree, target: PyTree, batch: data.Batc
   z_flat = z_BxLxD.reshape(-1, z_BxLxD.shape[-1])
   metrics = {"prediction": pred, "copy_prediction": jax.lax.stop_gradient(copy),
              "embedding_std": losses.embedding_std(z_flat)}
-  loss = o.prediction_weight * pred
+  loss = weight("prediction_weight") * pred
   if o.inverse_weight > 0:
     # Inverse dynamics: the action must be readable from two consecutive latents, so the
     # encoder cannot drop what the action moves (a slow latent that ignores the pushed
@@ -324,7 +389,7 @@ def jepa_loss(learner: Learner, params: PyTree, target: PyTree, batch: data.Batc
     a_hat = model.apply({"params": params}, z_BxLxD[:, :-1], z_BxLxD[:, 1:],
                         method=models.WorldModel.infer_action)
     metrics["inverse_dynamics"] = jnp.mean(jnp.sum((a_hat - batch.actions) ** 2, -1))
-    loss += o.inverse_weight * metrics["inverse_dynamics"]
+    loss += weight("inverse_weight") * metrics["inverse_dynamics"]
   if o.token_weight > 0:
     tokens_0 = None if tokens is None else tokens[:, 0]
     if tokens_0 is None:
@@ -332,48 +397,57 @@ def jepa_loss(learner: Learner, params: PyTree, target: PyTree, batch: data.Batc
     term, extra = token_loss(model, params, target, batch, z_BxLxD, tokens_0,
                              jax.random.fold_in(key, 1), o)
     metrics.update(extra)
-    loss += o.token_weight * term
+    loss += weight("token_weight") * term
   if o.seq_weight > 0:
     term, extra = seq_loss(model, params, z_BxLxD, target_z, batch.actions)
     metrics.update(extra)
-    loss += o.seq_weight * term
+    loss += weight("seq_weight") * term
   if o.regularizer == "vicreg":
     metrics["vicreg_variance"] = losses.vicreg_variance(z_flat)
     metrics["vicreg_covariance"] = losses.vicreg_covariance(z_flat)
-    loss += o.variance_weight * metrics["vicreg_variance"]
-    loss += o.covariance_weight * metrics["vicreg_covariance"]
+    loss += weight("variance_weight") * metrics["vicreg_variance"]
+    loss += weight("covariance_weight") * metrics["vicreg_covariance"]
   elif o.regularizer == "sigreg":
     metrics["sigreg"] = losses.sigreg(z_flat, key, o.sigreg_directions)
-    loss += o.sigreg_weight * metrics["sigreg"]
+    loss += weight("sigreg_weight") * metrics["sigreg"]
   metrics["loss"] = loss
   return loss, metrics
 
 
 def loss_fn(learner: Learner, params: PyTree, target: PyTree, batch: data.Batch,
-            key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+            key: jax.Array, hparams: Hparams | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """One agent's loss on its batch, by ``learner.objective.kind``."""
   if learner.objective.kind == "autoencoder":
     return autoencoder_loss(learner.model, params, batch)
   if learner.objective.kind == "supervised":
     return supervised_loss(learner.model, params, batch)
-  return jepa_loss(learner, params, target, batch, key)
+  return jepa_loss(learner, params, target, batch, key, hparams=hparams)
 
 
 # --- One step ----------------------------------------------------------------------------
 
-def apply_gradients(learner: Learner, state: AgentState, grads: PyTree) -> AgentState:
+def apply_gradients(learner: Learner, state: AgentState, grads: PyTree,
+                    hparams: Hparams | None = None) -> AgentState:
   """The optimiser update of the online networks, then the EMA update of the target."""
+  hparams = hparams or {}
   updates, opt_state = learner.optimizer.update(grads, state.opt_state, state.params)
+  if "optim.lr" in hparams:  # AdamW's update is proportional to its learning rate
+    updates = jax.tree.map(lambda u: u * (hparams["optim.lr"] / learner.lr), updates)
   params = optax.apply_updates(state.params, updates)
-  target = optax.incremental_update(params["encoder"], state.target,
-                                    step_size=1 - learner.objective.ema_decay)
+  target = optax.incremental_update(
+      params["encoder"], state.target,
+      step_size=1 - learner.value(hparams, "objective.ema_decay"))
   return AgentState(params, target, opt_state)
 
 
 def train_step(learner: Learner, state: AgentState, view: Any, key: jax.Array,
-               step: jax.Array, pixels: jax.Array | None = None, batch_sharding: Any = None
-               ) -> tuple[AgentState, dict[str, jax.Array]]:
+               step: jax.Array, pixels: jax.Array | None = None, batch_sharding: Any = None,
+               hparams: Hparams | None = None) -> tuple[AgentState, dict[str, jax.Array]]:
   """One optimisation step of one agent on a fresh batch seen from its view.
+
+  ``hparams`` holds this agent's values of the swept fields (``SWEEPABLE``), if any: under
+  ``jax.vmap`` or ``lax.map`` each agent of a sweep trains with its own.
 
   ``view`` is a ``world.View``, an ``images.Region`` of ``pixels`` (a dataset's train
   images, shared by every agent), or a camera index into ``pixels`` (a recording's
@@ -384,10 +458,10 @@ def train_step(learner: Learner, state: AgentState, view: Any, key: jax.Array,
   batch = learner.sample(data_key, view, pixels)
   if batch_sharding is not None:  # spread the batch over devices; statistics stay global
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-  grads, metrics = jax.grad(functools.partial(loss_fn, learner), has_aux=True)(
-      state.params, state.target, batch, loss_key)
+  grads, metrics = jax.grad(functools.partial(loss_fn, learner, hparams=hparams),
+                            has_aux=True)(state.params, state.target, batch, loss_key)
   metrics["grad_norm"] = optax.tree.norm(grads)
-  return apply_gradients(learner, state, grads), metrics
+  return apply_gradients(learner, state, grads, hparams), metrics
 
 
 # --- From a config: the boundary ---------------------------------------------------------
@@ -440,7 +514,7 @@ def learner_from_config(config: ml_collections.ConfigDict) -> Learner:
   """Networks, optimiser, objective and sampler of the run ``config`` describes."""
   return Learner(model_from_config(config), optimizer_from_config(config),
                  Objective(**config.objective.to_dict()), data.sampler(config),
-                 config.data.image_size, data.action_dim(config))
+                 config.data.image_size, data.action_dim(config), config.optim.lr)
 
 
 def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -> str:
@@ -570,6 +644,18 @@ def meta_seeds(meta: dict) -> list[int]:
   return list(meta.get("seeds", [meta["seed"]] * len(meta["views"])))
 
 
+def meta_hparams(meta: dict) -> list[dict[str, float]]:
+  """Each saved agent's swept values ({} for runs without a sweep)."""
+  return list(meta.get("hparams", [{}] * len(meta["views"])))
+
+
+def meta_names(meta: dict) -> list[str]:
+  """Each saved agent's name (as ``roster`` names it)."""
+  views, seeds = meta["views"], meta_seeds(meta)
+  several = len(set(seeds)) > 1
+  return list(meta.get("names", [f"{v}_s{s}" if several else v for v, s in zip(views, seeds)]))
+
+
 @dataclasses.dataclass(frozen=True)
 class Agent:
   """One trained agent: who it is, its networks and their parameters (no optimiser state).
@@ -587,6 +673,7 @@ class Agent:
   action_dim: int
   workdir: str = ""
   step: int = 0
+  hparams: dict = dataclasses.field(default_factory=dict, compare=False)  # its swept values
   # The run's config, for provenance (what trained it); nothing above reads it.
   config: ml_collections.ConfigDict | None = dataclasses.field(default=None, compare=False,
                                                                repr=False)
@@ -606,28 +693,30 @@ def load_agents(workdir: str, step: int | None = None) -> list[Agent]:
   checkpoint), in the run's order; only their parameters are read."""
   meta, step = checkpointing.read_meta(workdir, step)
   config = config_from_meta(meta)
-  views, seeds = meta["views"], meta_seeds(meta)
-  learner = learner_from_config(config)
+  views, seeds, hparams = meta["views"], meta_seeds(meta), meta_hparams(meta)
+  learner = learner_from_config(with_sweep_maxima(config, hparams))
   abstract = jax.eval_shape(lambda: init_agents(learner, views, seeds).params)
   mngr = checkpointing.reader(workdir)
   params, _ = checkpointing.restore_params(mngr, abstract, step)
   mngr.close()
-  several = len(set(seeds)) > 1
-  return [Agent(f"{v}_s{s}" if several else v, v, s, config.objective.kind, learner.model,
+  return [Agent(name, v, s, config.objective.kind, learner.model,
                 jax.tree.map(lambda x, a=a: x[a], params), learner.image_size,
-                learner.action_dim, workdir, step, config)
-          for a, (v, s) in enumerate(zip(views, seeds))]
+                learner.action_dim, workdir=workdir, step=step, hparams=h, config=config)
+          for a, (name, v, s, h) in enumerate(zip(meta_names(meta), views, seeds, hparams))]
 
 
 def load_agent(workdir: str, view: str, seed: int | None = None, step: int | None = None
                ) -> Agent:
-  """One trained agent by view (and ``seed`` where the run trained the view with several)."""
+  """One trained agent by view (and ``seed`` where the run trained the view with several),
+  or by its name (``mountain_s1_inverse_weight4`` in a sweep)."""
   meta, _ = checkpointing.read_meta(workdir, step)
-  views, seeds = meta["views"], meta_seeds(meta)
+  views, seeds, names = meta["views"], meta_seeds(meta), meta_names(meta)
   held = [i for i, (v, s) in enumerate(zip(views, seeds)) if v == view and seed in (None, s)]
+  if view in names and view not in views:
+    held = [names.index(view)]
   if len(held) != 1:
-    have = ", ".join(f"{v} (seed {s})" for v, s in zip(views, seeds))
-    what = "No agent" if not held else "Several agents (give seed=)"
+    have = ", ".join(names)
+    what = "No agent" if not held else "Several agents (give seed=, or a name)"
     raise ValueError(f"{what} for view {view!r}{'' if seed is None else f' seed {seed}'} in "
                      f"{workdir!r}; it holds {have}.")
   return load_agents(workdir, step)[held[0]]

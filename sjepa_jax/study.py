@@ -34,13 +34,11 @@ import numpy as np
 
 from sjepa_jax import agents
 from sjepa_jax import align
-from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import exchange
 from sjepa_jax import losses
 from sjepa_jax import probes
 
-PyTree = Any
 # Goals from DESIGN.md: what "an approximate linear isometry that transfers" must mean.
 # "Clearly worse" for a control: its map's held-out R^2 at least this far below.
 # DESIGN.md's goals: R^2, the isometry gap, transfer (a fraction of native, and in absolute
@@ -62,11 +60,11 @@ Agent = agents.Agent
 
 @dataclasses.dataclass
 class Roles:
-  """Which agent plays which part. ``main[seed][view]``: the JEPA agents studied pair by
-  pair, one group per seed; ``partners[view]``: every JEPA agent of that view (same-view
-  ceilings pair two of them); ``controls[kind][view]``: autoencoder and supervised agents,
-  by view, in seed order."""
-  main: dict[int, dict[str, Agent]]
+  """Which agent plays which part. ``main[(seed, swept values)][view]``: the JEPA agents
+  studied pair by pair, one group per seed and, in a sweep, per combination of values;
+  ``partners[view]``: every JEPA agent of that view (same-view ceilings pair two of them);
+  ``controls[kind][view]``: autoencoder and supervised agents, by view, in seed order."""
+  main: dict[tuple[int, tuple], dict[str, Agent]]
   partners: dict[str, list[Agent]]
   controls: dict[str, dict[str, list[Agent]]]
 
@@ -80,9 +78,16 @@ class Roles:
     return next((a for a in group if a.seed == seed), group[0] if group else None)
 
   def partner(self, agent: Agent) -> Agent | None:
-    """Another JEPA agent of the same view, preferring another seed (the ceiling)."""
-    others = [a for a in self.partners[agent.view] if a is not agent]
+    """Another JEPA agent of the same view and swept values, preferring another seed (the
+    ceiling)."""
+    others = [a for a in self.partners[agent.view]
+              if a is not agent and a.hparams == agent.hparams]
     return next((a for a in others if a.seed != agent.seed), others[0] if others else None)
+
+
+def group_key(agent: Agent) -> tuple[int, tuple]:
+  """An agent's group of the study: its seed and its swept values."""
+  return agent.seed, tuple(sorted(agent.hparams.items()))
 
 
 def assign_roles(all_agents: Sequence[Agent]) -> Roles:
@@ -99,7 +104,7 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
       controls[agent.kind].setdefault(agent.view, []).append(agent)
     else:
       partners.setdefault(agent.view, []).append(agent)
-      main.setdefault(agent.seed, {}).setdefault(agent.view, agent)
+      main.setdefault(group_key(agent), {}).setdefault(agent.view, agent)
   main = {s: group for s, group in sorted(main.items()) if len(group) >= 2}
   if not main:
     have = sorted({f"{a.view} (seed {a.seed})" for g in partners.values() for a in g})
@@ -110,11 +115,6 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
 
 
 # --- Features ----------------------------------------------------------------------------
-
-def encode(agent: Agent, params: PyTree, obs_NxHxWx3: jax.Array) -> jax.Array:
-  """Latents of many observations with ``agent``'s networks and ``params``: (N, D)."""
-  return agents.encode_chunked(agent.model, params["encoder"], obs_NxHxWx3)
-
 
 @functools.partial(jax.jit, static_argnames=("n_fit", "dim"))
 def pixel_pca(obs_NxHxWx3: jax.Array, n_fit: int, dim: int, key: jax.Array) -> jax.Array:
@@ -257,11 +257,12 @@ def _spaces(roles: Roles, used: Sequence[Agent], paired: _Paired, n_fit: int,
   space = functools.partial(make_space, labels=paired.labels, n_fit=n_fit,
                             probe_steps=probe_steps, num_classes=paired.num_classes)
   obs = lambda a: paired.obs[(a.view, a.image_size)]
+  latents = lambda a, params: agents.encode_chunked(a.model, params["encoder"], obs(a))
   studied = [a for group in roles.main.values() for a in group.values()]
   names = {a.name for a in studied}
-  trained = {a.name: space(encode(a, a.params, obs(a)), mlp=MLP_PROBED if a.name in names
-                           else ()) for a in used}
-  initial = {a.name: space(encode(a, a.initial_params(), obs(a))) for a in studied}
+  trained = {a.name: space(latents(a, a.params), mlp=MLP_PROBED if a.name in names else ())
+             for a in used}
+  initial = {a.name: space(latents(a, a.initial_params())) for a in studied}
   pca = {}
   for a in studied:
     if a.view not in pca:
@@ -270,15 +271,18 @@ def _spaces(roles: Roles, used: Sequence[Agent], paired: _Paired, n_fit: int,
 
 
 def _pair(roles: Roles, spaces: _Spaces, paired: _Paired, main: dict[str, Agent],
-          seed: int, src: str, tgt: str, n_fit: int, shuffle_key) -> dict[str, Any]:
-  """One ordered pair (target -> source) of one seed's agents, with its controls."""
+          group: tuple[int, tuple], src: str, tgt: str, n_fit: int, shuffle_key
+          ) -> dict[str, Any]:
+  """One ordered pair (target -> source) of one group's agents, with its controls."""
+  seed, swept = group
   views, labels = paired.views, paired.labels
   trained, initial, pca = spaces
   s, t = trained[main[src].name], trained[main[tgt].name]
   overlap = (None if paired.overlap is None  # undefined for a recording's cameras
              else float(paired.overlap[views.index(src), views.index(tgt)]))
-  result = {"seed": seed, "source": src, "target": tgt, "overlap": overlap,
-            "n_fit": n_fit, "n_test": s.z.shape[0] - n_fit, **compare(s, t, labels, n_fit)}
+  result = {"seed": seed, **({"hparams": dict(swept)} if swept else {}), "source": src,
+            "target": tgt, "overlap": overlap, "n_fit": n_fit, "n_test": s.z.shape[0] - n_fit,
+            **compare(s, t, labels, n_fit)}
   controls = {
       "random_init": _pick(compare(initial[main[src].name], initial[main[tgt].name],
                                    labels, n_fit)),
@@ -333,13 +337,13 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   # Every ordered pair of every seed, with its controls.
   views = paired.views
   pairs, curves, scatter, maps = [], {}, {}, {}
-  for g, (s_seed, main) in enumerate(roles.main.items()):
+  for g, (group, main) in enumerate(roles.main.items()):
     shared = _shared_space_r2(main, trained, n_fit)
     group_views = [v for v in views if v in main]
     for src, tgt in itertools.permutations(group_views, 2):
       i, j = views.index(src), views.index(tgt)
       shuffle_key = jax.random.fold_in(k_shuffle, (g * len(views) + i) * len(views) + j)
-      result = _pair(roles, spaces, paired, main, s_seed, src, tgt, n_fit, shuffle_key)
+      result = _pair(roles, spaces, paired, main, group, src, tgt, n_fit, shuffle_key)
       maps[(main[src].name, main[tgt].name)] = result.pop("maps")
       if shared is not None:
         result["r2_shared_space"] = shared[(src, tgt)]
@@ -362,6 +366,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       "source": data.describe(config, paired.eval_images, used[0].workdir),
       "chance_acc": chance,
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
+                          **({"hparams": a.hparams} if a.hparams else {}),
                           "workdir": a.workdir, "step": a.step, **trained[a.name].scores,
                           **spectrum(trained[a.name].z[n_fit:]),
                           **(without_grad(initial[a.name].scores, "random_init_")
@@ -374,6 +379,12 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                                    "recorded, so which pixels two cameras share is unknown"})},
       "pairs": pairs, "r2_vs_pairs": curves, "summary": summarise(pairs, chance),
   }
+  swept = sorted({tuple(sorted(p["hparams"].items())) for p in pairs if "hparams" in p})
+  if swept:  # a sweep: the summary of each combination of values on its own
+    report["summary_by_hparams"] = [
+        {"hparams": dict(h), "summary": summarise(
+            [p for p in pairs if tuple(sorted(p.get("hparams", {}).items())) == h], chance)}
+        for h in swept]
   report["probes_by_view"] = probes_by_view(report)
   studied = {a.name: a for group in roles.main.values() for a in group.values()}
   frame = next(iter(paired.obs.values())).shape[1:]
@@ -424,7 +435,8 @@ def probes_by_view(report: dict[str, Any]) -> dict[str, dict[str, dict[str, list
   rows: dict[str, dict[str, list[dict]]] = {}
   for a in report["agents"].values():
     by_kind = rows.setdefault(a["view"], {})
-    by_kind.setdefault(a["kind"], []).append(a)
+    swept = "".join(f" {k.split('.')[-1]}={v:g}" for k, v in a.get("hparams", {}).items())
+    by_kind.setdefault(a["kind"] + swept, []).append(a)
     if any(k.startswith("random_init_") for k in a):
       by_kind.setdefault("random_init", []).append(
           {k[len("random_init_"):]: v for k, v in a.items() if k.startswith("random_init_")})
@@ -437,9 +449,10 @@ def probes_by_view(report: dict[str, Any]) -> dict[str, dict[str, dict[str, list
                    for k in g if k.endswith(("_acc", "_r2")) and not k.startswith(
                        ("random_init_", "isotropic_")) and k not in PROBE_SCORES})
   out = {}
+  rank = lambda k: order.index(k.split(" ")[0]) if k.split(" ")[0] in order else len(order)
   for view, by_kind in rows.items():
     out[view] = {}
-    for kind in sorted(by_kind, key=lambda k: order.index(k) if k in order else len(order)):
+    for kind in sorted(by_kind, key=rank):
       group = by_kind[kind]
       out[view][kind] = {k: [float(np.mean(v)), float(np.std(v)), len(v)]
                          for k in (*PROBE_SCORES, *others)

@@ -54,10 +54,13 @@ def check_workdir(workdir: str) -> None:
 def check_resumable(meta: dict, config: ml_collections.ConfigDict, roster: agents.Roster,
                     workdir: str) -> None:
   """Refuses to resume a checkpoint made with other views, seeds or model settings."""
-  if list(meta["views"]) != roster.views or agents.meta_seeds(meta) != roster.seeds:
+  if (list(meta["views"]) != roster.views or agents.meta_seeds(meta) != roster.seeds
+      or agents.meta_hparams(meta) != roster.hparams):
     raise ValueError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seeds "
-                     f"{agents.meta_seeds(meta)}, not {roster.views} with seeds "
-                     f"{roster.seeds}; use another workdir or the same views and seeds.")
+                     f"{agents.meta_seeds(meta)} (swept values "
+                     f"{agents.meta_hparams(meta)}), not {roster.views} with seeds "
+                     f"{roster.seeds} ({roster.hparams}); use another workdir or the same "
+                     "views, seeds and sweep.")
   old = _flatten(agents.config_from_meta(meta).to_dict())
   new = _flatten(config.to_dict())
   changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
@@ -143,23 +146,27 @@ def replicated(sharding: jax.NamedSharding) -> jax.NamedSharding:
 
 def make_step(learner: agents.Learner, how: str, agent_sharding=None, batch_sharding=None,
               num_agents: int = 2):
-  """The jitted step over all agents: (state, views, keys, step[, pixels]) -> (state,
-  metrics); ``pixels`` is a dataset's train split on the device (``data.on_device``: its
-  images, or a recording's frames and actions), shared by every agent (None: world).
+  """The jitted step over all agents: (state, views, keys, step[, pixels[, hparams]]) ->
+  (state, metrics); ``pixels`` is a dataset's train split on the device
+  (``data.on_device``: its images, or a recording's frames and actions), shared by every
+  agent (None: world); ``hparams`` each agent's swept values (``agents.stacked_hparams``).
   ``how`` is ``vmap`` or ``lax_map`` (``agents.agent_map``); ``step_function`` says more."""
   step = step_function(learner, how, batch_sharding, num_agents)
   if agent_sharding is None:
     jitted = jax.jit(step, donate_argnums=0)
   else:
-    jitted = jax.jit(step, donate_argnums=0, in_shardings=(agent_sharding,) * 3 + (None, None),
+    jitted = jax.jit(step, donate_argnums=0,
+                     in_shardings=(agent_sharding,) * 3 + (None, None, agent_sharding),
                      out_shardings=(agent_sharding, agent_sharding))
-  return lambda state, views, keys, step, pixels=None: jitted(state, views, keys, step, pixels)
+  return lambda state, views, keys, step, pixels=None, hparams=None: jitted(
+      state, views, keys, step, pixels, hparams or {})
 
 
 def step_function(learner: agents.Learner, how: str = "vmap", batch_sharding=None,
                   num_agents: int = 2):
-  """The step over all agents before jitting: (state, views, keys, step, pixels) -> (state,
-  metrics).
+  """The step over all agents before jitting: (state, views, keys, step, pixels[,
+  hparams]) -> (state, metrics); every argument but ``step`` and ``pixels`` has a leading
+  agent axis.
 
   One agent skips the vmap: XLA's CPU backend runs a batched matmul with a batch of one
   slower than the plain matmul (benchmarks/vmap_agents.py, A = 1). Several agents run
@@ -170,10 +177,13 @@ def step_function(learner: agents.Learner, how: str = "vmap", batch_sharding=Non
   if num_agents == 1:
     squeeze = lambda t: jax.tree.map(lambda x: x[0], t)
     expand = lambda t: jax.tree.map(lambda x: x[None], t)
-    return lambda s, v, k, i, p: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p))
+    return lambda s, v, k, i, p, h=None: expand(one(squeeze(s), squeeze(v), k[0], i, pixels=p,
+                                                    hparams=squeeze(h or {})))
   if how == "lax_map":  # one at a time
-    return lambda s, v, k, i, p: jax.lax.map(lambda a: one(*a, i, pixels=p), (s, v, k))
-  return jax.vmap(lambda s, v, k, i, p: one(s, v, k, i, pixels=p), in_axes=(0, 0, 0, None, None))
+    return lambda s, v, k, i, p, h=None: jax.lax.map(
+        lambda a: one(*a[:3], i, pixels=p, hparams=a[3]), (s, v, k, h or {}))
+  return lambda s, v, k, i, p, h=None: jax.vmap(
+      lambda s, v, k, h: one(s, v, k, i, pixels=p, hparams=h))(s, v, k, h or {})
 
 
 # --- Evaluation --------------------------------------------------------------------------
@@ -278,15 +288,24 @@ def check_finite(metrics: dict[str, np.ndarray], names: Sequence[str], first: in
 # --- The loop ----------------------------------------------------------------------------
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       views: Sequence[str] | str, seeds: int | Sequence[int] = 0
-                       ) -> dict[str, Any]:
-  """Trains one agent per (view, seed) in ``workdir`` (resuming if it holds a checkpoint).
+                       views: Sequence[str] | str, seeds: int | Sequence[int] = 0,
+                       sweep: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
+  """Trains one agent per (view, seed, swept values) in ``workdir`` (resuming if it holds a
+  checkpoint). ``sweep`` ({field: values}, ``agents.parse_sweep``) puts every combination
+  of values of numeric fields on the agent axis of the same program.
 
   Returns the end-of-training probe report (also written to ``<workdir>/probe.json``).
   """
   agents.validate(config)
   views = data.parse_views(config, views)
-  roster = agents.roster(views, seeds)
+  roster = agents.roster(views, seeds, sweep)
+  if sweep:  # each swept value must make sense on its own
+    for values in roster.hparams[:len(roster.hparams) // len(roster.views) or 1]:
+      one = ml_collections.ConfigDict(config.to_dict())
+      for field, value in values.items():
+        group, name = field.split(".")
+        one[group][name] = value
+      agents.validate(one)
   config = data.resolve(config)
   # The data is read and checked before the workdir is touched: bad data leaves nothing.
   source = _source(config, roster)
@@ -353,7 +372,8 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
   """The run, once the config is checked, the data read and the workdir held."""
   # Setup: the learner (built once), devices, what the agents see.
   names = roster.names
-  learner = agents.learner_from_config(config)
+  learner = agents.learner_from_config(agents.with_sweep_maxima(config, roster.hparams))
+  hparams = agents.stacked_hparams(roster.hparams)
   agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
   if source.described is not None and jax.process_index() == 0:
     checkpointing.write_json(source.described, os.path.join(workdir, data.SOURCE_FILE))
@@ -388,7 +408,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
   # Loop.
   with writer:
     for step in range(start, stop):
-      state, metrics = step_fn(state, stacked_views, keys, step, pixels)
+      state, metrics = step_fn(state, stacked_views, keys, step, pixels, hparams)
       done = step + 1
       if done % config.log_every == 0 or done == stop:
         metrics = jax.device_get(host_local(metrics))
@@ -435,7 +455,8 @@ def _save_if_finite(mngr, step, state, config, roster: agents.Roster) -> None:
         f"Non-finite parameters for agent {bad[1]} ({roster.names[bad[1]]}) at step {step}; "
         f"not saved, training stopped. Last good checkpoint: "
         f"{_step_or_none(mngr.latest_step())}.")
-  checkpointing.save(mngr, step, state, config, roster.views, roster.seeds)
+  checkpointing.save(mngr, step, state, config, roster.views, roster.seeds, roster.names,
+                     roster.hparams)
 
 
 def _step_or_none(step: int | None) -> str:

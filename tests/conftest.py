@@ -6,7 +6,7 @@ import this module or run an experiments/ command), so a rerun skips recompiling
 Tests check behaviour at tiny shapes, where compiling is nearly all of the time, so every
 test process (and, through the environment, every subprocess) compiles with XLA's cheap
 CPU backend passes (``FAST_COMPILE_FLAGS``): about half the CPU time of LLVM's full
-optimisation (README "Set up, test"). Users' runs compile fully optimised.
+optimisation (docs/performance.md). Users' runs compile fully optimised.
 """
 
 import os

@@ -15,7 +15,6 @@ from sjepa_jax import agents
 from sjepa_jax import data
 from sjepa_jax import images
 from sjepa_jax import train
-from tests.conftest import init_agents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

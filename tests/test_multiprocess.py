@@ -14,7 +14,6 @@ import pytest
 
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
-from sjepa_jax import study
 from tests.conftest import init_agents
 from tests import die_in_save as die_in_save_lib
 
@@ -28,9 +27,9 @@ FLAGS = [
     "--config.model.patch=4", "--config.data.batch_size=8", "--config.eval.probe_train=48",
     "--config.eval.probe_test=16", "--config.eval.alignment_pairs=16",
     "--config.eval.probe_steps=10", "--config.optim.eps=1e-3"]
-ATOL = 1e-4  # measured difference: see README "Many machines"
+ATOL = 1e-4  # float reordering between one process and two, after 4 steps
 HEARTBEAT_S = 10
-KILLED_PEER_TIMEOUT_S = 60  # HEARTBEAT_S plus slack; measured: see README "Many machines"
+KILLED_PEER_TIMEOUT_S = 60  # HEARTBEAT_S plus slack for a loaded machine
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import data
 from sjepa_jax import train
-from tests.conftest import tiny_config, init_agents
+from tests.conftest import init_agents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = ["mountain", "forest"]
@@ -128,14 +128,15 @@ def test_seeds_are_agents_of_one_program_equal_to_runs_of_their_own(config, tmp_
                          params["encoder"]["Dense_0"]["kernel"])
   with pytest.raises(ValueError, match="Several agents.*give seed"):
     agents.load_agent(both, "forest")
-  with pytest.raises(ValueError, match="holds a run of views.*with seeds"):  # resuming with other seeds
+  # Resuming with other seeds:
+  with pytest.raises(ValueError, match="holds a run of views.*with seeds"):
     train.train_and_evaluate(config, both, VIEWS, seeds=[0, 2])
 
 
 _CHILD = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.conftest import tiny_config, init_agents
+from tests.conftest import tiny_config
 from sjepa_jax import train
 c = tiny_config()
 c.num_train_steps, c.checkpoint_every, c.log_every = {steps}, {every}, {every}
@@ -226,7 +227,7 @@ def test_train_command_end_to_end_then_load_one_agent_by_view(tmp_path):
   chex.assert_trees_all_equal(agent.params, jax.tree.map(lambda x: x[1], state.params))
   z = agent.encode(np.zeros((2, 16, 16, 3), np.float32))
   assert z.shape == (2, agent.config.model.dim)
-  with pytest.raises(ValueError, match=r"No agent for view 'river'.*mountain \(seed 0\), fo"):
+  with pytest.raises(ValueError, match=r"No agent for view 'river'.*holds mountain, forest"):
     agents.load_agent(workdir, "river")
 
 
@@ -280,3 +281,29 @@ def test_the_long_recipe_trains_checkpoints_and_resumes_on_cpu(tmp_path):
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   # Parameters, the EMA encoder and Adam's two moments, all float32: under 4 copies.
   assert 3 * 4 * params < state_bytes < 4 * 4 * params, (params, state_bytes)
+
+
+def test_an_agent_of_a_sweep_equals_a_run_of_its_own_values(config, tmp_path):
+  """``--sweep`` puts every combination of values on the agent axis of one program; each
+  agent trains as a run with its values alone would (a learning rate below the sweep's
+  largest scales its updates; a weight enters as a value)."""
+  config.optim.eps = 1e-3  # see test_seeds_are_agents...
+  sweep = agents.parse_sweep(["objective.inverse_weight=0,4", "config.optim.lr=0.001,0.003"])
+  swept = str(tmp_path / "swept")
+  report = train.train_and_evaluate(config, swept, "forest", sweep=sweep)
+  assert list(report) == ["forest_inverse_weight0_lr0.001", "forest_inverse_weight0_lr0.003",
+                          "forest_inverse_weight4_lr0.001", "forest_inverse_weight4_lr0.003"]
+  config.objective.inverse_weight, config.optim.lr = 4.0, 0.001
+  alone = str(tmp_path / "alone")
+  train.train_and_evaluate(config, alone, "forest")
+  agent = agents.load_agent(swept, "forest_inverse_weight4_lr0.001")
+  assert agent.hparams == {"objective.inverse_weight": 4.0, "optim.lr": 0.001}
+  chex.assert_trees_all_close(agent.params, agents.load_agent(alone, "forest").params,
+                              atol=1e-5)
+  other = agents.load_agent(swept, "forest_inverse_weight4_lr0.003")
+  assert not np.allclose(other.params["encoder"]["Dense_0"]["kernel"],
+                         agent.params["encoder"]["Dense_0"]["kernel"])
+  with pytest.raises(ValueError, match="Cannot sweep 'model.dim'.*optim.lr"):
+    agents.parse_sweep(["model.dim=32,64"])
+  with pytest.raises(ValueError, match="other settings|swept values"):  # resume, other sweep
+    train.train_and_evaluate(config, swept, "forest", sweep={"optim.lr": [0.001]})

@@ -212,7 +212,7 @@ def test_only_the_silhouette_and_size_tell_the_class():
   cls = np.asarray(labels["class"])
   assert len(np.unique(cls)) == world.NUM_CLASSES == 9
   np.testing.assert_array_equal(np.asarray(states.colour[:, 0]),
-                                np.broadcast_to(scene.FOCAL_COLOUR, (3000, 3)))
+                                np.broadcast_to(np.float32(scene.FOCAL_COLOUR), (3000, 3)))
   np.testing.assert_array_equal(cls, np.asarray(labels["shape"]) * 3 + np.asarray(labels["size"]))
   assert "colour" not in labels and set(scene.PROBED) <= set(labels)
 
@@ -228,7 +228,8 @@ def test_overlap_of_a_view_with_itself_is_one_and_opposite_views_see_less():
 
 
 def test_overlap_of_nested_frames_from_one_eye_is_their_area_ratio():
-  """One eye straight above the floor (every pixel sees a surface, and a point one eye sees is never hidden from it):
+  """One eye straight above the floor (every pixel sees a surface, and a point one eye sees
+  is never hidden from it):
   the narrow frame's half-width is half the wide one's (tan 26.57 deg = tan 45 deg / 2), so
   exactly the central 8 x 8 of the wide frame's 16 x 16 pixel centres fall inside it."""
   state = world.random_state(jax.random.key(16))

@@ -3,8 +3,9 @@ online stop-gradient target + VICReg + inverse dynamics (weight 10), 1500 steps.
 
   python -m experiments.train --views=mountain,forest --workdir=/tmp/sjepa
 
-Two agents take about 6 minutes on 2 CPU cores (the README gives the measured time and the
-probes they reach); experiments/configs/long.py is the accelerator-sized recipe.
+Writes checkpoints, TensorBoard events and probe.json (class, shape, size, position of each
+agent beside its random-init encoder); docs/results.md gives its wall time and what it
+reaches. experiments/configs/long.py is the accelerator-sized recipe.
 """
 
 import ml_collections
@@ -43,10 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective.ema_decay = 0.996
   c.objective.regularizer = "vicreg"  # vicreg | sigreg | none
   c.objective.prediction_weight = 1.0
-  # Inverse dynamics: predict the action from (z_t, z_t+1), so latents keep what it moves.
-  # Without it the latents keep what stays still (colour, shape, the slow pucks) and the
-  # predictor barely beats copying; 10 lifted position R^2 from 0.38 to 0.79 (mountain,
-  # README "What the default run reaches"); 0 turns it off.
+  # Inverse dynamics: predict the action from (z_t, z_t+1), so latents keep what it moves;
+  # without it they keep what stays still and the predictor barely beats copying. 0 turns
+  # it off.
   c.objective.inverse_weight = 10.0
   # Token prediction (I-JEPA / V-JEPA; 0 turns it off): the EMA encoder's tokens of frame
   # token_horizon predicted from frame 0's visible tokens (token_context=tokens) or from its

@@ -4,9 +4,10 @@ r"""Agents for an accelerator: 64x64 images, a wider two-block mixer, D = 128, 2
       --config=experiments/configs/long.py
 
 The default recipe (experiments/configs/default.py) is sized for 2 CPU cores; this one is
-what the CPU cannot afford: four times the pixels, so the smallest objects are resolved,
-about four times the compute per step and over ten times the steps. Not yet measured
-here (no accelerator was lent when it was written): the README says what it is for.
+for an accelerator: four times the pixels, so the smallest objects are resolved, about
+four times the compute per step and over ten times the steps. tests/test_train.py runs a
+few of its steps on CPU (shapes, checkpoint, resume); docs/performance.md says how its step
+scales.
 """
 
 from experiments.configs import default
