@@ -73,7 +73,8 @@ def print_table(report: dict) -> None:
   print(f"{'seed':<5}{'pair (target->source)':<22}{'overlap':>8}{'R2 lstsq':>9}{'R2 ridge':>9}"
         f"{'R2 Procr':>9}{'gap':>7}{'CKA-u':>7}{'native':>8}{'transfer':>9}")
   for p in report["pairs"]:
-    print(f"{p['seed']:<5}{p['target'] + '->' + p['source']:<22}{_num(p['overlap'], 8)}"
+    swept = "".join(f" {k.split('.')[-1]}={v:g}" for k, v in p.get("hparams", {}).items())
+    print(f"{p['seed']:<5}{p['target'] + '->' + p['source'] + swept:<22}{_num(p['overlap'], 8)}"
           f"{p['r2_lstsq']:>9.3f}{p['r2_ridge']:>9.3f}{p['r2_procrustes']:>9.3f}"
           f"{p['isometry_gap']:>7.3f}{p['cka_unbiased']:>7.3f}{_num(p.get(native), 8)}"
           f"{_num(p.get(transfer), 9)}")
@@ -90,6 +91,11 @@ def print_table(report: dict) -> None:
       print(f"  {k:<32}{_pm(s[k], sp.get(k, 0.0), 16)}")
   print_controls(report, labelled)
   print_probes(report)
+  for group in report.get("summary_by_hparams", ()):
+    g = group["summary"]
+    values = ", ".join(f"{k}={v:g}" for k, v in group["hparams"].items())
+    print(f"\n{values}: R2 ridge {g['r2_ridge']:.3f}, gap {g['isometry_gap']:.3f}, "
+          f"native {_num(g.get('native_acc'), 0)}, transfer {_num(g.get('transfer_acc'), 0)}")
   print(f"\nGoals {s['goals']}: met {s['goals_met']}")
 
 

@@ -383,7 +383,8 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
   mngr, state, start = _restore_or_init(config, workdir, roster, initial, agent_sharding)
   stacked_views, keys, pixels = source.views, source.keys, source.pixels
   if agent_sharding is not None:
-    state, stacked_views, keys = to_global((state, stacked_views, keys), agent_sharding)
+    state, stacked_views, keys, hparams = to_global((state, stacked_views, keys, hparams),
+                                                    agent_sharding)
   if pixels is not None and jax.device_count() > 1:  # once, not a copy per step
     pixels = to_global(pixels, replicated(agent_sharding or batch_sharding))
   how = agents.agent_map(config, agent_sharding is not None)
