@@ -29,7 +29,7 @@ def test_round_trip_is_bit_identical(built):
     for c, view in enumerate(VIEWS):
       np.testing.assert_array_equal(part.frames[c],
                                     expected[f"obs_{view}"].reshape(n * 3, 8, 8, 3))
-    for k in ("class", "shape", "size", "position", "colour", "distractor_centroid"):
+    for k in ("class", "shape", "size", "position", "distractor_centroid"):
       np.testing.assert_array_equal(part.labels[k],
                                     expected[k].reshape((n * 3,) + expected[k].shape[2:]))
     assert "velocity" not in part.labels  # one frame does not show it: not probed
@@ -44,7 +44,7 @@ def test_episodes_are_rlds_steps_readable_with_plain_tfds(built):
   assert [s["is_first"] for s in steps] == [True, False, False]
   assert [s["is_last"] for s in steps] == [False, False, True]
   assert set(steps[0]["observation"]) == {*VIEWS, "class", "shape", "size", "position",
-                                          "colour", "distractor_centroid"}
+                                          "distractor_centroid"}
   np.testing.assert_array_equal(np.stack([s["action"] for s in steps[:2]]),
                                 expected["actions"][1])
   np.testing.assert_array_equal(steps[2]["action"], [0, 0])  # the last step's leads nowhere

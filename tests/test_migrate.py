@@ -203,5 +203,5 @@ def test_migrate_rejects_bad_settings(tmp_path):
   with pytest.raises(ValueError, match="target_acc must be in"):
     migrate.validate(config, 1.5)
   config.migrate.map_decay = 1.0
-  with pytest.raises(ValueError, match="map_decay must be in"):
+  with pytest.raises(ValueError, match="map_decay must be below 1, got 1.0"):
     migrate.validate(config, 0.85)

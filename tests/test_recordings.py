@@ -88,8 +88,8 @@ WORLD = dataset.WorldConfig(("mountain", "forest"), 3, 16, 8, 0, 6, 3)
 def test_reads_a_world_recording_made_in_the_test(world_dir):
   lay = recordings.layout(WORLD.name, world_dir)
   assert lay.cameras == ("forest", "mountain") and lay.action_dim == 2
-  assert lay.labels == {"class": "class", "colour": "value", "distractor_centroid": "value",
-                        "position": "value", "shape": "class", "size": "class"}
+  assert lay.labels == {"class": "class", "distractor_centroid": "value", "position": "value",
+                        "shape": "class", "size": "class"}
   train_part = recordings.load(WORLD.name, world_dir, "train", ["mountain", "forest"],
                                recordings.Options(16, 3))
   expected = dataset.generate_episodes(WORLD, "train", np.arange(8))
