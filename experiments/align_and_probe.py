@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from sjepa_jax import agents
 from sjepa_jax import figures
 from sjepa_jax import study
 
@@ -73,7 +74,7 @@ def print_table(report: dict) -> None:
   print(f"{'seed':<5}{'pair (target->source)':<22}{'overlap':>8}{'R2 lstsq':>9}{'R2 ridge':>9}"
         f"{'R2 Procr':>9}{'gap':>7}{'CKA-u':>7}{'native':>8}{'transfer':>9}")
   for p in report["pairs"]:
-    swept = "".join(f" {k.split('.')[-1]}={v:g}" for k, v in p.get("hparams", {}).items())
+    swept = agents.hparams_label(p.get("hparams", {}))
     print(f"{p['seed']:<5}{p['target'] + '->' + p['source'] + swept:<22}{_num(p['overlap'], 8)}"
           f"{p['r2_lstsq']:>9.3f}{p['r2_ridge']:>9.3f}{p['r2_procrustes']:>9.3f}"
           f"{p['isometry_gap']:>7.3f}{p['cka_unbiased']:>7.3f}{_num(p.get(native), 8)}"

@@ -168,6 +168,11 @@ def roster(views: Sequence[str], seeds: int | Sequence[int],
                 [c for _, _, c in entries])
 
 
+def hparams_label(hparams: dict[str, float]) -> str:
+  """Swept values as a table shows them: `` inverse_weight=4 lr=0.001`` ("" without a sweep)."""
+  return "".join(f" {k.split('.')[-1]}={v:g}" for k, v in hparams.items())
+
+
 def stacked_hparams(hparams: Sequence[dict[str, float]]) -> Hparams:
   """Each swept field's values over the agents, (A,) float32 (empty without a sweep)."""
   fields = hparams[0].keys() if hparams else ()

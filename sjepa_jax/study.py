@@ -435,8 +435,7 @@ def probes_by_view(report: dict[str, Any]) -> dict[str, dict[str, dict[str, list
   rows: dict[str, dict[str, list[dict]]] = {}
   for a in report["agents"].values():
     by_kind = rows.setdefault(a["view"], {})
-    swept = "".join(f" {k.split('.')[-1]}={v:g}" for k, v in a.get("hparams", {}).items())
-    by_kind.setdefault(a["kind"] + swept, []).append(a)
+    by_kind.setdefault(a["kind"] + agents.hparams_label(a.get("hparams", {})), []).append(a)
     if any(k.startswith("random_init_") for k in a):
       by_kind.setdefault("random_init", []).append(
           {k[len("random_init_"):]: v for k, v in a.items() if k.startswith("random_init_")})
