@@ -63,6 +63,26 @@ def test_render_shapes_and_ranges(name):
   np.testing.assert_array_equal(np.isinf(depth), np.asarray(frame.obj) == render_lib.SKY_ID)
 
 
+@pytest.mark.parametrize("kind", sorted(render_lib._HIT))
+def test_every_ray_gets_a_finite_normal_hit_or_miss(kind):
+  # A miss's distance is inf; a normal computed at it would be inf or NaN, and XLA may
+  # round one distance differently in two fused kernels, so a select cannot be trusted to
+  # drop it (it put NaN pixels into training batches). Rays in every direction from a
+  # camera, against one primitive of each kind: most miss, some hit, some graze.
+  prims = render_lib.movable_prims(_solo_state((0.3, -0.2), shape=0))
+  p = jax.tree.map(lambda x: x[:1], prims[kind])._replace(valid=jnp.ones(1, bool))
+  eye = jnp.asarray([0.0, -6.0, 2.0])
+  d = jax.random.normal(jax.random.key(7), (4096, 3))
+  d = d.at[:8].set(jnp.eye(3)[jnp.arange(8) % 3])  # axis-aligned rays: zero components
+  d /= jnp.linalg.norm(d, axis=-1, keepdims=True)
+  t, n = jax.vmap(lambda di: render_lib._HIT[kind](eye, di, p))(d)
+  assert np.isinf(np.asarray(t)).mean() > 0.5 and np.isfinite(np.asarray(t)).any()
+  assert np.all(np.isfinite(np.asarray(n)))
+  ground_t, ground_n, albedo, _ = jax.vmap(lambda di: render_lib._ground(eye, di))(d)
+  assert np.isinf(np.asarray(ground_t)).any()
+  assert np.all(np.isfinite(np.asarray(ground_n))) and np.all(np.isfinite(np.asarray(albedo)))
+
+
 def test_render_is_deterministic_and_noise_follows_the_key():
   state = world.random_state(jax.random.key(3))
   forest = world.get_view("forest")  # a view with sensor noise

@@ -89,9 +89,8 @@ def _hit_sphere(o, d, p: Prims):
   b = oc @ d
   disc = b**2 - (jnp.sum(oc**2, -1) - p.extent[:, 0]**2)
   t = -b - jnp.sqrt(jnp.maximum(disc, 0.0))
-  t = jnp.where((disc >= 0) & (t > _EPS), t, jnp.inf)
-  normal = (o + t[:, None] * d - p.centre) / p.extent[:, :1]
-  return t, normal
+  normal = (o + t[:, None] * d - p.centre) / p.extent[:, :1]  # at the finite root: see _HIT
+  return jnp.where((disc >= 0) & (t > _EPS), t, jnp.inf), normal
 
 
 def _hit_cylinder(o, d, p: Prims):
@@ -101,15 +100,15 @@ def _hit_cylinder(o, d, p: Prims):
   a = jnp.maximum(dxy @ dxy, 1e-12)
   b = oxy @ dxy
   disc = b**2 - a * (jnp.sum(oxy**2, -1) - r**2)
-  t_side = (-b - jnp.sqrt(jnp.maximum(disc, 0.0))) / a
-  z_side = o[2] + t_side * d[2] - p.centre[:, 2]
-  t_side = jnp.where((disc >= 0) & (t_side > _EPS) & (jnp.abs(z_side) <= hh), t_side, jnp.inf)
+  root = (-b - jnp.sqrt(jnp.maximum(disc, 0.0))) / a
+  z_side = o[2] + root * d[2] - p.centre[:, 2]
+  t_side = jnp.where((disc >= 0) & (root > _EPS) & (jnp.abs(z_side) <= hh), root, jnp.inf)
   dz = jnp.where(jnp.abs(d[2]) < 1e-9, 1e-9, d[2])
   cap_z = p.centre[:, 2] - jnp.sign(dz) * hh  # the cap facing the ray
   t_cap = (cap_z - o[2]) / dz
   in_cap = jnp.sum((oxy + t_cap[:, None] * dxy)**2, -1) <= r**2
   t_cap = jnp.where(in_cap & (t_cap > _EPS), t_cap, jnp.inf)
-  side_xy = (oxy + t_side[:, None] * dxy) / r[:, None]
+  side_xy = (oxy + root[:, None] * dxy) / r[:, None]  # at the finite root: see _HIT
   n_side = jnp.concatenate([side_xy, jnp.zeros_like(r)[:, None]], -1)
   n_cap = jnp.zeros_like(p.centre).at[:, 2].set(-jnp.sign(dz))
   use_cap = t_cap < t_side
@@ -128,6 +127,11 @@ def _hit_box(o, d, p: Prims):
   return t, -axis * jnp.sign(d)
 
 
+# Each hit function returns inf for a miss, but a finite normal for every ray, hit or not:
+# a normal computed at the masked distance (inf) is inf or NaN, and XLA may compute one
+# distance in two fused kernels rounded differently (a grazing ray then hits in one and
+# misses in the other), so the select meant to drop that NaN can keep it. That put a NaN
+# pixel into rare 64 x 64 batches, only inside lax.map, and stopped training.
 _HIT = {"sphere": _hit_sphere, "cylinder": _hit_cylinder, "box": _hit_box}
 
 
@@ -159,9 +163,10 @@ def _nearest(prims: dict[str, Prims], o: jax.Array, d: jax.Array):
 
 def _ground(o: jax.Array, d: jax.Array):
   """The ground plane's hit, in the same form as ``_nearest``."""
-  t = jnp.where(d[2] < -1e-9, -o[2] / jnp.minimum(d[2], -1e-9), jnp.inf)
+  t = -o[2] / jnp.minimum(d[2], -1e-9)  # finite: the colour is read where it lands
   x, y = o[0] + t * d[0], o[1] + t * d[1]
-  t = jnp.where((jnp.abs(x) <= GROUND_HALF) & (jnp.abs(y) <= GROUND_HALF), t, jnp.inf)
+  hit = (d[2] < -1e-9) & (jnp.abs(x) <= GROUND_HALF) & (jnp.abs(y) <= GROUND_HALF)
+  t = jnp.where(hit, t, jnp.inf)
   return t, jnp.asarray([0.0, 0.0, 1.0]), ground_colour(x, y), jnp.int32(GROUND_ID)
 
 
