@@ -69,12 +69,28 @@ def fit_ridge(x_NxD: jax.Array, y_NxE: jax.Array, l2: float | None = None,
   if l2 is None:
     n_fit = int(round(x.shape[0] * (1 - val_fraction)))
     m_fit, mean_fit = x[:n_fit].mean(0), y[:n_fit].mean(0)
-    def val_r2(l):
-      w = ridge_weights(x[:n_fit] - m_fit, y[:n_fit] - mean_fit, l)
-      return r2_score((x[n_fit:] - m_fit) @ w + mean_fit, y[n_fit:])
     grid = jnp.asarray(RIDGE_GRID)
-    l2 = grid[jnp.argmax(jax.vmap(val_r2)(grid))]
+    ws = ridge_path(x[:n_fit] - m_fit, y[:n_fit] - mean_fit, grid)
+    val_r2 = lambda w: r2_score((x[n_fit:] - m_fit) @ w + mean_fit, y[n_fit:])
+    l2 = grid[jnp.argmax(jax.vmap(val_r2)(ws))]
   return LinearMap(mx, my, ridge_weights(x, y, l2))
+
+
+def ridge_path(x_NxD: jax.Array, y_NxE: jax.Array, l2_G: jax.Array) -> jax.Array:
+  """``ridge_weights`` for every strength of ``l2_G`` at once, (G, D, E), from one
+  eigendecomposition of X^T X.
+
+  Not a vmapped solve: that is a batched LAPACK call, which jaxlib's CPU kernels split
+  over the thread pool and wait on; two of them running at once in one program (two maps
+  of a pair) can each hold a pool thread while waiting for the other's, which deadlocked
+  the study on 2 cores. One unbatched decomposition runs on its own thread.
+  """
+  d = x_NxD.shape[1]
+  gram = x_NxD.T @ x_NxD
+  evals, evecs = jnp.linalg.eigh(gram)
+  lam_G = l2_G * jnp.trace(gram) / d
+  inv_GxD = 1.0 / (jnp.maximum(evals, 0.0)[None] + lam_G[:, None])
+  return jnp.einsum("dk,gk,ke->gde", evecs, inv_GxD, evecs.T @ (x_NxD.T @ y_NxE))
 
 
 @functools.partial(jax.jit, static_argnames="rank")

@@ -1,6 +1,7 @@
 """CKA and probes against planted answers."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -246,6 +247,28 @@ def test_ridge_picks_its_strength_on_fitting_pairs_and_beats_lstsq_with_few_pair
   fit, test = slice(0, 45), slice(45, None)
   r2 = lambda m: float(align.r2_score(m.apply(x[test]), y[test]))
   assert r2(align.fit_ridge(x[fit], y[fit])) > r2(align.fit_lstsq(x[fit], y[fit])) + 0.2
+
+
+def test_ridge_path_equals_one_solve_per_strength():
+  k1, k2 = jax.random.split(KEY)
+  x = jax.random.normal(k1, (200, 16)) * jnp.linspace(0.01, 3.0, 16)  # anisotropic
+  y = x @ jax.random.normal(k2, (16, 5))
+  grid = jnp.asarray(align.RIDGE_GRID)
+  path = align.ridge_path(x, y, grid)
+  for g, l2 in enumerate(align.RIDGE_GRID):
+    np.testing.assert_allclose(path[g], align.ridge_weights(x, y, l2), rtol=1e-3, atol=1e-4)
+
+
+def test_the_ridge_search_makes_no_batched_lapack_call():
+  # A batched LAPACK call is split over XLA's CPU thread pool and waited on; two at once in
+  # one program deadlocked the study on 2 cores. Every LAPACK call must see one matrix.
+  x = jax.random.normal(KEY, (100, 8))
+  text = align.fit_ridge.lower(x, x[:, :3]).as_text()
+  calls = [line for line in text.splitlines() if "lapack" in line and "custom_call" in line]
+  assert calls  # the final refit's solve
+  for line in calls:
+    shapes = re.findall(r"tensor<([0-9x]+)xf32>", line)
+    assert all(shape.count("x") <= 1 for shape in shapes), line
 
 
 def test_reduced_rank_keeps_the_planted_rank():
