@@ -54,10 +54,13 @@ def ridge_weights(x_NxD: jax.Array, y_NxE: jax.Array, l2: float | jax.Array) -> 
   """Ridge regression weights (D, E) of centred Y on centred X. ``l2`` is relative to the
   mean eigenvalue of X^T X (for standardised X, about N), so it is invariant to the
   latents' scale. The one ridge solve of the maps and the probes."""
-  d = x_NxD.shape[1]
   gram = x_NxD.T @ x_NxD
-  lam = l2 * jnp.trace(gram) / d
-  return jnp.linalg.solve(gram + lam * jnp.eye(d), x_NxD.T @ y_NxE)
+  return jnp.linalg.solve(gram + _strength(gram, l2) * jnp.eye(len(gram)), x_NxD.T @ y_NxE)
+
+
+def _strength(gram_DxD: jax.Array, l2: float | jax.Array) -> jax.Array:
+  """The ridge penalty for relative strength ``l2``: ``l2`` times the mean eigenvalue."""
+  return l2 * jnp.trace(gram_DxD) / len(gram_DxD)
 
 
 @functools.partial(jax.jit, static_argnames="val_fraction")
@@ -82,13 +85,13 @@ def ridge_path(x_NxD: jax.Array, y_NxE: jax.Array, l2_G: jax.Array) -> jax.Array
 
   Not a vmapped solve: that is a batched LAPACK call, which jaxlib's CPU kernels split
   over the thread pool and wait on; two of them running at once in one program (two maps
-  of a pair) can each hold a pool thread while waiting for the other's, which deadlocked
-  the study on 2 cores. One unbatched decomposition runs on its own thread.
+  of a pair) can each hold a pool thread while waiting for the other's, a deadlock when
+  the pool has as few threads as a 2-core machine. One unbatched decomposition runs on
+  its own thread.
   """
-  d = x_NxD.shape[1]
   gram = x_NxD.T @ x_NxD
   evals, evecs = jnp.linalg.eigh(gram)
-  lam_G = l2_G * jnp.trace(gram) / d
+  lam_G = _strength(gram, l2_G)
   inv_GxD = 1.0 / (jnp.maximum(evals, 0.0)[None] + lam_G[:, None])
   return jnp.einsum("dk,gk,ke->gde", evecs, inv_GxD, evecs.T @ (x_NxD.T @ y_NxE))
 

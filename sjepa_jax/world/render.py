@@ -130,8 +130,8 @@ def _hit_box(o, d, p: Prims):
 # Each hit function returns inf for a miss, but a finite normal for every ray, hit or not:
 # a normal computed at the masked distance (inf) is inf or NaN, and XLA may compute one
 # distance in two fused kernels rounded differently (a grazing ray then hits in one and
-# misses in the other), so the select meant to drop that NaN can keep it. That put a NaN
-# pixel into rare 64 x 64 batches, only inside lax.map, and stopped training.
+# misses in the other), so the select meant to drop that NaN can keep it: a NaN pixel in a
+# batch, and training stops.
 _HIT = {"sphere": _hit_sphere, "cylinder": _hit_cylinder, "box": _hit_box}
 
 
