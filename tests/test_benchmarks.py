@@ -73,3 +73,14 @@ def test_the_scaling_benchmark_times_each_agent_count_and_mapping(tmp_path):
     assert r["agent_steps_per_s"] > 0 and r["compile_s"] > 0
     assert r["images_per_s"] == pytest.approx(r["agent_steps_per_s"] * 4 * 3)  # batch x frames
     assert r["mfu"] == pytest.approx(r["flops_per_s"] / 1e12)
+
+
+def test_rendering_beside_the_step_trains_on_the_same_batches(tmp_path):
+  path = tmp_path / "beside.json"
+  _run("benchmarks.render_beside_step", "--batch=4", "--image_size=16", "--rounds=1",
+       "--steps=2", f"--json={path}")
+  report = json.loads(path.read_text())
+  assert set(report["ms"]) == {"render", "train", "in turn", "beside, one device",
+                               "beside, two devices"}
+  assert all(v > 0 for v in report["ms"].values())
+  assert report["same_parameters"] is True  # every feeding trains on the same batches
