@@ -97,7 +97,54 @@ def print_table(report: dict) -> None:
     values = ", ".join(f"{k}={v:g}" for k, v in group["hparams"].items())
     print(f"\n{values}: R2 ridge {g['r2_ridge']:.3f}, gap {g['isometry_gap']:.3f}, "
           f"native {_num(g.get('native_acc'), 0)}, transfer {_num(g.get('transfer_acc'), 0)}")
+  print_shared(report)
   print(f"\nGoals {s['goals']}: met {s['goals_met']}")
+
+
+_SHARED_ROWS = (
+    ("k_null", "shared directions above the shuffled null (k_null)"),
+    ("k_iso", "isometric dimension (k_iso)"),
+    ("r2_procrustes_k_iso", "Procrustes R^2 on the k_iso span"),
+    ("gap_k_null", "gap on the k_null span"),
+    ("sv_ratio_k_null", "map's singular values max/min, k_null span"),
+    ("gap", "whole-latent gap"),
+    ("gap_beyond_span", "  = linear map beyond the k_null span"),
+    ("gap_shared_not_rotation", "  + shared part not a rotation"),
+    ("gap_unshared_rotation", "  + one rotation over unshared directions"),
+    ("gap_whitened", "whitened gap, measured"),
+    ("gap_predicted_whitened", "whitened gap the spectrum predicts, var(rho)"),
+    ("r2_ridge", "whole-latent ridge R^2"),
+    ("mlp_map_r2", "MLP map R^2"),
+    ("state_r2", "state ceiling R^2 (source latent)"),
+    ("state_r2_shared", "state ceiling R^2 (its k_null span)"),
+    ("native_fraction_k_iso", "class on k_iso span / source native"),
+    ("transfer_fraction_k_iso", "class through k_iso span / target native"),
+    ("transfer_fraction", "class through whole map / target native"),
+    ("random_init_k_null", "random-init k_null"),
+    ("shuffled_pairs_k_null", "shuffled-pairs k_null"),
+    ("pixel_pca_k_null", "pixel PCA k_null"),
+    ("pixel_pca_k_iso", "pixel PCA k_iso"),
+    ("same_view_k_iso", "same view, two seeds: k_iso"),
+    ("supervised_k_iso", "supervised agents: k_iso"))
+
+
+def print_shared(report: dict) -> None:
+  """The shared-part decomposition per pair type: means +- the spread over seeds."""
+  summary = report.get("shared_summary", {})
+  if not summary:
+    return
+  kinds = list(summary)
+  print("\nThe shared part (sjepa_jax/shared.py), per pair type; mean +- spread over seeds "
+        "(pairs):")
+  headings = [f"{k} ({summary[k]['pairs']})" for k in kinds]
+  print(f"{'':<50}" + "".join(f"{h:>20}" for h in headings))
+  for key, label in _SHARED_ROWS:
+    cells = [summary[k]["figures"].get(key) for k in kinds]
+    if any(c is not None for c in cells):
+      print(f"{label:<50}" + "".join(_pm(c[0], c[1], 20) if c else f"{'-':>20}"
+                                     for c in cells))
+  for k in kinds:
+    print(f"{k}: goals met {summary[k]['goals_met']}; worst {summary[k]['worst']}")
 
 
 def print_controls(report: dict, labelled: list[str]) -> None:

@@ -36,6 +36,13 @@ class LinearMap:
     return (x_NxD - self.x_mean) @ self.w + self.y_mean
 
 
+def svd(a: jax.Array, compute_uv: bool = True):
+  """Thin SVD by LAPACK's QR-iteration driver (gesvd). XLA's CPU default, divide and conquer
+  (gesdd), runs many times slower on the small matrices every map and CCA decomposes."""
+  return jax.lax.linalg.svd(a, full_matrices=False, compute_uv=compute_uv,
+                            algorithm=jax.lax.linalg.SvdAlgorithm.QR)
+
+
 def _centre(x_NxD, y_NxE):
   return x_NxD.mean(0), y_NxE.mean(0), x_NxD - x_NxD.mean(0), y_NxE - y_NxE.mean(0)
 
@@ -106,7 +113,7 @@ def fit_reduced_rank(x_NxD: jax.Array, y_NxE: jax.Array, rank: int,
   """
   mx, my, x, y = _centre(x_NxD, y_NxE)
   w = ridge_weights(x, y, l2)
-  v_ExK = jnp.linalg.svd(x @ w, full_matrices=False)[2][:rank].T
+  v_ExK = svd(x @ w)[2][:rank].T
   return LinearMap(mx, my, w @ v_ExK @ v_ExK.T)
 
 
@@ -127,38 +134,66 @@ def procrustes_from_moments(cross_DxE: jax.Array, sq_norm_x: jax.Array, x_mean: 
   """The scaled orthogonal map from second moments of centred pairs: ``cross`` = X^T Y and
   ``sq_norm_x`` = |X|^2 (both sums, or both means, over the same pairs). With
   X^T Y = U S V^T the rotation is U V^T and the scale trace(S) / |X|^2."""
-  u, sv, vt = jnp.linalg.svd(cross_DxE, full_matrices=False)
+  u, sv, vt = svd(cross_DxE)
   return LinearMap(x_mean, y_mean, sv.sum() / jnp.maximum(sq_norm_x, 1e-12) * (u @ vt))
 
 
-def _inv_sqrt_and_sqrt(c):
-  """C^{-1/2} and C^{1/2} of a symmetric positive definite matrix."""
+def _inv_sqrt(c):
+  """C^{-1/2} of a symmetric positive definite matrix."""
   evals, evecs = jnp.linalg.eigh(c)
-  root = jnp.sqrt(jnp.maximum(evals, 1e-12))
-  return (evecs / root) @ evecs.T, (evecs * root) @ evecs.T
+  return (evecs / jnp.sqrt(jnp.maximum(evals, 1e-12))) @ evecs.T
+
+
+class Canonical(NamedTuple):
+  """Canonical directions of a pair of latent sets: ``(x - x_mean) @ a`` and
+  ``(y - y_mean) @ b`` have (nearly) identity covariance on the fitting pairs and
+  correlation ``rho[j]`` between their columns j, in descending order."""
+  x_mean: jax.Array  # (D,)
+  y_mean: jax.Array  # (E,)
+  a: jax.Array  # (D, R), R = min(D, E)
+  b: jax.Array  # (E, R)
+  rho: jax.Array  # (R,)
+  x_cov: jax.Array  # (D, D) the (shrunk) covariances the directions whiten
+  y_cov: jax.Array  # (E, E)
+
+
+@jax.jit
+def fit_canonical(x_NxD: jax.Array, y_NxE: jax.Array, l2: float = 1e-3) -> Canonical:
+  """Regularised CCA: each covariance shrunk toward ``l2`` times its mean eigenvalue (the
+  same relative rule as the ridge maps), so directions without variance stay bounded.
+
+  References: Hotelling, Biometrika 1936.
+  """
+  mx, my, x, y = _centre(x_NxD, y_NxE)
+  n = x.shape[0]
+  cxx, cyy = x.T @ x / n, y.T @ y / n
+  cxx += _strength(cxx, l2) * jnp.eye(len(cxx))
+  cyy += _strength(cyy, l2) * jnp.eye(len(cyy))
+  wx, wy = _inv_sqrt(cxx), _inv_sqrt(cyy)
+  u, rho, vt = svd(wx @ (x.T @ y / n) @ wy)
+  return Canonical(mx, my, wx @ u, wy @ vt.T, rho, cxx, cyy)
+
+
+def canonical_correlations(c: Canonical, x_NxD: jax.Array, y_NxE: jax.Array) -> jax.Array:
+  """The correlation of each pair of canonical variates on (held-out) pairs, (R,)."""
+  u = (x_NxD - c.x_mean) @ c.a
+  v = (y_NxE - c.y_mean) @ c.b
+  u, v = u - u.mean(0), v - v.mean(0)
+  return jnp.sum(u * v, 0) / jnp.sqrt(jnp.maximum(jnp.sum(u ** 2, 0) * jnp.sum(v ** 2, 0),
+                                                  1e-30))
 
 
 @functools.partial(jax.jit, static_argnames="rank")
 def fit_cca(x_NxD: jax.Array, y_NxE: jax.Array, rank: int | None = None,
             l2: float = 1e-3) -> tuple[LinearMap, jax.Array]:
-  """Regularised CCA, and the map that predicts Y from X through the top ``rank`` canonical
-  pairs (all of them: the ridge map). Returns (map, canonical correlations, descending).
-
-  References: Hotelling, Biometrika 1936.
-  """
-  mx, my, x, y = _centre(x_NxD, y_NxE)
-  n, d = x.shape
-  e = y.shape[1]
-  cxx, cyy = x.T @ x / n, y.T @ y / n
-  cxx += l2 * jnp.trace(cxx) / d * jnp.eye(d)
-  cyy += l2 * jnp.trace(cyy) / e * jnp.eye(e)
-  wx, _ = _inv_sqrt_and_sqrt(cxx)
-  wy, cyy_sqrt = _inv_sqrt_and_sqrt(cyy)
-  u, rho, vt = jnp.linalg.svd(wx @ (x.T @ y / n) @ wy, full_matrices=False)
-  k = rho.shape[0] if rank is None else rank
-  # Y's canonical variates are best predicted by rho * X's; map them back to Y's space.
-  w = wx @ u[:, :k] @ jnp.diag(rho[:k]) @ vt[:k] @ cyy_sqrt
-  return LinearMap(mx, my, w), rho
+  """The map that predicts Y from X through the top ``rank`` canonical pairs (all of them:
+  the ridge map), and the canonical correlations (descending)."""
+  c = fit_canonical(x_NxD, y_NxE, l2)
+  k = c.rho.shape[0] if rank is None else rank
+  # Y's canonical variates are best predicted by rho * X's; b^T C_yy maps them back to Y's
+  # space (b^T C_yy b = I).
+  w = c.a[:, :k] @ jnp.diag(c.rho[:k]) @ c.b[:, :k].T @ c.y_cov
+  return LinearMap(c.x_mean, c.y_mean, w), c.rho
 
 
 class SharedSpace(NamedTuple):
@@ -183,7 +218,7 @@ def fit_generalized_procrustes(z_MxNxD: jax.Array, iters: int = 30) -> SharedSpa
   z = z * scale[:, None, None]
 
   def rotations(consensus):
-    u, _, vt = jnp.linalg.svd(jnp.einsum("mnd,ne->mde", z, consensus))
+    u, _, vt = svd(jnp.einsum("mnd,ne->mde", z, consensus))
     return u @ vt
 
   def body(_, consensus):
@@ -229,7 +264,7 @@ def relative_residual(pred_NxE: jax.Array, y_NxE: jax.Array) -> jax.Array:
 
 def singular_value_stats(w_DxE: jax.Array) -> dict[str, jax.Array]:
   """Singular values of a map; an isometry (up to scale) has them all equal."""
-  s = jnp.linalg.svd(w_DxE, compute_uv=False)
+  s = svd(w_DxE, compute_uv=False)
   return {"singular_values": s, "condition_number": s[0] / s[-1],
           "singular_value_spread": s.std() / s.mean()}
 
@@ -336,10 +371,8 @@ def whitener(x_NxD: jax.Array, shrink: float = 1e-3) -> LinearMap:
   """
   mean = x_NxD.mean(0)
   c = jnp.cov(x_NxD - mean, rowvar=False, bias=True)
-  c += shrink * jnp.trace(c) / c.shape[0] * jnp.eye(c.shape[0])
-  eig, vec = jnp.linalg.eigh(c)
-  w = (vec / jnp.sqrt(eig)) @ vec.T
-  return LinearMap(mean, jnp.zeros(c.shape[0]), w)
+  c += _strength(c, shrink) * jnp.eye(len(c))
+  return LinearMap(mean, jnp.zeros(len(c)), _inv_sqrt(c))
 
 
 @functools.partial(jax.jit, static_argnames=("rank", "k"))

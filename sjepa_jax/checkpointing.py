@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import socket
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 import jax
@@ -180,11 +180,17 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  """Checkpoint manager over ``<workdir>/checkpoints`` for training, keeping the last ``keep``."""
+def manager(workdir: str, keep: int = 3, keep_steps: Sequence[int] = ()
+            ) -> ocp.CheckpointManager:
+  """Checkpoint manager over ``<workdir>/checkpoints`` for training, keeping the last
+  ``keep`` and every step of ``keep_steps``."""
   directory = checkpoint_dir(workdir)
+  policies = [ocp.checkpoint_managers.LatestN(keep)]
+  if keep_steps:
+    policies.append(ocp.checkpoint_managers.CustomSteps(list(keep_steps)))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=True,
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      create=True, enable_async_checkpointing=True,
       async_options=ocp.options.AsyncOptions(
           post_finalization_callback=lambda: _record_in_flight(directory),
           barrier_sync_fn=barrier_noticing_lost_peers if jax.process_count() > 1 else None))

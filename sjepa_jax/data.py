@@ -55,10 +55,12 @@ def world_batch(key: jax.Array, view: world.View, batch: int, frames: int, size:
 class PairedSet(NamedTuple):
   """The same N states seen from every agent's view, with the labels a probe reads: the
   world's ``scene.PROBED``, or a dataset's ``class``. ``num_classes`` gives each integer
-  label's class count; the other labels are values."""
+  label's class count; the other labels are values. ``state`` is everything known of each
+  state as one vector (the world's full state; a recording's labels), None for images."""
   obs: jax.Array  # (A, N, H, W, 3)
   labels: dict[str, jax.Array]  # each (N, ...)
   num_classes: dict[str, int]
+  state: jax.Array | None = None  # (N, S)
 
 
 def world_paired_set(key: jax.Array, views: world.View, num: int, size: int) -> PairedSet:
@@ -72,7 +74,7 @@ def world_paired_set(key: jax.Array, views: world.View, num: int, size: int) -> 
                     batch_size=64)
   labels = jax.vmap(world.labels)(states)
   return PairedSet(jnp.swapaxes(obs, 0, 1), {k: labels[k] for k in scene.PROBED},
-                   dict(scene.LABEL_CLASSES))
+                   dict(scene.LABEL_CLASSES), jax.vmap(world.state_features)(states))
 
 
 def world_pairs(views: str | Sequence[str], num: int, size: int = 32, seed: int = 0
@@ -82,6 +84,15 @@ def world_pairs(views: str | Sequence[str], num: int, size: int = 32, seed: int 
   probes. A different ``seed`` gives other states (fit on one, score on another)."""
   stacked = world.stack_views(views)
   return world_paired_set(jax.random.key(seed), stacked, num, size)
+
+
+def state_of(labels: dict[str, jax.Array], num_classes: dict[str, int]) -> jax.Array:
+  """Labels as one state vector per example, (N, S): values as they are, class ids
+  one-hot."""
+  parts = [jax.nn.one_hot(y, num_classes[k]) if k in num_classes
+           else jnp.reshape(y, (y.shape[0], -1)).astype(jnp.float32)
+           for k, y in sorted(labels.items())]
+  return jnp.concatenate(parts, 1)
 
 
 _regions_obs = jax.jit(jax.vmap(images.region_obs, in_axes=(None, 0, None)), static_argnums=2)
@@ -245,9 +256,9 @@ def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, nu
                      "--test_pairs (or the eval sizes).")
   if isinstance(source, recordings.Recording):
     steps = recordings.paired_steps(source, key, num)
-    return PairedSet(recordings.paired_obs(source, np.asarray(views), steps),
-                     {k: jnp.asarray(v[steps]) for k, v in source.labels.items()},
-                     dict(source.num_classes))
+    labels = {k: jnp.asarray(v[steps]) for k, v in source.labels.items()}
+    return PairedSet(recordings.paired_obs(source, np.asarray(views), steps), labels,
+                     dict(source.num_classes), state_of(labels, source.num_classes))
   index = np.asarray(jax.random.permutation(key, len(source.labels))[:num])
   pixels = jnp.asarray(source.pixels[index])
   obs = _regions_obs(pixels, views, config.data.image_size)

@@ -158,3 +158,35 @@ def accuracy_against_flops(report: dict, path: str) -> str:
   fig.suptitle(f"{report['teacher_view']} teacher -> {report['student_view']} student",
                fontsize=9)
   return _save(fig, path)
+
+
+def emergence(report: dict, path: str) -> str:
+  """The shared part along training, per pair type: k_null and k_iso, the whole-latent R^2
+  and gap, the gap on the k_null span; and the agents' probes. Mean +- spread over seeds."""
+  kinds = [k for k in report["summary"] if k != "probes"]
+  panels = (("k_null", "k_iso"), ("r2_ridge", "gap", "gap_k_null"))
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+  steps = report["steps"]
+  x = [max(s, 1) for s in steps]  # step 0 drawn at 1 on the log axis
+  for ax, names in zip(axes[:2], panels):
+    for kind in kinds:
+      for name, style in zip(names, ("-o", "--s", ":^")):
+        rows = [report["summary"][kind][str(s)].get(name) for s in steps]
+        if all(r is None for r in rows):
+          continue
+        mean = [r[0] if r else float("nan") for r in rows]
+        spread = [r[1] if r else 0.0 for r in rows]
+        ax.errorbar(x, mean, yerr=spread, fmt=style, ms=3, capsize=2,
+                    label=f"{name} ({kind})")
+  probes = report["summary"]["probes"]
+  for name, style in (("class_acc", "-o"), ("position_r2", "--s")):
+    rows = [probes[str(s)].get(name) for s in steps]
+    axes[2].errorbar(x, [r[0] for r in rows], yerr=[r[1] for r in rows], fmt=style, ms=3,
+                     capsize=2, label=name)
+  titles = ("shared dimensions", "whole-latent R^2 and gaps", "agents' probes")
+  for ax, title in zip(axes, titles):
+    ax.set_xscale("log")
+    ax.set_xlabel("training step (0 drawn at 1)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6)
+  return _save(fig, path)

@@ -115,23 +115,16 @@ def classifier_grad_norm(probe: Probe, z_NxD: jax.Array, labels_N: jax.Array,
   return optax.tree.norm(jax.grad(_logistic_loss)((probe.w, probe.b), x, labels_N, l2))
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "steps"))
-def mlp_accuracy(z_fit: jax.Array, labels_fit: jax.Array, z_test: jax.Array,
-                 labels_test: jax.Array, num_classes: int, hidden: int = 256,
-                 steps: int = 500, lr: float = 3e-3, weight_decay: float = 1e-4,
-                 seed: int = 0) -> jax.Array:
-  """Held-out accuracy of a one-hidden-layer MLP probe (GELU, full-batch AdamW): a
-  diagnostic of whether a class is in the latent at all, not a linear read-out."""
-  mean, std = _standardise(z_fit)
-  x_fit, x_test = (z_fit - mean) / std, (z_test - mean) / std
+def _fit_mlp(x_NxD: jax.Array, out: int, loss_of_outputs, hidden: int, steps: int, lr: float,
+             weight_decay: float, seed: int):
+  """A one-hidden-layer MLP (GELU) trained full batch by AdamW on ``loss_of_outputs``;
+  returns its forward function."""
   k1, k2 = jax.random.split(jax.random.key(seed))
-  d = x_fit.shape[1]
+  d = x_NxD.shape[1]
   params = {"w1": jax.random.normal(k1, (d, hidden)) / jnp.sqrt(d), "b1": jnp.zeros(hidden),
-            "w2": jax.random.normal(k2, (hidden, num_classes)) / jnp.sqrt(hidden),
-            "b2": jnp.zeros(num_classes)}
-  logits = lambda p, x: jax.nn.gelu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-      logits(p, x_fit), labels_fit).mean()
+            "w2": jax.random.normal(k2, (hidden, out)) / jnp.sqrt(hidden), "b2": jnp.zeros(out)}
+  forward = lambda p, x: jax.nn.gelu(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+  loss = lambda p: loss_of_outputs(forward(p, x_NxD))
   tx = optax.adamw(lr, weight_decay=weight_decay)
 
   def step(_, carry):
@@ -140,7 +133,45 @@ def mlp_accuracy(z_fit: jax.Array, labels_fit: jax.Array, z_test: jax.Array,
     return optax.apply_updates(p, updates), opt
 
   params, _ = jax.lax.fori_loop(0, steps, step, (params, tx.init(params)))
-  return jnp.mean(jnp.argmax(logits(params, x_test), -1) == labels_test)
+  return functools.partial(forward, params)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "hidden", "steps"))
+def mlp_accuracy(z_fit: jax.Array, labels_fit: jax.Array, z_test: jax.Array,
+                 labels_test: jax.Array, num_classes: int, hidden: int = 256,
+                 steps: int = 500, lr: float = 3e-3, weight_decay: float = 1e-4,
+                 seed: int = 0) -> jax.Array:
+  """Held-out accuracy of a one-hidden-layer MLP probe (GELU, full-batch AdamW): a
+  diagnostic of whether a class is in the latent at all, not a linear read-out."""
+  mean, std = _standardise(z_fit)
+  loss = lambda logits: optax.softmax_cross_entropy_with_integer_labels(
+      logits, labels_fit).mean()
+  mlp = _fit_mlp((z_fit - mean) / std, num_classes, loss, hidden, steps, lr, weight_decay,
+                 seed)
+  return jnp.mean(jnp.argmax(mlp((z_test - mean) / std), -1) == labels_test)
+
+
+@functools.partial(jax.jit, static_argnames=("hidden", "steps"))
+def mlp_regress(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, hidden: int = 128,
+                steps: int = 400, lr: float = 3e-3, weight_decay: float = 1e-4,
+                seed: int = 0) -> jax.Array:
+  """Predictions (N_test, C) of a one-hidden-layer MLP regressing Y on X, both standardised
+  with the fitting rows' statistics: a nonlinear map between two agents, or from the
+  world's state to a latent (what the state explains of it)."""
+  y_fit = y_fit.reshape(y_fit.shape[0], -1)
+  mean, std = _standardise(x_fit)
+  y_mean, y_std = _standardise(y_fit)
+  loss = lambda out: jnp.mean((out - (y_fit - y_mean) / y_std) ** 2)
+  mlp = _fit_mlp((x_fit - mean) / std, y_fit.shape[1], loss, hidden, steps, lr, weight_decay,
+                 seed)
+  return mlp((x_test - mean) / std) * y_std + y_mean
+
+
+def mlp_r2(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test: jax.Array,
+           **kwargs) -> jax.Array:
+  """Held-out R^2 (``align.r2_score``) of ``mlp_regress``."""
+  return align.r2_score(mlp_regress(x_fit, y_fit, x_test, **kwargs),
+                        y_test.reshape(y_test.shape[0], -1))
 
 
 def fit(z_NxD: jax.Array, labels: Mapping[str, jax.Array], num_classes: Mapping[str, int],

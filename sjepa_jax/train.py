@@ -36,7 +36,7 @@ def _flatten(d: dict) -> dict:
 
 # Config keys that may change between a run and its resumption; any other change is an error.
 _RESUMABLE_CHANGES = ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-                      "max_steps_per_run", "eval.", "data.data_dir")
+                      "keep_steps", "max_steps_per_run", "eval.", "data.data_dir")
 
 
 # --- Setup checks ------------------------------------------------------------------------
@@ -285,6 +285,18 @@ def check_finite(metrics: dict[str, np.ndarray], names: Sequence[str], first: in
         f"training stopped. Last good checkpoint: {_step_or_none(latest_checkpoint)}.")
 
 
+def keep_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The steps ``config.keep_steps`` names, checked: integers from 1 to num_train_steps."""
+  text = config.get("keep_steps", "") or ""
+  steps = []
+  for part in (p.strip() for p in str(text).split(",") if p.strip()):
+    if not part.isdigit() or not 1 <= int(part) <= config.num_train_steps:
+      raise ValueError(f"keep_steps={text!r}: {part!r} is not a step; give comma-separated "
+                       f"integers from 1 to num_train_steps ({config.num_train_steps}).")
+    steps.append(int(part))
+  return tuple(sorted(set(steps)))
+
+
 # --- The loop ----------------------------------------------------------------------------
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -297,6 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the end-of-training probe report (also written to ``<workdir>/probe.json``).
   """
   agents.validate(config)
+  keep_steps(config)
   views = data.parse_views(config, views)
   roster = agents.roster(views, seeds, sweep)
   if sweep:  # each swept value must make sense on its own
@@ -343,7 +356,7 @@ def _restore_or_init(config, workdir: str, roster: agents.Roster,
     checkpointing.set_aside_damaged(workdir)
   if jax.process_count() > 1:  # every process sees the same checkpoints from here on
     multihost_utils.sync_global_devices("sjepa_checkpoints_checked")
-  mngr = checkpointing.manager(workdir, config.keep_checkpoints)
+  mngr = checkpointing.manager(workdir, config.keep_checkpoints, keep_steps(config))
   if mngr.latest_step() is None:
     return mngr, jax.tree.map(jnp.copy, initial), 0
   meta, _ = checkpointing.read_meta(workdir)
@@ -405,6 +418,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
   stop = total if config.max_steps_per_run <= 0 else min(total, start + config.max_steps_per_run)
   progress = metrics_io.Progress(total, enabled=main_process)
   last_logged = start
+  kept = set(keep_steps(config))
 
   # Loop.
   with writer:
@@ -426,7 +440,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
         if len(names) > 1:
           scalars.update(alignment_scores(z, names))
         writer.write_scalars(done, scalars)
-      if done % config.checkpoint_every == 0 or done == stop:
+      if done % config.checkpoint_every == 0 or done == stop or done in kept:
         _save_if_finite(mngr, done, state, config, roster)
     mngr.wait_until_finished()
 

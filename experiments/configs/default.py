@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 100
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
+  # Steps also saved and never deleted, comma-separated (e.g. "100,300,700" for
+  # experiments.emergence: the study along training); "" keeps only the last few.
+  c.keep_steps = ""
   c.max_steps_per_run = -1  # > 0: stop (checkpointed) after this many steps; rerun resumes
   # How agents share the program: vmap (batched; for accelerators), lax_map (one after
   # another; faster than vmap on CPU, see benchmarks/vmap_agents.py) or auto (lax_map on

@@ -8,5 +8,6 @@ from sjepa_jax.world.episodes import Episode, observe, sample_episode
 from sjepa_jax.world.overlap import overlap_matrix
 from sjepa_jax.world.render import Frame
 from sjepa_jax.world.scene import (NUM_CLASSES, WorldState, labels, random_actions,
-                                   random_state, rollout, step)
+                                   random_state, rollout, state_features,
+                                   step)
 from sjepa_jax.world.views import VIEWS, View, get_view, parse_views, stack_views

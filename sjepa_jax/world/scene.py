@@ -139,6 +139,15 @@ def labels(state: WorldState) -> dict[str, jax.Array]:
   }
 
 
+def state_features(state: WorldState) -> jax.Array:
+  """Everything that varies between states as one vector (S,): every object's position and
+  velocity, the focal object's shape and every object's size (one-hot), the pucks' grey
+  levels. What a latent could know of the world; the state ceiling reads latents from it."""
+  return jnp.concatenate([
+      state.pos.ravel(), state.vel.ravel(), jax.nn.one_hot(state.shape[0], len(SHAPES)),
+      jax.nn.one_hot(state.size, len(SIZES)).ravel(), state.colour[1:, 0]])
+
+
 # --- Static landmarks: a fixed layout, the same in every episode. -----------------------
 # Trees as (x, y, trunk radius, trunk height, canopy radius); most stand in a grove south
 # of the arena, around the `forest` camera, so that view looks out between trunks.

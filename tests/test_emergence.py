@@ -1,0 +1,62 @@
+"""Checkpoints kept for the study along training, and the study at each of them."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from sjepa_jax import agents
+from sjepa_jax import emergence
+from sjepa_jax import shared
+from sjepa_jax import study
+from sjepa_jax import train
+from tests.conftest import tiny_config
+
+
+def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_path):
+  config = tiny_config()
+  config.num_train_steps, config.checkpoint_every, config.keep_checkpoints = 4, 4, 1
+  config.keep_steps = "1,2"
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir, "mountain,forest")
+  assert emergence.saved_steps(workdir) == [1, 2, 4]
+
+  report = emergence.run(workdir, [0, 2, 4], n_fit=64, n_test=32, probe_steps=5)
+  assert [e["step"] for e in report["by_step"]] == [0, 2, 4]
+  for entry in report["by_step"]:
+    assert {(p["source"], p["target"]) for p in entry["pairs"]} == {
+        ("mountain", "forest"), ("forest", "mountain")}
+    assert set(entry["agents"]) == {"mountain", "forest"}
+  # Step 0 is the agents' own initialisation: the same decomposition from their initial
+  # parameters, on the same paired states.
+  last = agents.load_agents(workdir)
+  roles = study.assign_roles(last)
+  k_states, k_overlap = jax.random.split(jax.random.key(report["seed"]))
+  paired = study.paired_states(study.source_config(roles.used(), None), roles, roles.used(),
+                               96, k_states, k_overlap)
+  z = {a.view: agents.encode_chunked(a.model, a.initial_params()["encoder"],
+                                     paired.obs[(a.view, a.image_size)]) for a in last}
+  d = shared.summary(shared.decompose(z["forest"][:64], z["mountain"][:64],
+                                      z["forest"][64:], z["mountain"][64:], jax.random.key(0)))
+  first = next(p for p in report["by_step"][0]["pairs"]
+               if (p["source"], p["target"]) == ("mountain", "forest"))
+  assert first["k_null"] == d["k_null"]
+  np.testing.assert_allclose(first["r2_ridge"], d["r2_ridge"], atol=1e-5)
+  trained = next(p for p in report["by_step"][2]["pairs"]
+                 if (p["source"], p["target"]) == ("mountain", "forest"))
+  assert trained["r2_ridge"] != pytest.approx(first["r2_ridge"], abs=1e-4)
+  assert set(report["summary"]["probes"]) == {"0", "2", "4"}
+
+  with pytest.raises(ValueError, match=r"No checkpoint at step\(s\) \[3\].*saved steps: 1, 2, 4"):
+    emergence.run(workdir, [0, 3], n_fit=64, n_test=32)
+
+
+@pytest.mark.parametrize("bad", ["0", "5", "2,x", "-1"])
+def test_bad_keep_steps_are_one_line_and_leave_nothing(tmp_path, bad):
+  config = tiny_config()
+  config.keep_steps = bad
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=r"keep_steps=.*integers from 1 to num_train_steps"):
+    train.train_and_evaluate(config, str(workdir), "mountain")
+  assert not os.path.exists(workdir)
