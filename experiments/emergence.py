@@ -8,9 +8,12 @@ initialisation?
 At each step (0: the agents' own random initialisation) every ordered pair of views of each
 seed is decomposed into its shared part (sjepa_jax/shared.py) on the same held-out paired
 states, beside the agents' class and position probes. Writes ``emergence.json`` and
-``emergence.png`` into ``--out`` (default: the workdir) and prints one line per step.
+``emergence.png`` into ``--out`` (default: the workdir) and prints one line per step. A
+rerun into the same folder (same run, pairs and seed) reuses the steps it already holds,
+so a run still training can be followed as its checkpoints come.
 """
 
+import json
 import os
 
 from absl import app
@@ -50,10 +53,15 @@ def main(argv):
   common.quiet_library_logs()
   common.enable_compilation_cache()
   workdir = _WORKDIR.value
-  report = emergence.run(workdir, _steps(workdir), _PAIRS.value, _TEST_PAIRS.value,
-                         _SEED.value)
-  report = {"command": common.command_line(), **report}
   out = _OUT.value or workdir
+  path = os.path.join(out, "emergence.json")
+  earlier = None
+  if os.path.exists(path):
+    with open(path) as f:
+      earlier = json.load(f)
+  report = emergence.run(workdir, _steps(workdir), _PAIRS.value, _TEST_PAIRS.value,
+                         _SEED.value, earlier=earlier)
+  report = {"command": common.command_line(), **report}
   os.makedirs(out, exist_ok=True)
   common.write_json(report, os.path.join(out, "emergence.json"))
   figures.emergence(report, os.path.join(out, "emergence.png"))

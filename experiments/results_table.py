@@ -4,9 +4,10 @@ r"""The README's results table, made from the committed reports so it cannot dri
   python -m experiments.results_table --check=README.md   # fails if the README's is stale
 
 Each row is a goal of DESIGN.md (docs/design.md), the figure the reports give for it (mean
-+- std over seeds where there are several), whether it is met, and the report and the
-command that made it (the command each report records). The README holds the table between
-``<!-- results:begin -->`` and ``<!-- results:end -->``; the test suite checks it.
++- std over seeds where there are several), whether it is met, and the report; below the
+table, the command that made each report (as the report records it). The README holds the
+table between ``<!-- results:begin -->`` and ``<!-- results:end -->``; the test suite
+checks it.
 """
 
 import glob
@@ -39,15 +40,15 @@ def _pm(values) -> str:
   return f"{mean:.2f} +- {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def _row(goal: str, measured: str, met: bool | None, report: str, command: str) -> str:
+def _row(goal: str, measured: str, met: bool | None, report: str) -> str:
   verdict = "-" if met is None else ("**met**" if met else "missed")
-  return f"| {goal} | {measured} | {verdict} | [{report}]({report}) | `{command}` |"
+  return f"| {goal} | {measured} | {verdict} | [{report}]({report}) |"
 
 
 def world_rows(report: dict, path: str) -> list[str]:
   """Rows of the world study: readability, what the agents learn, the alignment goals."""
   by_view, s = report["probes_by_view"], report["summary"]
-  cmd, rows = report.get("command", "python -m experiments.align_and_probe"), []
+  rows = []
   views = list(by_view)
   sup = {v: by_view[v].get("supervised", {}) for v in views}
   if all(sup.values()):
@@ -55,7 +56,7 @@ def world_rows(report: dict, path: str) -> list[str]:
     rows.append(_row("Readable world: supervised ceiling class >= 0.9, position R^2 >= 0.95 "
                      "on every view", f"worst view {worst('class_acc'):.2f} / "
                      f"{worst('position_r2'):.2f}",
-                     worst("class_acc") >= 0.9 and worst("position_r2") >= 0.95, path, cmd))
+                     worst("class_acc") >= 0.9 and worst("position_r2") >= 0.95, path))
   jepa = {v: by_view[v]["jepa"] for v in views}
   low = lambda k: min(jepa, key=lambda v: jepa[v][k][0])
   c, p = low("class_acc"), low("position_r2")
@@ -65,26 +66,66 @@ def world_rows(report: dict, path: str) -> list[str]:
                    f"{jepa[p]['position_r2'][0]:.2f} ({p}) to "
                    f"{max(j['position_r2'][0] for j in jepa.values()):.2f}",
                    jepa[c]["class_acc"][0] >= 0.85 and jepa[p]["position_r2"][0] >= 0.9,
-                   path, cmd))
+                   path))
   sp = s["spread"]
   pm = lambda k: f"{s[k]:.2f} +- {sp.get(k, 0.0):.2f}"
   met = s["goals_met"]
   rows.append(_row("Linear map between agents: held-out R^2 >= 0.9 (all view pairs)",
-                   pm("r2_ridge"), met["r2"], path, cmd))
+                   pm("r2_ridge"), met["r2"], path))
   rows.append(_row("Isometry: gap (ridge R^2 - Procrustes R^2) <= 0.05", pm("isometry_gap"),
-                   met["isometry_gap"], path, cmd))
+                   met["isometry_gap"], path))
   rows.append(_row("Zero-shot probe transfer >= 95% of native and >= 0.85",
                    f"{pm('transfer_acc')} of native {s['native_acc']:.2f} "
-                   f"({s['transfer_fraction']:.0%})", met["transfer"], path, cmd))
+                   f"({s['transfer_fraction']:.0%})", met["transfer"], path))
   margin = min(m["transfer_acc"] for m in s["control_margins"].values())
   rows.append(_row("Every null control at least 0.1 below in transfer",
-                   f"smallest margin {margin:.2f}", met["controls_worse"], path, cmd))
+                   f"smallest margin {margin:.2f}", met["controls_worse"], path))
   scant = [p for p in report["pairs"] if p.get("overlap") is not None and p["overlap"] < 0.1]
   if scant:
     r2 = float(np.mean([p["r2_ridge"] for p in scant]))
     rows.append(_row("Alignment survives scant overlap: R^2 >= 0.8 under 10% pixel overlap",
-                     f"{r2:.2f} over {len(scant)} ordered pairs", r2 >= 0.8, path, cmd))
+                     f"{r2:.2f} over {len(scant)} ordered pairs", r2 >= 0.8, path))
+  return rows + shared_rows(report, path)
+
+
+def shared_rows(report: dict, path: str) -> list[str]:
+  """Rows of the shared-part decomposition (docs/alignment.md), per pair type."""
+  rows = []
+  for kind, g in report.get("shared_summary", {}).items():
+    f, met, worst = g["figures"], g["goals_met"], g["worst"]
+    pm = lambda k: "-" if k not in f else f"{f[k][0]:.2f} +- {f[k][1]:.2f}"
+    where = {"surface": "surface view pairs", "scant_overlap": "pairs under 10% overlap",
+             "cameras": "camera pairs"}.get(kind, kind)
+    rows.append(_row(f"Shared isometric part, {where}: k_iso >= 16 on every pair",
+                     f"k_iso {pm('k_iso')} (worst pair {worst['k_iso_pair_mean']:.1f}) of "
+                     f"k_null {pm('k_null')} shared directions", met["k_iso"], path))
+    rows.append(_row(f"It carries the object, {where}: class on the k_iso span >= 90% of "
+                     "native; through it >= 95% of the target's native",
+                     f"{pm('native_fraction_k_iso')} / {pm('transfer_fraction_k_iso')}",
+                     met["shared_native"] and met["shared_transfer"]
+                     if met["shared_native"] is not None else None, path))
+    rows.append(_row(f"The decomposition accounts for the gap, {where}: within 0.02",
+                     f"gap {pm('gap')} = beyond span {pm('gap_beyond_span')} + shared part "
+                     f"{pm('gap_shared_not_rotation')} + unshared {pm('gap_unshared_rotation')}"
+                     f"; whitened prediction off by up to "
+                     f"{worst['whitened_prediction_error']:.2f}", met["gap_accounted"], path))
   return rows
+
+
+def emergence_row(report: dict, path: str) -> str:
+  """Does the isometric part grow with training beyond the seeds' spread?"""
+  kind = "surface" if "surface" in report["summary"] else next(
+      k for k in report["summary"] if k != "probes")
+  by_step = report["summary"][kind]
+  first, last = by_step[str(report["steps"][0])], by_step[str(report["steps"][-1])]
+  grown = last["k_iso"][0] - first["k_iso"][0]
+  spread = max(first["k_iso"][1], last["k_iso"][1])
+  return _row("Emergence: the isometric part grows with training (k_iso, surface pairs, "
+              "beyond twice the seeds' spread)",
+              f"k_iso {first['k_iso'][0]:.1f} at step {report['steps'][0]} -> "
+              f"{last['k_iso'][0]:.1f} at step {report['steps'][-1]}; k_null "
+              f"{first['k_null'][0]:.1f} -> {last['k_null'][0]:.1f}",
+              grown > 2 * spread, path)
 
 
 def migration_row(reports: list[tuple[str, dict]]) -> str:
@@ -98,21 +139,31 @@ def migration_row(reports: list[tuple[str, dict]]) -> str:
   met = bool(reached) and len(reached) == len(ratios) and float(np.mean(reached)) <= 0.25
   folder = os.path.dirname(reports[0][0])
   return _row(f"Migration from a {first['teacher_kind']} teacher: FLOPs to class accuracy "
-              f"{target} <= 0.25x scratch", measured, met, folder,
-              first.get("command", "python -m experiments.migrate"))
+              f"{target} <= 0.25x scratch", measured, met, folder)
 
 
 def table(docs: str) -> str:
-  """The markdown table of every goal with a committed report under ``docs``."""
-  rows = ["| goal | measured | verdict | report | command |", "|---|---|---|---|---|"]
+  """The markdown table of every goal with a committed report under ``docs``, then the
+  command behind each report."""
+  rows = ["| goal | measured | verdict | report |", "|---|---|---|---|"]
+  commands = {}
   study = os.path.join(docs, "align", "report.json")
   if os.path.exists(study):
-    rows += world_rows(_load(study), os.path.relpath(study, ROOT))
+    report, path = _load(study), os.path.relpath(study, ROOT)
+    rows += world_rows(report, path)
+    commands[path] = report.get("command")
+  emergence = os.path.join(docs, "align", "emergence.json")
+  if os.path.exists(emergence):
+    report, path = _load(emergence), os.path.relpath(emergence, ROOT)
+    rows.append(emergence_row(report, path))
+    commands[path] = report.get("command")
   for folder in sorted(glob.glob(os.path.join(docs, "migrate*"))):
     seeds = sorted(glob.glob(os.path.join(folder, "seed*", "report.json")))
     if seeds:
       rows.append(migration_row([(os.path.relpath(p, ROOT), _load(p)) for p in seeds]))
-  return "\n".join(rows)
+      commands[os.path.relpath(seeds[0], ROOT)] = _load(seeds[0]).get("command")
+  lines = [f"- `{path}`: `{cmd}`" for path, cmd in commands.items() if cmd]
+  return "\n".join(rows) + ("\n\nMade by:\n\n" + "\n".join(lines) if lines else "")
 
 
 def block(text: str) -> str:

@@ -73,9 +73,16 @@ def at_step(all_agents: Sequence[agents.Agent], initial: bool, paired: Any, n_fi
 
 
 def run(workdir: str, steps: Sequence[int], n_fit: int = 3000, n_test: int = 1000,
-        seed: int = 4321, probe_steps: int = 500) -> dict[str, Any]:
+        seed: int = 4321, probe_steps: int = 500, earlier: dict | None = None
+        ) -> dict[str, Any]:
   """The study at each of ``steps`` (0: the agents' initialisation) of the run in
-  ``workdir``; returns the JSON-ready report with its per-step summary."""
+  ``workdir``; returns the JSON-ready report with its per-step summary. Steps that
+  ``earlier`` (a previous report of the same run, pairs and seed) holds are taken from it,
+  so a run still training can be followed step by step."""
+  reuse = {}
+  if earlier and all(earlier.get(k) == v for k, v in (
+      ("workdir", workdir), ("n_fit", n_fit), ("n_test", n_test), ("seed", seed))):
+    reuse = {e["step"]: e for e in earlier["by_step"] if e["step"] in steps}
   saved = saved_steps(workdir)
   missing = [s for s in steps if s != 0 and s not in saved]
   if missing:
@@ -90,6 +97,9 @@ def run(workdir: str, steps: Sequence[int], n_fit: int = 3000, n_test: int = 100
   paired = study.paired_states(config, roles, used, n_fit + n_test, k_states, k_overlap)
   by_step = []
   for step in sorted(steps):
+    if step in reuse:
+      by_step.append(reuse[step])
+      continue
     logging.info("Emergence: step %d.", step)
     at = last if step == 0 else agents.load_agents(workdir, step)
     by_step.append({"step": step, **at_step(at, step == 0, paired, n_fit, probe_steps)})

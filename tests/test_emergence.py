@@ -14,7 +14,8 @@ from sjepa_jax import train
 from tests.conftest import tiny_config
 
 
-def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_path):
+def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_path,
+                                                                        monkeypatch):
   config = tiny_config()
   config.num_train_steps, config.checkpoint_every, config.keep_checkpoints = 4, 4, 1
   config.keep_steps = "1,2"
@@ -50,6 +51,15 @@ def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_pat
 
   with pytest.raises(ValueError, match=r"No checkpoint at step\(s\) \[3\].*saved steps: 1, 2, 4"):
     emergence.run(workdir, [0, 3], n_fit=64, n_test=32)
+
+  # A rerun reuses the steps an earlier report of the same run holds, and studies the rest.
+  studied, original = [], emergence.at_step
+  monkeypatch.setattr(emergence, "at_step",
+                      lambda *a, **k: studied.append(1) or original(*a, **k))
+  again = emergence.run(workdir, [0, 1, 4], n_fit=64, n_test=32, probe_steps=5,
+                        earlier=report)
+  assert len(studied) == 1 and [e["step"] for e in again["by_step"]] == [0, 1, 4]
+  assert again["by_step"][0] == report["by_step"][0]
 
 
 @pytest.mark.parametrize("bad", ["0", "5", "2,x", "-1"])
