@@ -85,7 +85,7 @@ def world_rows(report: dict, path: str) -> list[str]:
     r2 = float(np.mean([p["r2_ridge"] for p in scant]))
     rows.append(_row("Alignment survives scant overlap: R^2 >= 0.8 under 10% pixel overlap",
                      f"{r2:.2f} over {len(scant)} ordered pairs", r2 >= 0.8, path))
-  return rows + shared_rows(report, path)
+  return rows
 
 
 def shared_rows(report: dict, path: str) -> list[str]:
@@ -152,6 +152,12 @@ def table(docs: str) -> str:
     report, path = _load(study), os.path.relpath(study, ROOT)
     rows += world_rows(report, path)
     commands[path] = report.get("command")
+  for decomposed in (study, os.path.join(docs, "align", "shared", "report.json"),
+                     os.path.join(docs, "recordings", "pushing", "report.json")):
+    if os.path.exists(decomposed) and "shared_summary" in (report := _load(decomposed)):
+      path = os.path.relpath(decomposed, ROOT)
+      rows += shared_rows(report, path)
+      commands[path] = report.get("command")
   emergence = os.path.join(docs, "align", "emergence.json")
   if os.path.exists(emergence):
     report, path = _load(emergence), os.path.relpath(emergence, ROOT)
