@@ -50,14 +50,19 @@ R2_MIN = 0.9
 
 @flax.struct.dataclass
 class Span:
-  """One agent's shared span: ``coords(z, k)`` are its latents' coordinates on the first k
-  directions (orthonormal, in the agent's own metric), zero past k."""
+  """One agent's shared part: ``coords(z, k)`` are the coordinates, in an orthonormal basis
+  of the agent's own latent space, of what its first k canonical variates explain of ``z``
+  (the regression of z on them: distances as the agent's own geometry measures them),
+  zero past k."""
   mean: jax.Array  # (D,)
+  weights: jax.Array  # (D, R) canonical weights: variates (z - mean) @ weights
   basis: jax.Array  # (D, R) orthonormal columns, most shared first
+  loadings: jax.Array  # (R, R) upper triangular: variate j's loading on basis column i
 
   def coords(self, z_NxD: jax.Array, k: int | jax.Array) -> jax.Array:
-    """(N, R): coordinates on the first ``k`` shared directions, then zeros."""
-    return ((z_NxD - self.mean) @ self.basis) * _mask(self.basis.shape[1], k)
+    """(N, R): the shared part of the first ``k`` directions, then zeros."""
+    u = ((z_NxD - self.mean) @ self.weights) * _mask(self.weights.shape[1], k)
+    return u @ self.loadings.T  # upper triangular: columns past k stay zero
 
 
 def _mask(r: int, k: int | jax.Array) -> jax.Array:
@@ -65,11 +70,14 @@ def _mask(r: int, k: int | jax.Array) -> jax.Array:
 
 
 def spans(c: align.Canonical) -> tuple[Span, Span]:
-  """Both agents' shared spans from their canonical directions: span j of X is where X's
-  covariance with its j-th canonical variate points (C_xx a_j), orthonormalised in order,
-  so the first k columns span the first k directions for every k."""
-  basis = lambda cov, w: jnp.linalg.qr(cov @ w)[0]
-  return Span(c.x_mean, basis(c.x_cov, c.a)), Span(c.y_mean, basis(c.y_cov, c.b))
+  """Both agents' shared parts from their canonical directions. Variate j of X is carried by
+  the direction of X's covariance with it (C_xx a_j, its loading); the regression of x on
+  the first k variates is their sum along those loadings. The loadings, orthonormalised in
+  order (QR), give a basis whose first k columns span the first k for every k."""
+  def span(mean, cov, w):
+    q, r = jnp.linalg.qr(cov @ w)
+    return Span(mean, w, q, r)
+  return span(c.x_mean, c.x_cov, c.a), span(c.y_mean, c.y_cov, c.b)
 
 
 def span_maps(cx_NxR: jax.Array, cy_NxR: jax.Array, k: int | jax.Array
@@ -103,11 +111,11 @@ def span_curve(sx: Span, sy: Span, x_fit: jax.Array, y_fit: jax.Array, x_ev: jax
   ``gap``), R^2 of the whole target through the span (``whole_r2_*``) and the least-squares
   map's singular values (``sv_max``, ``sv_min``). Each entry is (R,), index k - 1."""
   r = sx.basis.shape[1]
-  cx_fit, cy_fit = sx.coords(x_fit, r), sy.coords(y_fit, r)
-  cx_ev, cy_ev = sx.coords(x_ev, r), sy.coords(y_ev, r)
 
   def at(k):
     m = _mask(r, k)
+    cx_fit, cy_fit = sx.coords(x_fit, k), sy.coords(y_fit, k)
+    cx_ev, cy_ev = sx.coords(x_ev, k), sy.coords(y_ev, k)
     maps = span_maps(cx_fit, cy_fit, k)
     out = {}
     for name, f in maps.items():

@@ -139,3 +139,23 @@ def test_the_shared_summary_judges_k_iso_on_the_worst_pair_over_seeds():
   assert surface["goals_met"]["shared_native"] is True  # 0.85 / 0.9 >= 0.9
   assert surface["goals_met"]["gap_accounted"] is True
   assert out["scant_overlap"]["pairs"] == 1
+
+
+def test_the_shared_part_is_what_the_shared_variates_explain_not_a_projection():
+  """With private directions not orthogonal to the shared ones in an agent's own space, an
+  orthogonal projection onto the shared span drags private variance in; the regression on
+  the shared variates does not, so the span's map stays exact."""
+  k = jax.random.split(jax.random.key(8), 5)
+  n = N_FIT + N_TEST
+  s = jax.random.normal(k[0], (n, K))
+  skew = jnp.eye(D) + 0.6 * jax.random.normal(k[1], (D, D)) / jnp.sqrt(D)
+  x = jnp.concatenate([s, jax.random.normal(k[2], (n, D - K))], 1) @ skew
+  y = jnp.concatenate([s @ _rotation(k[3], K), jax.random.normal(k[4], (n, D - K))], 1) @ skew.T
+  _, out = _decompose(x, y)
+  assert out["k_null"] == K
+  assert out["at_k_null"]["r2_lstsq"] > 0.98 and out["at_k_null"]["gap"] < 0.05
+  sx, sy = shared.spans(align.fit_canonical(x[:N_FIT], y[:N_FIT]))
+  y_fit = y[:N_FIT]
+  u = (y_fit - sy.mean) @ sy.weights[:, :2]
+  regression = u @ jnp.linalg.lstsq(u, y_fit - sy.mean)[0]
+  np.testing.assert_allclose(sy.coords(y_fit, 2) @ sy.basis.T, regression, atol=0.02)
