@@ -15,6 +15,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from sjepa_jax import errors
+
 # Ridge strengths, relative to the mean eigenvalue of the centred source covariance; the
 # fit picks one on a validation split of the fitting pairs (never on the held-out pairs).
 RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -31,8 +33,8 @@ class LinearMap:
   def apply(self, x_NxD: jax.Array) -> jax.Array:
     """Maps source latents into the target space: (N, D) -> (N, E)."""
     if x_NxD.shape[-1] != self.w.shape[0]:
-      raise ValueError(f"This map takes latents of size {self.w.shape[0]}, got "
-                       f"{x_NxD.shape[-1]}: apply it to the agent it was fitted from.")
+      raise errors.UserError(f"This map takes latents of size {self.w.shape[0]}, got "
+                             f"{x_NxD.shape[-1]}: apply it to the agent it was fitted from.")
     return (x_NxD - self.x_mean) @ self.w + self.y_mean
 
 
@@ -265,7 +267,7 @@ def linear_cka_unbiased(x_NxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
   """
   n = x_NxD.shape[0]
   if n < 4:
-    raise ValueError(f"Unbiased CKA needs at least 4 paired examples, got {n}.")
+    raise errors.UserError(f"Unbiased CKA needs at least 4 paired examples, got {n}.")
   x = x_NxD - x_NxD.mean(0)
   y = y_NxD - y_NxD.mean(0)
   k, l = x @ x.T, y @ y.T
@@ -311,7 +313,7 @@ def fit(kind: str, x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
   fits = {"lstsq": fit_lstsq, "ridge": fit_ridge, "procrustes": fit_procrustes,
           "cca": lambda x, y: fit_cca(x, y)[0]}
   if kind not in fits:
-    raise ValueError(f"Unknown map {kind!r}; valid maps: {', '.join(MAPS)}.")
+    raise errors.UserError(f"Unknown map {kind!r}; valid maps: {', '.join(MAPS)}.")
   return fits[kind](x_NxD, y_NxE)
 
 
@@ -389,7 +391,7 @@ def r2_against_pairs(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_te
   curve = {"n": [], "r2_ridge": [], "r2_procrustes": []}
   for n in sizes:
     if n > x_fit.shape[0]:
-      raise ValueError(f"Cannot fit on {n} pairs: only {x_fit.shape[0]} fitting pairs.")
+      raise errors.UserError(f"Cannot fit on {n} pairs: only {x_fit.shape[0]} fitting pairs.")
     curve["n"].append(int(n))
     for name, fitter in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
       m = fitter(x_fit[:n], y_fit[:n])

@@ -27,6 +27,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+from sjepa_jax import errors
+
 PyTree = Any
 CHECKSUMS = "checksums.json"
 # Orbax's own bookkeeping, rewritten when it commits a step: not covered by the checksums.
@@ -34,12 +36,12 @@ _UNCHECKED = frozenset({CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt"}
 _TMP = ".orbax-checkpoint-tmp"
 
 
-class DamagedCheckpointError(ValueError):
+class DamagedCheckpointError(errors.UserError):
   """A checkpoint whose files do not match the checksums recorded when it was saved."""
 
 
-class WorkdirLockedError(RuntimeError):
-  """Another trainer holds the workdir."""
+class WorkdirLockedError(errors.UserError, RuntimeError):
+  """Another trainer holds the workdir (a RuntimeError too, as it was before UserError)."""
 
 
 class PeerLostError(RuntimeError):

@@ -19,6 +19,7 @@ import numpy as np
 
 from sjepa_jax import align
 from sjepa_jax import checkpointing
+from sjepa_jax import errors
 from sjepa_jax import probes
 
 _KINDS = {"map": align.LinearMap, "probe": probes.Probe}
@@ -53,10 +54,10 @@ def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
       arrays = {k: f[k] for k in f.files}
     meta = json.loads(str(arrays.pop("meta")))
   except (ValueError, KeyError, OSError) as e:
-    raise ValueError(f"{path!r} is not a map or probe file written by exchange.save "
-                     f"({e}).") from e
+    raise errors.UserError(f"{path!r} is not a map or probe file written by exchange.save "
+                           f"({e}).") from e
   if meta.get("kind") not in _KINDS:
-    raise ValueError(f"{path!r} holds kind {meta.get('kind')!r}; valid: map, probe.")
+    raise errors.UserError(f"{path!r} holds kind {meta.get('kind')!r}; valid: map, probe.")
   return meta, arrays
 
 
