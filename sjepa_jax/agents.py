@@ -665,12 +665,12 @@ def meta_names(meta: dict) -> list[str]:
   return list(meta.get("names", [f"{v}_s{s}" if several else v for v, s in zip(views, seeds)]))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Agent:
   """One trained agent: who it is, its networks and their parameters (no optimiser state).
 
   ``encode(obs)`` gives its latents; ``initial_params()`` the same networks at
-  initialisation (the random-init control).
+  initialisation (the random-init control). It prints in one line, never its parameters.
   """
   name: str
   view: str
@@ -686,6 +686,13 @@ class Agent:
   # The run's config, for provenance (what trained it); nothing above reads it.
   config: ml_collections.ConfigDict | None = dataclasses.field(default=None, compare=False,
                                                                repr=False)
+
+  def __repr__(self) -> str:
+    size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
+    return (f"Agent(name={self.name!r}, view={self.view!r}, seed={self.seed}, "
+            f"kind={self.kind!r}, step={self.step}, dim={self.model.encoder.dim}, "
+            f"image={self.image_size}x{self.image_size}, params={size:,}"
+            f"{hparams_label(self.hparams).replace(' ', ', ')})")
 
   def encode(self, obs: jax.Array, chunk: int = 256) -> jax.Array:
     """Latents of observations (N, H, W, 3) float in [0, 1] -> (N, D)."""

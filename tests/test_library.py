@@ -1,14 +1,43 @@
-"""The library as a notebook meets it: bad input is one class of error."""
+"""The library as a notebook meets it: agents print in a line, and bad input is one class of
+error."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 
 import sjepa_jax as sj
 from sjepa_jax import agents
 from sjepa_jax import align
+from sjepa_jax import checkpointing
 from sjepa_jax import errors
 from sjepa_jax import world
-from tests.conftest import tiny_config
+from tests.conftest import init_agents, tiny_config
+
+VIEWS = ["mountain", "forest"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """Two fresh agents saved as a training run would save them at step 3 (no training)."""
+  workdir = str(tmp_path_factory.mktemp("saved") / "run")
+  config = tiny_config()
+  mngr = checkpointing.manager(workdir)
+  checkpointing.save(mngr, 3, init_agents(config, VIEWS), config, VIEWS, [0, 0], VIEWS,
+                     [{}, {}])
+  mngr.wait_until_finished()
+  mngr.close()
+  return workdir
+
+
+def test_an_agent_prints_in_one_line_naming_it_never_its_parameters(saved):
+  agent = sj.load_agent(saved, "forest")
+  text = repr(agent)
+  assert text == ("Agent(name='forest', view='forest', seed=0, kind='jepa', step=3, dim=16, "
+                  f"image=16x16, params={sum(x.size for x in jax.tree.leaves(agent.params)):,})")
+  assert str(agent) == text and "\n" not in text and "Array" not in text
+  swept = agents.Agent("forest_lr0.001", "forest", 0, "jepa", agent.model, agent.params, 16, 2,
+                       hparams={"optim.lr": 0.001})
+  assert repr(swept).endswith(", lr=0.001)")
 
 
 def _unknown_agent_map():
