@@ -1,5 +1,7 @@
-"""The library as a notebook meets it: agents print in a line, and bad input is one class of
-error."""
+"""The library as a notebook meets it: agents print in a line, loading says nothing, and bad
+input is one class of error."""
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,15 @@ def test_an_agent_prints_in_one_line_naming_it_never_its_parameters(saved):
   swept = agents.Agent("forest_lr0.001", "forest", 0, "jepa", agent.model, agent.params, 16, 2,
                        hparams={"optim.lr": 0.001})
   assert repr(swept).endswith(", lr=0.001)")
+
+
+def test_loading_agents_logs_nothing(saved, caplog, capfd):
+  """Orbax warned eight times ("read only") for two agents loaded one by one."""
+  with caplog.at_level(logging.INFO):
+    loaded = [sj.load_agent(saved, v) for v in VIEWS] + sj.load_agents(saved)
+  assert [a.name for a in loaded] == VIEWS + VIEWS
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+  assert capfd.readouterr() == ("", "")
 
 
 def _unknown_agent_map():
