@@ -1,10 +1,11 @@
-"""The library as a notebook meets it: agents print in a line, loading says nothing, and bad
-input is one class of error."""
+"""The library as a notebook meets it: agents print in a line, loading says nothing, files
+keep what they were given, and bad input is one class of error."""
 
 import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import sjepa_jax as sj
@@ -49,6 +50,22 @@ def test_loading_agents_logs_nothing(saved, caplog, capfd):
   assert [a.name for a in loaded] == VIEWS + VIEWS
   assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
   assert capfd.readouterr() == ("", "")
+
+
+def test_a_saved_map_keeps_everything_its_caller_said(tmp_path):
+  x = jax.random.normal(jax.random.key(0), (40, 4))
+  m = sj.fit_map("ridge", x, 2 * x)
+  path = str(tmp_path / "forest_to_mountain.npz")
+  meta = {"source": {"name": "forest", "seed": 0}, "target": "mountain", "n_fit": 40,
+          "held_out_r2": np.float32(0.5), "rho": jnp.asarray([1.0, 0.5]), "note": None,
+          "views": ["forest", "mountain"], "whitened": True}
+  sj.save(path, m, **meta)
+  assert sj.load_meta(path) == {"kind": "map", **meta, "held_out_r2": 0.5, "rho": [1.0, 0.5]}
+  with pytest.raises(errors.UserError, match=r"meta keys \['kind'\] are the file's own"):
+    sj.save(str(tmp_path / "other.npz"), m, kind="ridge")
+  with pytest.raises(errors.UserError, match="meta agent=<object .* cannot be saved as JSON"):
+    sj.save(str(tmp_path / "other.npz"), m, agent=object())
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["forest_to_mountain.npz"]
 
 
 def _unknown_agent_map():
