@@ -2,7 +2,8 @@
 
 Every map is fitted on paired latents (row i of X and row i of Y see the same world state)
 and must be scored on held-out pairs. Maps are affine: ``y ~ (x - x_mean) @ w + y_mean``.
-All functions are pure ``jnp`` (float32), jit-able and vmappable over agent pairs.
+All functions are pure ``jnp`` (float32) and jit-able; many pairs go through ``jax.lax.map``
+(see ``ridge_path``: a vmap would batch their decompositions, which can deadlock on CPU).
 
 Shapes: N = paired examples, D = source latent size, E = target latent size, M = agents,
 K = neighbours or rank.
@@ -355,7 +356,8 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   statistics. ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength
   chosen on a validation split of the fitting pairs) minus R^2 of the scaled orthogonal map:
   near 0 when the spaces differ by a rotation and one scale. ``maps`` holds the fitted
-  maps by name. Vmap it to score many pairs at once.
+  maps by name. ``jax.lax.map`` it to score many pairs in one program (not ``jax.vmap``:
+  see ``ridge_path``).
   Mutual k-NN uses ``k`` neighbours, fewer when there are not ``k + 1`` held-out pairs.
   """
   maps, rho = fit_maps(x_fit, y_fit, rank)
