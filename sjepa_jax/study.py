@@ -41,7 +41,7 @@ from sjepa_jax import losses
 from sjepa_jax import probes
 
 # Goals from DESIGN.md: what "an approximate linear isometry that transfers" must mean.
-# "Clearly worse" for a control: its map's held-out R^2 at least this far below.
+# "Clearly worse" for a control: its transfer accuracy at least this far below the agents'.
 # DESIGN.md's goals: R^2, the isometry gap, transfer (a fraction of native, and in absolute
 # accuracy), and every null control at least a margin below the agents in transfer.
 GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
