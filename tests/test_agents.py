@@ -254,6 +254,7 @@ def test_a_bfloat16_step_stays_close_to_the_float32_step(config):
   chex.assert_trees_all_equal(state, agents.init_agent(bf16, key))  # same float32 params
   step = lambda learner, s, i: agents.train_step(learner, s, view, key, i)
   assert "bf16[" in str(jax.make_jaxpr(functools.partial(step, bf16))(state, 1))
+  assert "bf16[" not in str(jax.make_jaxpr(functools.partial(step, f32))(state, 1))
   s32, s16 = state, state
   for i in range(2):  # step 0 has learning rate 0
     s32, m32 = jax.jit(functools.partial(step, f32))(s32, i)
@@ -266,10 +267,10 @@ def test_a_bfloat16_step_stays_close_to_the_float32_step(config):
   norm = lambda t: float(optax.tree.norm(t))
   assert 0 < norm(off) < 0.1 * norm(moved), (norm(off), norm(moved))
   z = agents.encode_chunked(bf16.model, s16.params["encoder"],
-                            jnp.zeros((4, config.data.image_size, config.data.image_size, 3)))
+                            jnp.zeros((20, config.data.image_size, config.data.image_size, 3)))
   assert z.dtype == jnp.float32  # what the maps and probes are given
   from sjepa_jax import align  # pylint: disable=g-import-not-at-top
   fit_and_score = lambda x, y: align.evaluate_pair(x[:12], y[:12], x[12:], y[12:], rank=2, k=2)
-  assert "bf16" not in str(jax.make_jaxpr(fit_and_score)(z[:1].repeat(20, 0)[:, :16] * 0
-                                                         + jnp.zeros((20, 16)),
-                                                         jnp.zeros((20, 16))))
+  has_bf16 = lambda z: "bf16" in str(jax.make_jaxpr(fit_and_score)(z, z))
+  assert not has_bf16(z)  # the bfloat16 agent's latents are mapped and scored in float32
+  assert has_bf16(z.astype(jnp.bfloat16))  # where bfloat16 latents would show
