@@ -114,7 +114,14 @@ def recording_options(config: ml_collections.ConfigDict) -> recordings.Options:
 def parse_views(config: ml_collections.ConfigDict, names: str | Sequence[str]) -> list[str]:
   """Checks view names against the config's source: world views, dataset regions, or a
   recording's cameras."""
-  if is_recording(config):
+  try:
+    recording = is_recording(config)
+  except (OSError, errors.UserError):  # the dataset cannot be opened: say why...
+    listed = names.split(",") if isinstance(names, str) else names
+    if not any(n.strip() in world.VIEWS for n in listed):
+      raise
+    recording = False  # ...unless world views say the dataset itself is the mistake (below)
+  if recording:
     return recordings.parse_cameras(names, _layout(config))
   try:
     return world.parse_views(names) if is_world(config) else images.parse_regions(names)

@@ -193,6 +193,23 @@ def test_frames_are_resized_by_stretching_and_flipped():
     recordings.prepare_frames([frame], 8, "sideways")
 
 
+@pytest.mark.parametrize("where", ["missing_dir", "empty_dir", "no_dir"])
+def test_cameras_of_a_recording_not_found_say_where_it_was_looked_for(planted_config, where,
+                                                                      tmp_path):
+  """A wrong --data_dir said 'Unknown region view ... leave --dataset out': the error that
+  opening the recording raised was swallowed, and the cameras were read as region views."""
+  (tmp_path / "empty_dir").mkdir()
+  planted_config.data.data_dir = "" if where == "no_dir" else str(tmp_path / where)
+  expected = (FileNotFoundError, r"planted.*tfds build") if where != "no_dir" else (
+      ValueError, "needs its local tfds directory: give --data_dir")
+  with pytest.raises(expected[0], match=expected[1]) as info:
+    data.parse_views(planted_config, "front,wrist")
+  assert "region" not in str(info.value)
+  # World views beside a dataset still say to leave the dataset out, wherever it is.
+  with pytest.raises(ValueError, match="valid region views: left.*leave --dataset out"):
+    data.parse_views(planted_config, "mountain")
+
+
 def test_views_labels_and_actions_come_from_the_recording(planted_config):
   with pytest.raises(ValueError, match="Unknown camera 'back' in recording 'planted'; cameras "
                                        "found: front, wrist"):
