@@ -348,6 +348,8 @@ def _read(b, lay: Layout, part: Part, cameras: Sequence[str], labels: Sequence[s
       arrays = _stack(steps, cameras, labels)
     except StopIteration:
       break
+    except errors.UserError:  # ours (a missing extra): already says what to do
+      raise
     except _READ_ERRORS as e:
       raise errors.UserError(f"Recording {lay.name!r} cannot be read at {part} "
                              f"({type(e).__name__}: {e}); a file may be damaged: rebuild or "
