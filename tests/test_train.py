@@ -19,6 +19,8 @@ from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import losses
+from sjepa_jax import metrics_io
 from sjepa_jax import train
 from tests.conftest import init_agents
 
@@ -40,9 +42,9 @@ def _final_state(config, workdir, seed=0):
 
 @pytest.mark.parametrize("recipe", ["default", "long"])
 def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_near_d(recipe):
-  """Rank metrics are logged on the evaluation states, not on one batch's first frames (64
-  samples of 128 dimensions capped the effective rank of Gaussian latents at about 49), with
-  isotropic Gaussian latents of the same N and D beside them."""
+  """The evaluation set the rank metrics are logged on (the next test) is large enough: one
+  batch's first frames (64 samples of 128 dimensions) capped the effective rank of Gaussian
+  latents at about 49. Isotropic Gaussian latents of the same N and D are logged beside."""
   config = importlib.import_module(f"experiments.configs.{recipe}").get_config()
   n, d = train.eval_set_size(config), config.model.dim
   z = jax.random.normal(jax.random.key(0), (2, n, d))
@@ -52,6 +54,26 @@ def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_
   for view in VIEWS:
     for k in ("effective_rank", "participation_ratio", "rankme"):
       assert 0.85 * d < scalars[f"train/agent_{view}/{k}"] <= d, (k, scalars)
+
+
+def test_training_logs_rank_metrics_of_the_evaluation_states(config, tmp_path, monkeypatch):
+  """What the loop logs as each agent's rank metrics is ``spectrum_stats`` of its latents of
+  the whole evaluation set (8 D = 128 states, where a batch holds 8), at the logged step."""
+  logged = {}
+  monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars",
+                      lambda self, step, scalars: logged.setdefault(step, dict(scalars)))
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir, VIEWS)
+  state, step = _final_state(config, workdir)
+  eval_set = train._paired_states(  # pylint: disable=protected-access
+      config, VIEWS, None, 0, train.eval_set_size(config))
+  assert eval_set.obs.shape[1] == 8 * config.model.dim > config.data.batch_size
+  z = train.make_encoder(agents.model_from_config(config))(state.params, eval_set.obs, [0, 1])
+  for a, view in enumerate(VIEWS):
+    expected = losses.spectrum_stats(z[a])
+    for k in ("effective_rank", "participation_ratio", "rankme"):
+      np.testing.assert_allclose(logged[step][f"train/agent_{view}/{k}"], expected[k],
+                                 rtol=1e-4, err_msg=f"{view} {k}")
 
 
 def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
