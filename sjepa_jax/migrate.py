@@ -194,7 +194,7 @@ def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | Non
                                     config.eval.probe_steps)
   params = lambda s: s.params if teacher is None else s.agent.params
   curve = [{"step": 0, "flops": 0.0, "wall_s": 0.0, **evaluate_now(params(state))}]
-  wall = 0.0
+  wall, checked = 0.0, 0
   for step in range(config.num_train_steps):
     start = time.perf_counter()
     state, metrics = step_fn(state, key, jnp.int32(step), *extra)
@@ -202,8 +202,8 @@ def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | Non
       metrics = jax.device_get(metrics)
       wall += time.perf_counter() - start
       train.check_finite({k: np.reshape(v, (1, -1)) for k, v in metrics.items()},
-                         [f"{mode} student on {student_view}"],
-                         step + 2 - config.eval_every, step + 1, None)
+                         [f"{mode} student on {student_view}"], checked, step + 1, None)
+      checked = step + 1
       point = {"step": step + 1, "flops": step_flops * (step + 1), "wall_s": wall,
                **evaluate_now(params(state))}
       curve.append(point)
