@@ -127,7 +127,8 @@ def parse_views(config: ml_collections.ConfigDict, names: str | Sequence[str]) -
     return world.parse_views(names) if is_world(config) else images.parse_regions(names)
   except ValueError as e:
     hint = (" Region views need a dataset (--dataset); camera views a recording." if
-            is_world(config) else " World views need no dataset: leave --dataset out.")
+            is_world(config) else " World views need no dataset: leave --dataset out." + (
+                "" if config.data.data_dir else " A recording's cameras need its --data_dir."))
     raise errors.UserError(str(e) + hint) from e
 
 

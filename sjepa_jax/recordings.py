@@ -114,7 +114,10 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 def is_recording(name: str, data_dir: str) -> bool:
   """Whether ``name`` in ``data_dir`` is a prepared dataset of episodes (``steps``); a
-  dataset that cannot be opened raises, saying where it was looked for."""
+  dataset that cannot be opened there raises, saying where it was looked for. Without a
+  ``data_dir`` nothing is read (a dataset's images handed over in memory): False."""
+  if not data_dir:
+    return False
   features = builder(name, data_dir).info.features
   return "steps" in features.keys() and isinstance(features["steps"], tfds.features.Dataset)
 
