@@ -269,6 +269,7 @@ def test_seq_jepa_predicts_the_last_target_latent_from_the_earlier_frames_alone(
   np.testing.assert_allclose(with_three - without, 3 * metrics["seq_prediction"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_bfloat16_step_stays_close_to_the_float32_step(config):
   """Mixed precision: the networks compute in bfloat16 (their matmuls are bf16), while the
   parameters, optimiser state and metrics stay float32, and one step moves the parameters

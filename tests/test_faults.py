@@ -112,6 +112,7 @@ def _truncate(path):
     f.truncate(os.path.getsize(path) // 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("harm", [_flip_bit, _truncate, os.remove])
 def test_damage_to_any_checkpoint_file_is_detected_and_named(harm, trained, tmp_path):
   workdir = str(tmp_path / "run")
@@ -129,6 +130,7 @@ def test_damage_to_any_checkpoint_file_is_detected_and_named(harm, trained, tmp_
   assert os.path.isdir(step_dir)
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_newest_intact_checkpoint_and_keeps_the_damaged_one(
     trained, tmp_path):
   workdir = str(tmp_path / "run")
@@ -220,6 +222,7 @@ def test_entry_points_print_one_clean_line_and_exit_nonzero(tmp_path):
     assert not missing.exists()  # read-only tools create nothing
 
 
+@pytest.mark.slow
 def test_a_missing_step_lists_the_saved_ones(trained):
   with pytest.raises(FileNotFoundError, match="No checkpoint at step 45 .*saved steps: 2, 4"):
     agents.load_agent(trained, "forest", step=45)

@@ -150,6 +150,7 @@ def test_the_migrating_step_costs_scratch_plus_the_teacher_and_the_map_fit():
   assert known + 3 * c["products"] <= extra <= known + 6 * c["products"], c
 
 
+@pytest.mark.slow
 def test_migrate_command_end_to_end_counts_the_teachers_flops(tmp_path):
   teacher_dir = str(tmp_path / "teacher")
   train.train_and_evaluate(tiny_config(), teacher_dir, "mountain,forest")

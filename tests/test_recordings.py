@@ -423,6 +423,7 @@ def test_pybullet_recording_imports_as_a_recording(tmp_path):
 
 # --- End to end --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_build_train_and_study_a_world_recording_end_to_end(world_dir, tmp_path):
   workdir = str(tmp_path / "run")
   out = _cli("experiments.train", f"--dataset={WORLD.name}", f"--data_dir={world_dir}",

@@ -134,6 +134,7 @@ def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):
   assert os.path.exists(os.path.join(split, "probe.json"))
 
 
+@pytest.mark.slow
 def test_seeds_are_agents_of_one_program_equal_to_runs_of_their_own(config, tmp_path):
   """``seeds=[0, 1]`` puts every (view, seed) on the agent axis; each agent trains exactly
   as a run of its own view and seed would (its keys depend on nothing else)."""
@@ -166,6 +167,7 @@ train.train_and_evaluate(c, {workdir!r}, {views!r})
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_parameters(config, tmp_path):
   steps, every = 300, 100
   config.num_train_steps, config.checkpoint_every, config.log_every = steps, every, every
@@ -234,6 +236,7 @@ _TINY_FLAGS = [
     "--config.eval.probe_steps=10"]
 
 
+@pytest.mark.slow
 def test_train_command_end_to_end_then_load_one_agent_by_view(tmp_path):
   workdir = str(tmp_path / "run")
   out = subprocess.run(
@@ -281,6 +284,7 @@ def test_compilation_cache_is_on_by_default_and_configurable(monkeypatch, tmp_pa
     jax.config.update("jax_compilation_cache_dir", before)
 
 
+@pytest.mark.slow
 def test_the_long_recipe_trains_checkpoints_and_resumes_on_cpu(tmp_path):
   """configs/long.py, the accelerator recipe, for a few steps: its shapes (64x64 frames, 8x8
   patches, D = 128), its state's size, a checkpoint, and a resume that continues to the end
