@@ -3,7 +3,7 @@ r"""Writes multi-camera episodes a user has as arrays as a recording (no downloa
   python -m experiments.import_episodes --npz='recordings/pushing/ep_*.npz' --name=pushing \
       --data_dir=~/tensorflow_datasets [--test_episodes=30]
   python -m experiments.import_episodes --hdf5='libero_spatial/*.hdf5' --name=libero_spatial \
-      --data_dir=~/tensorflow_datasets  # robomimic / LIBERO layout; needs .[hdf5]
+      --data_dir=~/tensorflow_datasets  # robomimic / LIBERO layout (h5py)
 
 The layouts (sjepa_jax/episode_files.py, docs/recordings.md): an ``.npz`` per episode
 (``actions`` and observation arrays with one row per step; uint8 (T, H, W, 3) arrays are

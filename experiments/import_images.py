@@ -20,6 +20,7 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from sjepa_jax import errors
 from sjepa_jax import images
 
 _NPZ = flags.DEFINE_string("npz", None, "Arrays `images` and `labels`.", required=True)
@@ -40,15 +41,15 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
   try:
     f = np.load(path, allow_pickle=False)
   except (ValueError, OSError) as e:
-    raise ValueError(f"{path!r} is not an .npz file numpy can read ({e}); write one with "
-                     "np.savez(path, images=..., labels=...).") from e
+    raise errors.UserError(f"{path!r} is not an .npz file numpy can read ({e}); write one with "
+                           "np.savez(path, images=..., labels=...).") from e
   if not isinstance(f, np.lib.npyio.NpzFile):
-    raise ValueError(f"{path!r} holds a single array, not an .npz with `images` and `labels`; "
-                     "write one with np.savez(path, images=..., labels=...).")
+    raise errors.UserError(f"{path!r} holds a single array, not an .npz with `images` and "
+                           "`labels`; write one with np.savez(path, images=..., labels=...).")
   with f:
     missing = {"images", "labels"} - set(f.files)
     if missing:
-      raise ValueError(f"{path} lacks arrays {sorted(missing)}; it has {f.files}.")
+      raise errors.UserError(f"{path} lacks arrays {sorted(missing)}; it has {f.files}.")
     return f["images"], f["labels"]
 
 

@@ -32,6 +32,7 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from sjepa_jax import errors
 from sjepa_jax import images
 
 _OUT = flags.DEFINE_string("out", None, "Folder for the episodes' .npz files.", required=True)
@@ -219,11 +220,11 @@ def main(argv):
   cameras = tuple(_CAMERAS.value)
   unknown = [c for c in cameras if c not in VALID_CAMERAS]
   if unknown or not cameras or len(set(cameras)) != len(cameras):
-    raise ValueError(f"--cameras must be distinct names from {', '.join(VALID_CAMERAS)}; "
-                     f"got {', '.join(cameras) or 'none'}.")
+    raise errors.UserError(f"--cameras must be distinct names from {', '.join(VALID_CAMERAS)}; "
+                           f"got {', '.join(cameras) or 'none'}.")
   if _STEPS.value < 2 or _EPISODES.value < 1:
-    raise ValueError(f"Need --steps >= 2 and --episodes >= 1, got {_STEPS.value} and "
-                     f"{_EPISODES.value}.")
+    raise errors.UserError(f"Need --steps >= 2 and --episodes >= 1, got {_STEPS.value} and "
+                           f"{_EPISODES.value}.")
   os.makedirs(_OUT.value, exist_ok=True)
   scene = Scene(_SIZE.value)
   start, recorded = time.perf_counter(), 0

@@ -10,13 +10,15 @@ The entry points a notebook needs::
   sj.save("forest_to_mountain.npz", m)                    # the translation key, as a file
 
 Submodules hold the rest: ``agents``, ``align``, ``probes``, ``study``, ``migrate``,
-``world``, ``data``, ``exchange``.
+``world``, ``data``, ``exchange``. Bad input (a view name, a config value, a file) raises
+``sj.UserError``, a ``ValueError`` whose message names the valid choices.
 """
 
 from sjepa_jax.agents import Agent, load_agent, load_agents
 from sjepa_jax.align import MAPS, LinearMap
 from sjepa_jax.align import fit as fit_map
 from sjepa_jax.data import world_pairs
+from sjepa_jax.errors import UserError
 from sjepa_jax.exchange import load, load_meta, save
 from sjepa_jax.probes import Probe, fit_classifier, fit_regressor
 

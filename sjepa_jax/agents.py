@@ -32,6 +32,7 @@ import optax
 
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import errors
 from sjepa_jax import losses
 from sjepa_jax import models
 from sjepa_jax import recordings
@@ -141,14 +142,14 @@ def parse_sweep(specs: Sequence[str] | None) -> dict[str, list[float]]:
     field, _, values = spec.partition("=")
     field = field.strip().removeprefix("config.")
     if field not in SWEEPABLE:
-      raise ValueError(f"Cannot sweep {field!r} in one program; valid fields (numbers, not "
-                       f"shapes): {', '.join(SWEEPABLE)}.")
+      raise errors.UserError(f"Cannot sweep {field!r} in one program; valid fields (numbers, not "
+                             f"shapes): {', '.join(SWEEPABLE)}.")
     try:
       sweep[field] = [float(v) for v in values.split(",") if v.strip()]
     except ValueError as e:
-      raise ValueError(f"--sweep={spec!r}: values must be numbers, comma-separated.") from e
+      raise errors.UserError(f"--sweep={spec!r}: values must be numbers, comma-separated.") from e
     if not sweep[field] or len(set(sweep[field])) != len(sweep[field]):
-      raise ValueError(f"--sweep={spec!r}: give distinct values, comma-separated.")
+      raise errors.UserError(f"--sweep={spec!r}: give distinct values, comma-separated.")
   return sweep
 
 
@@ -158,7 +159,7 @@ def roster(views: Sequence[str], seeds: int | Sequence[int],
   entries on the agent axis."""
   seeds = [seeds] if isinstance(seeds, int) else list(seeds)
   if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f"Seeds must be distinct and at least one, got {seeds}.")
+    raise errors.UserError(f"Seeds must be distinct and at least one, got {seeds}.")
   sweep = sweep or {}
   combos = [dict(zip(sweep, c)) for c in itertools.product(*sweep.values())]
   entries = [(v, s, c) for v in views for s in seeds for c in combos]
@@ -529,7 +530,8 @@ def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -
   agents well, or when the agents are split over devices (a loop over them would run on one
   at a time)."""
   if config.agent_map not in AGENT_MAPS:
-    raise ValueError(f"Unknown agent_map {config.agent_map!r}; valid: {', '.join(AGENT_MAPS)}.")
+    raise errors.UserError(f"Unknown agent_map {config.agent_map!r}; valid: "
+                           f"{', '.join(AGENT_MAPS)}.")
   if config.agent_map == "auto":
     return "lax_map" if jax.default_backend() == "cpu" and not agents_sharded else "vmap"
   return config.agent_map
@@ -566,12 +568,12 @@ def check_ranges(config: ml_collections.ConfigDict, ranges: dict[str, tuple]) ->
       if value is None or not (value > low or (low_ok and value == low)) or (
           high is not None and value > high):
         bound = f"{'>=' if low_ok else '>'} {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"config.{name} must be {bound}, got {value}.")
+        raise errors.UserError(f"config.{name} must be {bound}, got {value}.")
 
 
 def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
   if value not in valid:
-    raise ValueError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}.")
+    raise errors.UserError(f"Unknown {name} {value!r}; valid: {', '.join(valid)}.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -589,36 +591,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 ("auto",) + tuple(models.COMPUTE_DTYPES))
   _check_choice("data.flip", config.data.flip, recordings.FLIPS)
   if not 0 <= config.data.holdout_fraction < 1:
-    raise ValueError(f"data.holdout_fraction must be in [0, 1), got "
-                     f"{config.data.holdout_fraction}.")
+    raise errors.UserError(f"data.holdout_fraction must be in [0, 1), got "
+                           f"{config.data.holdout_fraction}.")
   if not data.is_world(config):
     if not 0 < config.data.region_size <= 1:
-      raise ValueError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
+      raise errors.UserError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
     if not 0 < config.data.min_crop <= 1:
-      raise ValueError(f"data.min_crop must be in (0, 1], got {config.data.min_crop}.")
+      raise errors.UserError(f"data.min_crop must be in (0, 1], got {config.data.min_crop}.")
     if config.data.train_split == config.data.eval_split:
-      raise ValueError(f"data.train_split and data.eval_split are both "
-                       f"{config.data.train_split!r}: probes and alignment must be scored on "
-                       "images the agents never trained on.")
+      raise errors.UserError(f"data.train_split and data.eval_split are both "
+                             f"{config.data.train_split!r}: probes and alignment must be scored on "
+                             "images the agents never trained on.")
   if o.kind == "supervised" and not data.is_world(config):
-    raise ValueError(f"objective.kind 'supervised' reads the world's focal labels; dataset "
-                     f"{config.data.dataset!r} has none. Valid for datasets: jepa, autoencoder.")
+    raise errors.UserError(f"objective.kind 'supervised' reads the world's focal labels; "
+                           f"dataset {config.data.dataset!r} has none. Valid for datasets: "
+                           "jepa, autoencoder.")
   if config.data.frames < 2:
-    raise ValueError(f"data.frames must be at least 2 (one transition), got {config.data.frames}.")
+    raise errors.UserError(f"data.frames must be at least 2 (one transition), got "
+                           f"{config.data.frames}.")
   if o.token_horizon >= config.data.frames:
-    raise ValueError(f"objective.token_horizon ({o.token_horizon}) must be below data.frames "
-                     f"({config.data.frames}): its target is a frame of the sample.")
+    raise errors.UserError(f"objective.token_horizon ({o.token_horizon}) must be below data.frames "
+                           f"({config.data.frames}): its target is a frame of the sample.")
   if o.token_weight > 0 and o.mask_blocks > 0 and config.model.encoder == "cnn":
-    raise ValueError("objective.mask_blocks > 0 hides tokens from the encoder, which needs a "
-                     "patch encoder; valid model.encoder: mixer, vit.")
+    raise errors.UserError("objective.mask_blocks > 0 hides tokens from the encoder, which needs a "
+                           "patch encoder; valid model.encoder: mixer, vit.")
   grid = config.data.image_size // config.model.patch
   if o.token_weight > 0 and o.mask_blocks > 0 and o.mask_block > grid:
-    raise ValueError(f"objective.mask_block ({o.mask_block}) is larger than the token grid "
-                     f"({grid} x {grid}).")
+    raise errors.UserError(f"objective.mask_block ({o.mask_block}) is larger than the token grid "
+                           f"({grid} x {grid}).")
   if (config.model.encoder != "cnn" or o.kind == "autoencoder") and (
       config.data.image_size % config.model.patch):
-    raise ValueError(f"config.data.image_size ({config.data.image_size}) must be a multiple of "
-                     f"config.model.patch ({config.model.patch}).")
+    raise errors.UserError(f"config.data.image_size ({config.data.image_size}) must be a "
+                           f"multiple of config.model.patch ({config.model.patch}).")
 
 
 # --- Trained agents ----------------------------------------------------------------------
@@ -661,12 +665,12 @@ def meta_names(meta: dict) -> list[str]:
   return list(meta.get("names", [f"{v}_s{s}" if several else v for v, s in zip(views, seeds)]))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Agent:
   """One trained agent: who it is, its networks and their parameters (no optimiser state).
 
   ``encode(obs)`` gives its latents; ``initial_params()`` the same networks at
-  initialisation (the random-init control).
+  initialisation (the random-init control). It prints in one line, never its parameters.
   """
   name: str
   view: str
@@ -682,6 +686,13 @@ class Agent:
   # The run's config, for provenance (what trained it); nothing above reads it.
   config: ml_collections.ConfigDict | None = dataclasses.field(default=None, compare=False,
                                                                repr=False)
+
+  def __repr__(self) -> str:
+    size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
+    return (f"Agent(name={self.name!r}, view={self.view!r}, seed={self.seed}, "
+            f"kind={self.kind!r}, step={self.step}, dim={self.model.encoder.dim}, "
+            f"image={self.image_size}x{self.image_size}, params={size:,}"
+            f"{hparams_label(self.hparams).replace(' ', ', ')})")
 
   def encode(self, obs: jax.Array, chunk: int = 256) -> jax.Array:
     """Latents of observations (N, H, W, 3) float in [0, 1] -> (N, D)."""
@@ -722,6 +733,6 @@ def load_agent(workdir: str, view: str, seed: int | None = None, step: int | Non
   if len(held) != 1:
     have = ", ".join(names)
     what = "No agent" if not held else "Several agents (give seed=, or a name)"
-    raise ValueError(f"{what} for view {view!r}{'' if seed is None else f' seed {seed}'} in "
-                     f"{workdir!r}; it holds {have}.")
+    raise errors.UserError(f"{what} for view {view!r}{'' if seed is None else f' seed {seed}'} in "
+                           f"{workdir!r}; it holds {have}.")
   return load_agents(workdir, step)[held[0]]

@@ -2,7 +2,8 @@
 
 Every map is fitted on paired latents (row i of X and row i of Y see the same world state)
 and must be scored on held-out pairs. Maps are affine: ``y ~ (x - x_mean) @ w + y_mean``.
-All functions are pure ``jnp`` (float32), jit-able and vmappable over agent pairs.
+All functions are pure ``jnp`` (float32) and jit-able; many pairs go through ``jax.lax.map``
+(see ``ridge_path``: a vmap would batch their decompositions, which can deadlock on CPU).
 
 Shapes: N = paired examples, D = source latent size, E = target latent size, M = agents,
 K = neighbours or rank.
@@ -14,6 +15,8 @@ from typing import NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
+
+from sjepa_jax import errors
 
 # Ridge strengths, relative to the mean eigenvalue of the centred source covariance; the
 # fit picks one on a validation split of the fitting pairs (never on the held-out pairs).
@@ -31,8 +34,8 @@ class LinearMap:
   def apply(self, x_NxD: jax.Array) -> jax.Array:
     """Maps source latents into the target space: (N, D) -> (N, E)."""
     if x_NxD.shape[-1] != self.w.shape[0]:
-      raise ValueError(f"This map takes latents of size {self.w.shape[0]}, got "
-                       f"{x_NxD.shape[-1]}: apply it to the agent it was fitted from.")
+      raise errors.UserError(f"This map takes latents of size {self.w.shape[0]}, got "
+                             f"{x_NxD.shape[-1]}: apply it to the agent it was fitted from.")
     return (x_NxD - self.x_mean) @ self.w + self.y_mean
 
 
@@ -300,7 +303,7 @@ def linear_cka_unbiased(x_NxD: jax.Array, y_NxD: jax.Array) -> jax.Array:
   """
   n = x_NxD.shape[0]
   if n < 4:
-    raise ValueError(f"Unbiased CKA needs at least 4 paired examples, got {n}.")
+    raise errors.UserError(f"Unbiased CKA needs at least 4 paired examples, got {n}.")
   x = x_NxD - x_NxD.mean(0)
   y = y_NxD - y_NxD.mean(0)
   k, l = x @ x.T, y @ y.T
@@ -346,7 +349,7 @@ def fit(kind: str, x_NxD: jax.Array, y_NxE: jax.Array) -> LinearMap:
   fits = {"lstsq": fit_lstsq, "ridge": fit_ridge, "procrustes": fit_procrustes,
           "cca": lambda x, y: fit_cca(x, y)[0]}
   if kind not in fits:
-    raise ValueError(f"Unknown map {kind!r}; valid maps: {', '.join(MAPS)}.")
+    raise errors.UserError(f"Unknown map {kind!r}; valid maps: {', '.join(MAPS)}.")
   return fits[kind](x_NxD, y_NxE)
 
 
@@ -386,7 +389,8 @@ def evaluate_pair(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_test:
   statistics. ``isometry_gap`` is R^2 of the best unconstrained linear map (ridge, strength
   chosen on a validation split of the fitting pairs) minus R^2 of the scaled orthogonal map:
   near 0 when the spaces differ by a rotation and one scale. ``maps`` holds the fitted
-  maps by name. Vmap it to score many pairs at once.
+  maps by name. ``jax.lax.map`` it to score many pairs in one program (not ``jax.vmap``:
+  see ``ridge_path``).
   Mutual k-NN uses ``k`` neighbours, fewer when there are not ``k + 1`` held-out pairs.
   """
   maps, rho = fit_maps(x_fit, y_fit, rank)
@@ -422,7 +426,7 @@ def r2_against_pairs(x_fit: jax.Array, y_fit: jax.Array, x_test: jax.Array, y_te
   curve = {"n": [], "r2_ridge": [], "r2_procrustes": []}
   for n in sizes:
     if n > x_fit.shape[0]:
-      raise ValueError(f"Cannot fit on {n} pairs: only {x_fit.shape[0]} fitting pairs.")
+      raise errors.UserError(f"Cannot fit on {n} pairs: only {x_fit.shape[0]} fitting pairs.")
     curve["n"].append(int(n))
     for name, fitter in (("ridge", fit_ridge), ("procrustes", fit_procrustes)):
       m = fitter(x_fit[:n], y_fit[:n])

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging as python_logging
 import os
 import socket
 from typing import Any, Iterator, Sequence
@@ -27,6 +28,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+from sjepa_jax import errors
+
 PyTree = Any
 CHECKSUMS = "checksums.json"
 # Orbax's own bookkeeping, rewritten when it commits a step: not covered by the checksums.
@@ -34,12 +37,12 @@ _UNCHECKED = frozenset({CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt"}
 _TMP = ".orbax-checkpoint-tmp"
 
 
-class DamagedCheckpointError(ValueError):
+class DamagedCheckpointError(errors.UserError):
   """A checkpoint whose files do not match the checksums recorded when it was saved."""
 
 
-class WorkdirLockedError(RuntimeError):
-  """Another trainer holds the workdir."""
+class WorkdirLockedError(errors.UserError, RuntimeError):
+  """Another trainer holds the workdir (a RuntimeError too, as it was before UserError)."""
 
 
 class PeerLostError(RuntimeError):
@@ -197,14 +200,44 @@ def manager(workdir: str, keep: int = 3, keep_steps: Sequence[int] = ()
   return ocp.CheckpointManager(directory, options=options)
 
 
+class _DropRecord(python_logging.Filter):
+  """Drops the log records whose format string is ``message``."""
+
+  def __init__(self, message: str):
+    super().__init__()
+    self.message = message
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return record.msg != self.message
+
+
+@contextlib.contextmanager
+def _unlogged(message: str) -> Iterator[None]:
+  """Drops absl log records whose format string is ``message``, for the block only."""
+  drop = _DropRecord(message)
+  python_logging.getLogger("absl").addFilter(drop)
+  try:
+    yield
+  finally:
+    python_logging.getLogger("absl").removeFilter(drop)
+
+
+# What Orbax warns of every read-only manager it builds, whatever its options: reading
+# was asked for, so it says nothing a reader can act on.
+_READ_ONLY_WARNING = "Given directory is read only=%s"
+
+
 def reader(workdir: str) -> ocp.CheckpointManager:
-  """A read-only manager over a training run's checkpoints; creates nothing."""
+  """A read-only manager over a training run's checkpoints; creates nothing, logs nothing."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No training run in {workdir!r}: it has no checkpoints/ folder "
                             "(give the --workdir a training run wrote).")
-  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-  return ocp.CheckpointManager(directory, options=options)
+  # save_interval_steps=0: read-only managers save nothing, and Orbax warns when it has to
+  # turn the default (1) off itself.
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0)
+  with _unlogged(_READ_ONLY_WARNING):
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,

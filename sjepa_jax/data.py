@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sjepa_jax import errors
 from sjepa_jax import images
 from sjepa_jax import recordings
 from sjepa_jax import world
@@ -124,14 +125,22 @@ def recording_options(config: ml_collections.ConfigDict) -> recordings.Options:
 def parse_views(config: ml_collections.ConfigDict, names: str | Sequence[str]) -> list[str]:
   """Checks view names against the config's source: world views, dataset regions, or a
   recording's cameras."""
-  if is_recording(config):
+  try:
+    recording = is_recording(config)
+  except (OSError, errors.UserError):  # the dataset cannot be opened: say why...
+    listed = names.split(",") if isinstance(names, str) else names
+    if not any(n.strip() in world.VIEWS for n in listed):
+      raise
+    recording = False  # ...unless world views say the dataset itself is the mistake (below)
+  if recording:
     return recordings.parse_cameras(names, _layout(config))
   try:
     return world.parse_views(names) if is_world(config) else images.parse_regions(names)
   except ValueError as e:
     hint = (" Region views need a dataset (--dataset); camera views a recording." if
-            is_world(config) else " World views need no dataset: leave --dataset out.")
-    raise ValueError(str(e) + hint) from e
+            is_world(config) else " World views need no dataset: leave --dataset out." + (
+                "" if config.data.data_dir else " A recording's cameras need its --data_dir."))
+    raise errors.UserError(str(e) + hint) from e
 
 
 def stack_views(config: ml_collections.ConfigDict, names: Sequence[str]) -> Any:
@@ -177,8 +186,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   recordings.select_labels(lay, o.labels)
   recordings.parts(lay, o.train_split, o.eval_split, o.holdout_fraction)
   if config.data.action_dim not in (0, lay.action_dim):
-    raise ValueError(f"config.data.action_dim is {config.data.action_dim}, but recording "
-                     f"{lay.name!r} has actions of size {lay.action_dim}: leave it 0.")
+    raise errors.UserError(f"config.data.action_dim is {config.data.action_dim}, but recording "
+                           f"{lay.name!r} has actions of size {lay.action_dim}: leave it 0.")
   resolved = copy.deepcopy(config)
   resolved.data.action_dim = lay.action_dim
   return resolved
@@ -230,9 +239,9 @@ def sampler(config: ml_collections.ConfigDict):
 
   def sample(key, view, pixels=None):
     if pixels is None:
-      raise ValueError(f"Config names dataset {dataset!r}, but no data was passed: give the "
-                       "train split on the device (data.on_device(data.load_images(config, "
-                       "'train', views))).")
+      raise errors.UserError(f"Config names dataset {dataset!r}, but no data was passed: give the "
+                             "train split on the device (data.on_device(data.load_images(config, "
+                             "'train', views))).")
     if isinstance(pixels, recordings.OnDevice):
       return Batch(*recordings.batch(key, pixels, view, batch_size, frames))
     return Batch(*images.region_batch(key, pixels, view, batch_size, frames, size, min_crop))
@@ -252,8 +261,8 @@ def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, nu
              "steps" if isinstance(source, recordings.Recording) else
              f"split {config.data.eval_split!r} of {config.data.dataset!r} holds only "
              f"{len(source.labels)}")
-    raise ValueError(f"Asked for {num} paired states, but {where}: lower --pairs and "
-                     "--test_pairs (or the eval sizes).")
+    raise errors.UserError(f"Asked for {num} paired states, but {where}: lower --pairs and "
+                           "--test_pairs (or the eval sizes).")
   if isinstance(source, recordings.Recording):
     steps = recordings.paired_steps(source, key, num)
     labels = {k: jnp.asarray(v[steps]) for k, v in source.labels.items()}

@@ -33,6 +33,7 @@ import zlib
 from absl import logging
 import numpy as np
 
+from sjepa_jax import errors
 from sjepa_jax import images
 from sjepa_jax import recordings
 
@@ -83,18 +84,19 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
   try:
     f = np.load(path, allow_pickle=False)
     if not isinstance(f, np.lib.npyio.NpzFile):
-      raise ValueError(f"{path} holds a single array, not an .npz of named arrays (write "
-                       "one with np.savez(path, actions=..., <camera>=..., ...)).")
+      raise errors.UserError(f"{path} holds a single array, not an .npz of named arrays (write "
+                             "one with np.savez(path, actions=..., <camera>=..., ...)).")
     with f:
       return {k: f[k] for k in f.files}
   except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-    raise ValueError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it may "
-                     "be damaged or truncated: write it again with np.savez.") from e
+    raise errors.UserError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it may "
+                           "be damaged or truncated: write it again with np.savez.") from e
   except ValueError as e:
     if str(e).startswith(path):
       raise
-    raise ValueError(f"{path} is not a readable .npz file ({e}); it may be damaged or "
-                     "truncated, or hold Python objects: write it again with np.savez.") from e
+    raise errors.UserError(f"{path} is not a readable .npz file ({e}); it may be damaged or "
+                           "truncated, or hold Python objects: write it again with "
+                           "np.savez.") from e
 
 
 def npz_episodes(paths: Sequence[str]) -> list[EpisodeRef]:
@@ -109,8 +111,9 @@ def npz_episodes(paths: Sequence[str]) -> list[EpisodeRef]:
     ids = np.asarray(arrays["episode"]).reshape(-1)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     if len(np.unique(ids)) != len(starts):
-      raise ValueError(f"{path}: the rows of an episode must be contiguous; episode ids "
-                       f"repeat after others ({len(starts)} runs of {len(np.unique(ids))} ids).")
+      raise errors.UserError(f"{path}: the rows of an episode must be contiguous; episode ids "
+                             f"repeat after others ({len(starts)} runs of "
+                             f"{len(np.unique(ids))} ids).")
     bounds = np.r_[starts, len(ids)]
     for e in range(len(starts)):
       rows = slice(bounds[e], bounds[e + 1])
@@ -135,8 +138,8 @@ def _indexed_episode(path: str, rows: slice, total: int) -> dict:
 def _h5py():
   if importlib.util.find_spec("h5py") is None:
     raise images.MissingExtraError(
-        "Reading HDF5 recordings (robomimic, LIBERO) needs h5py: install the extra with "
-        "`pip install -e .[hdf5]` (or `pip install h5py`).")
+        "Reading HDF5 recordings (robomimic, LIBERO) needs h5py, which requirements.txt "
+        "lists: `pip install -r requirements.txt` (or `pip install h5py`).")
   import h5py  # pylint: disable=g-import-not-at-top
   return h5py
 
@@ -148,7 +151,7 @@ def _read_demo(path: str, demo: str, instruction: str) -> dict:
     with h5py.File(path, "r") as f:
       g = f["data"][demo]
       if "obs" not in g:
-        raise ValueError(f"{path} data/{demo} has no obs group (keys: {', '.join(g)}).")
+        raise errors.UserError(f"{path} data/{demo} has no obs group (keys: {', '.join(g)}).")
       episode = {"observation": {k: np.asarray(v) for k, v in g["obs"].items()
                                  if isinstance(v, h5py.Dataset)},
                  "source": f"{path} data/{demo}"}
@@ -158,7 +161,8 @@ def _read_demo(path: str, demo: str, instruction: str) -> dict:
       if "dones" in g:
         episode["is_terminal"] = np.asarray(g["dones"]).astype(bool)
   except OSError as e:
-    raise ValueError(f"{path} data/{demo} cannot be read ({e}); the file may be damaged.") from e
+    raise errors.UserError(f"{path} data/{demo} cannot be read ({e}); the file may be "
+                           "damaged.") from e
   if instruction:
     episode["language_instruction"] = instruction
   return episode
@@ -172,15 +176,15 @@ def hdf5_episodes(paths: Sequence[str]) -> list[EpisodeRef]:
     try:
       with h5py.File(path, "r") as f:
         if "data" not in f:
-          raise ValueError(f"{path} has no `data` group (keys: {', '.join(f)}): not the "
-                           "robomimic / LIBERO layout (data/demo_<i>/obs/<key>).")
+          raise errors.UserError(f"{path} has no `data` group (keys: {', '.join(f)}): not the "
+                                 "robomimic / LIBERO layout (data/demo_<i>/obs/<key>).")
         demos = sorted((k for k in f["data"] if re.fullmatch(r"demo_\d+", k)),
                        key=lambda k: int(k.split("_")[1]))
         instruction = _instruction(f["data"].attrs)
     except OSError as e:
-      raise ValueError(f"{path} is not a readable HDF5 file ({e}); it may be damaged.") from e
+      raise errors.UserError(f"{path} is not a readable HDF5 file ({e}); it may be damaged.") from e
     if not demos:
-      raise ValueError(f"{path} has no data/demo_<i> groups.")
+      raise errors.UserError(f"{path} has no data/demo_<i> groups.")
     refs += [EpisodeRef(f"{path} data/{d}", functools.partial(_read_demo, path, d, instruction))
              for d in demos]
   return refs
@@ -200,7 +204,7 @@ def check(refs: Sequence[EpisodeRef]) -> tuple[dict, dict[str, str], np.ndarray]
   """Reads and checks every episode before anything is written: returns the first
   (normalised), the fields left out (with why) and each episode's steps."""
   if not refs:
-    raise ValueError("No episodes to import.")
+    raise errors.UserError("No episodes to import.")
   first = first_sig = None
   skipped, lengths = {}, []
   for ref in refs:
@@ -221,8 +225,8 @@ def store(name: str, data_dir: str, refs: Sequence[EpisodeRef], test_episodes: i
   the last ``test_episodes`` become the ``test`` split. Returns what was written."""
   images.check_new_name(name)
   if not 0 <= test_episodes < len(refs):
-    raise ValueError(f"--test_episodes must be in [0, {len(refs)}) for {len(refs)} episodes, "
-                     f"got {test_episodes}.")
+    raise errors.UserError(f"--test_episodes must be in [0, {len(refs)}) for {len(refs)} episodes, "
+                           f"got {test_episodes}.")
   first, skipped, lengths = check(refs)
   cut = len(refs) - test_episodes
   read = lambda chosen: lambda: (recordings.normalise_episode(r.read(), r.where)[0]

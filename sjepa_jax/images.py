@@ -36,6 +36,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from sjepa_jax import errors
 from sjepa_jax.world import views as views_lib
 
 REGIONS = ("left", "right", "top", "bottom", "center")
@@ -53,9 +54,10 @@ class Region(NamedTuple):
 def get_region(name: str, size: float) -> Region:
   """The region called ``name`` covering ``size`` (in (0, 1]) of the image's side."""
   if name not in REGIONS:
-    raise ValueError(f"Unknown region view {name!r}; valid region views: {', '.join(REGIONS)}.")
+    raise errors.UserError(f"Unknown region view {name!r}; valid region views: "
+                           f"{', '.join(REGIONS)}.")
   if not 0 < size <= 1:
-    raise ValueError(f"data.region_size must be in (0, 1], got {size}.")
+    raise errors.UserError(f"data.region_size must be in (0, 1], got {size}.")
   box = {"left": (0, 0, 1, size), "right": (0, 1 - size, 1, size),
          "top": (0, 0, size, 1), "bottom": (1 - size, 0, size, 1),
          "center": ((1 - size) / 2, (1 - size) / 2, size, size)}[name]
@@ -154,17 +156,17 @@ def missing_message(name: str, data_dir: str) -> str:
           "`python -m experiments.import_episodes` (multi-camera episodes).")
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(errors.UserError, ImportError):
   """An optional dependency is not installed; the message names the extra that adds it."""
 
 
 def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """The prepared dataset ``name`` in ``data_dir``, or a clear error saying how to prepare it."""
   if not name:
-    raise ValueError("No dataset named: give --dataset=<tfds name> (and --data_dir).")
+    raise errors.UserError("No dataset named: give --dataset=<tfds name> (and --data_dir).")
   if not data_dir:
-    raise ValueError(f"Dataset {name!r} needs its local tfds directory: give --data_dir "
-                     "(config.data.data_dir); nothing is ever downloaded.")
+    raise errors.UserError(f"Dataset {name!r} needs its local tfds directory: give --data_dir "
+                           "(config.data.data_dir); nothing is ever downloaded.")
   if not os.path.isdir(data_dir):
     raise FileNotFoundError(missing_message(name, data_dir))
   try:
@@ -184,11 +186,11 @@ def _features(b: tfds.core.DatasetBuilder) -> tuple[str, str, int]:
   for kind, cls in (("image", tfds.features.Image), ("label", tfds.features.ClassLabel)):
     found = [k for k, f in feats.items() if isinstance(f, cls)]
     if not found:
-      raise ValueError(f"Dataset {b.name!r} needs an {cls.__name__} feature; it has "
-                       f"{dict((k, type(f).__name__) for k, f in feats.items())}.")
+      raise errors.UserError(f"Dataset {b.name!r} needs an {cls.__name__} feature; it has "
+                             f"{dict((k, type(f).__name__) for k, f in feats.items())}.")
     if len(found) > 1 and kind not in found:
-      raise ValueError(f"Dataset {b.name!r} has several {cls.__name__} features {found} and "
-                       f"none is called {kind!r}; which to use is ambiguous.")
+      raise errors.UserError(f"Dataset {b.name!r} has several {cls.__name__} features {found} and "
+                             f"none is called {kind!r}; which to use is ambiguous.")
     keys[kind] = kind if kind in found else found[0]
   return keys["image"], keys["label"], feats[keys["label"]].num_classes
 
@@ -200,20 +202,20 @@ def load(name: str, data_dir: str, split: str) -> Images:
   """
   b = builder(name, data_dir)
   if split not in b.info.splits:
-    raise ValueError(f"Dataset {name!r} has no split {split!r}; valid splits: "
-                     f"{', '.join(sorted(b.info.splits))}.")
+    raise errors.UserError(f"Dataset {name!r} has no split {split!r}; valid splits: "
+                           f"{', '.join(sorted(b.info.splits))}.")
   image_key, label_key, num_classes = _features(b)
   shape = b.info.features[image_key].shape
   if None in shape:
-    raise ValueError(f"Dataset {name!r} has images of varying size {shape}; region views "
-                     "need one size. Resize them first (e.g. into arrays for "
-                     "`python -m experiments.import_images`).")
+    raise errors.UserError(f"Dataset {name!r} has images of varying size {shape}; region views "
+                           "need one size. Resize them first (e.g. into arrays for "
+                           "`python -m experiments.import_images`).")
   pixels, labels = _read_split(b, split, image_key, label_key)
   if pixels.shape[-1] == 1:
     pixels = np.repeat(pixels, 3, axis=-1)
   if pixels.shape[-1] != 3:
-    raise ValueError(f"Dataset {name!r} has {pixels.shape[-1]}-channel images; agents read "
-                     "RGB or greyscale (1 or 3 channels).")
+    raise errors.UserError(f"Dataset {name!r} has {pixels.shape[-1]}-channel images; agents read "
+                           "RGB or greyscale (1 or 3 channels).")
   logging.info("Loaded %s[%s]: %d images of %s, %d classes.", name, split, len(pixels),
                pixels.shape[1:], num_classes)
   return Images(pixels, labels, num_classes)
@@ -307,15 +309,17 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 def check_new_name(name: str) -> None:
   """Refuses a dataset name tfds cannot read back: not snake_case, or already registered."""
   if not _NAME.match(name):
-    raise ValueError(f"Dataset name {name!r} cannot be read back by tfds: use lowercase "
-                     "letters, digits and underscores, starting with a letter (e.g. "
-                     f"{re.sub(r'[^a-z0-9_]', '_', name.lower()).strip('_') or 'my_images'!r}).")
+    suggestion = re.sub(r"[^a-z0-9_]", "_", name.lower()).strip("_") or "my_images"
+    raise errors.UserError(f"Dataset name {name!r} cannot be read back by tfds: use lowercase "
+                           "letters, digits and underscores, starting with a letter (e.g. "
+                           f"{suggestion!r}).")
   try:
     tfds.builder_cls(name)
   except tfds.core.registered.DatasetNotFoundError:
     return
-  raise ValueError(f"Dataset name {name!r} is already registered by tensorflow-datasets; "
-                   f"reading it back would load theirs: choose another (e.g. {name + '_local'!r}).")
+  raise errors.UserError(f"Dataset name {name!r} is already registered by tensorflow-datasets; "
+                         "reading it back would load theirs: choose another (e.g. "
+                         f"{name + '_local'!r}).")
 
 
 def split_for_import(pixels: np.ndarray, labels: np.ndarray, test_size: int, seed: int
@@ -329,28 +333,28 @@ def split_for_import(pixels: np.ndarray, labels: np.ndarray, test_size: int, see
   if labels.ndim == 2 and labels.shape[1] == 1:
     labels = labels[:, 0]
   if pixels.ndim not in (3, 4) or labels.ndim != 1 or len(pixels) != len(labels):
-    raise ValueError(f"images must be (N, H, W) or (N, H, W, C) and labels (N,), one label "
-                     f"per image; got {pixels.shape} and {labels.shape}.")
+    raise errors.UserError(f"images must be (N, H, W) or (N, H, W, C) and labels (N,), one label "
+                           f"per image; got {pixels.shape} and {labels.shape}.")
   if len(labels) == 0 or pixels.size == 0:
-    raise ValueError(f"The arrays are empty: images {pixels.shape}, labels {labels.shape}.")
+    raise errors.UserError(f"The arrays are empty: images {pixels.shape}, labels {labels.shape}.")
   if pixels.ndim == 4 and pixels.shape[-1] not in (1, 3):
-    raise ValueError(f"images must have 1 or 3 channels; got {pixels.shape[-1]} "
-                     f"(shape {pixels.shape}).")
+    raise errors.UserError(f"images must have 1 or 3 channels; got {pixels.shape[-1]} "
+                           f"(shape {pixels.shape}).")
   if not 0 < test_size < len(labels):
-    raise ValueError(f"test_size must be in (0, {len(labels)}), got {test_size}.")
+    raise errors.UserError(f"test_size must be in (0, {len(labels)}), got {test_size}.")
   if not np.issubdtype(pixels.dtype, np.integer) or pixels.min() < 0 or pixels.max() > 255:
-    raise ValueError(f"images must be integers in [0, 255]; got {pixels.dtype} in "
-                     f"[{pixels.min()}, {pixels.max()}] (scale floats in [0, 1] by 255).")
+    raise errors.UserError(f"images must be integers in [0, 255]; got {pixels.dtype} in "
+                           f"[{pixels.min()}, {pixels.max()}] (scale floats in [0, 1] by 255).")
   if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-    raise ValueError(f"labels must be integers from 0; got {labels.dtype} from "
-                     f"{labels.min()}.")
+    raise errors.UserError(f"labels must be integers from 0; got {labels.dtype} from "
+                           f"{labels.min()}.")
   order = np.random.default_rng(seed).permutation(len(labels))
   pixels, labels = pixels[order].astype(np.uint8), labels[order].astype(np.int64)
   cut = len(labels) - test_size
   seen = {p.tobytes() for p in pixels[:cut]}
   keep = np.asarray([p.tobytes() not in seen for p in pixels[cut:]], bool)
   if not keep.any():
-    raise ValueError(f"Every one of the {test_size} test images is also in the train split; "
-                     "nothing is left to score probes on.")
+    raise errors.UserError(f"Every one of the {test_size} test images is also in the train split; "
+                           "nothing is left to score probes on.")
   test = (pixels[cut:][keep], labels[cut:][keep])
   return {"train": (pixels[:cut], labels[:cut]), "test": test}, int((~keep).sum())

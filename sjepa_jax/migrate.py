@@ -37,6 +37,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import errors
 from sjepa_jax import flops
 from sjepa_jax import metrics_io
 from sjepa_jax import models
@@ -144,10 +145,10 @@ RANGES = {"num_train_steps": (1, None, True), "eval_every": (1, None, True),
 def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
   """Rejects settings that cannot mean anything, naming the valid range."""
   if not 0.0 < target_acc <= 1.0:
-    raise ValueError(f"target_acc must be in (0, 1], got {target_acc}.")
+    raise errors.UserError(f"target_acc must be in (0, 1], got {target_acc}.")
   agents.check_ranges(config, RANGES)
   if config.migrate.map_decay == 1.0:  # the map would never leave its first batch's estimate
-    raise ValueError("config.migrate.map_decay must be below 1, got 1.0.")
+    raise errors.UserError("config.migrate.map_decay must be below 1, got 1.0.")
 
 
 def evaluate(learner: agents.Learner, params: PyTree, probe_set: data.PairedSet, n_fit: int,
@@ -193,7 +194,7 @@ def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | Non
                                     config.eval.probe_steps)
   params = lambda s: s.params if teacher is None else s.agent.params
   curve = [{"step": 0, "flops": 0.0, "wall_s": 0.0, **evaluate_now(params(state))}]
-  wall = 0.0
+  wall, checked = 0.0, 0
   for step in range(config.num_train_steps):
     start = time.perf_counter()
     state, metrics = step_fn(state, key, jnp.int32(step), *extra)
@@ -201,8 +202,8 @@ def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | Non
       metrics = jax.device_get(metrics)
       wall += time.perf_counter() - start
       train.check_finite({k: np.reshape(v, (1, -1)) for k, v in metrics.items()},
-                         [f"{mode} student on {student_view}"],
-                         step + 2 - config.eval_every, step + 1, None)
+                         [f"{mode} student on {student_view}"], checked, step + 1, None)
+      checked = step + 1
       point = {"step": step + 1, "flops": step_flops * (step + 1), "wall_s": wall,
                **evaluate_now(params(state))}
       curve.append(point)
@@ -243,18 +244,18 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
   if teacher_view is None:
     others = [v for v in meta_views if v != student_view]
     if not others:
-      raise ValueError(f"The teacher run {teacher_workdir!r} has no agent on a view other "
-                       f"than the student's ({student_view}); it holds {meta_views}.")
+      raise errors.UserError(f"The teacher run {teacher_workdir!r} has no agent on a view other "
+                             f"than the student's ({student_view}); it holds {meta_views}.")
     teacher_view = others[0]
   if teacher_view == student_view:
-    raise ValueError(f"The teacher's view must differ from the student's; both are "
-                     f"{student_view!r}.")
+    raise errors.UserError(f"The teacher's view must differ from the student's; both are "
+                           f"{student_view!r}.")
   teacher = agents.load_agent(teacher_workdir, teacher_view, seed=teacher_seed)
   teacher_config = teacher.config
   if not data.is_world(teacher_config):
-    raise ValueError(f"Migration runs on the embedded world; the teacher run "
-                     f"{teacher_workdir!r} was trained on dataset "
-                     f"{teacher_config.data.dataset!r}.")
+    raise errors.UserError(f"Migration runs on the embedded world; the teacher run "
+                           f"{teacher_workdir!r} was trained on dataset "
+                           f"{teacher_config.data.dataset!r}.")
   config = student_config(teacher_config, config)
   e = config.eval
   probe_set = data.world_paired_set(jax.random.key(e.seed), world.stack_views([student_view]),

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sjepa_jax import errors
+
 ENCODERS = ("mixer", "vit", "cnn")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 POOLS = ("flatten", "mean")
@@ -38,14 +40,14 @@ def pool_tokens(x_BxPxC: jax.Array, pool: str) -> jax.Array:
     return x_BxPxC.reshape(x_BxPxC.shape[:-2] + (-1,))
   if pool == "mean":
     return x_BxPxC.mean(-2)
-  raise ValueError(f"Unknown pool {pool!r}; valid pools: {', '.join(POOLS)}.")
+  raise errors.UserError(f"Unknown pool {pool!r}; valid pools: {', '.join(POOLS)}.")
 
 
 def patchify(obs_BxHxWx3: jax.Array, patch: int) -> jax.Array:
   """Non-overlapping patch x patch tiles, flattened: (B, P, patch * patch * 3)."""
   h, w = obs_BxHxWx3.shape[-3:-1]
   if h % patch or w % patch:
-    raise ValueError(f"Image size {h}x{w} is not divisible by patch size {patch}.")
+    raise errors.UserError(f"Image size {h}x{w} is not divisible by patch size {patch}.")
   return einops.rearrange(obs_BxHxWx3, "... (h p) (w q) c -> ... (h w) (p q c)", p=patch, q=patch)
 
 
@@ -158,8 +160,8 @@ class CnnEncoder(nn.Module):
   def __call__(self, obs, mask=None):
     dense = functools.partial(nn.Dense, dtype=self.dtype)
     if mask is not None:
-      raise ValueError("The cnn encoder has no patches to hide; token masking needs a patch "
-                       "encoder: mixer or vit.")
+      raise errors.UserError("The cnn encoder has no patches to hide; token masking needs a patch "
+                             "encoder: mixer or vit.")
     x = obs
     for i in range(self.depth):
       x = nn.gelu(MatmulConv(self.width * 2 ** min(i, 2), dtype=self.dtype)(x))
@@ -368,4 +370,4 @@ def make_encoder(kind: str, dim: int, patch: int, width: int, depth: int, pool: 
     return VitEncoder(dim, patch, width, depth, pool, dtype=dtype)
   if kind == "cnn":
     return CnnEncoder(dim, width // 4, depth, pool, dtype)
-  raise ValueError(f"Unknown encoder {kind!r}; valid encoders: {', '.join(ENCODERS)}.")
+  raise errors.UserError(f"Unknown encoder {kind!r}; valid encoders: {', '.join(ENCODERS)}.")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from sjepa_jax import align
+from sjepa_jax import errors
 
 
 @flax.struct.dataclass
@@ -37,8 +38,8 @@ class Probe:
   def outputs(self, z_NxD: jax.Array) -> jax.Array:
     """Logits or regressed values, (N, C)."""
     if z_NxD.shape[-1] != self.w.shape[0]:
-      raise ValueError(f"This probe reads latents of size {self.w.shape[0]}, got "
-                       f"{z_NxD.shape[-1]}: map them into its agent's space first.")
+      raise errors.UserError(f"This probe reads latents of size {self.w.shape[0]}, got "
+                             f"{z_NxD.shape[-1]}: map them into its agent's space first.")
     return ((z_NxD - self.mean) / self.std) @ self.w + self.b
 
   def predict(self, z_NxD: jax.Array) -> jax.Array:

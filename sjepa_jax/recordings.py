@@ -52,6 +52,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from sjepa_jax import errors
 from sjepa_jax import images
 from sjepa_jax.world import views as views_lib
 
@@ -112,11 +113,12 @@ def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 def is_recording(name: str, data_dir: str) -> bool:
-  """Whether ``name`` in ``data_dir`` is a prepared dataset of episodes (``steps``)."""
-  try:
-    features = builder(name, data_dir).info.features
-  except (OSError, ValueError):
+  """Whether ``name`` in ``data_dir`` is a prepared dataset of episodes (``steps``); a
+  dataset that cannot be opened there raises, saying where it was looked for. Without a
+  ``data_dir`` nothing is read (a dataset's images handed over in memory): False."""
+  if not data_dir:
     return False
+  features = builder(name, data_dir).info.features
   return "steps" in features.keys() and isinstance(features["steps"], tfds.features.Dataset)
 
 
@@ -126,21 +128,22 @@ def layout(name: str, data_dir: str) -> Layout:
   features = b.info.features
   steps = features["steps"] if "steps" in features.keys() else None
   if not isinstance(steps, tfds.features.Dataset):
-    raise ValueError(f"Dataset {name!r} is not a recording: its examples have no `steps` "
-                     f"(features: {', '.join(features.keys())}).")
+    raise errors.UserError(f"Dataset {name!r} is not a recording: its examples have no `steps` "
+                           f"(features: {', '.join(features.keys())}).")
   step = steps.feature
   if "observation" not in step.keys() or not isinstance(step["observation"],
                                                         tfds.features.FeaturesDict):
-    raise ValueError(f"Recording {name!r} has no `observation` dict in its steps (step "
-                     f"fields: {', '.join(step.keys())}).")
+    raise errors.UserError(f"Recording {name!r} has no `observation` dict in its steps (step "
+                           f"fields: {', '.join(step.keys())}).")
   if "action" not in step.keys():
-    raise ValueError(f"Recording {name!r} has no `action` field in its steps (step fields: "
-                     f"{', '.join(step.keys())}); agents learn from the recorded actions.")
+    raise errors.UserError(f"Recording {name!r} has no `action` field in its steps (step fields: "
+                           f"{', '.join(step.keys())}); agents learn from the recorded actions.")
   action = step["action"]
   if not isinstance(action, tfds.features.Tensor) or len(action.shape) > 1 or not (
       np.issubdtype(np.dtype(action.np_dtype), np.number)):
-    raise ValueError(f"Recording {name!r}: `action` must be a numeric scalar or vector per "
-                     f"step, got {type(action).__name__} of shape {getattr(action, 'shape', '?')}.")
+    raise errors.UserError(f"Recording {name!r}: `action` must be a numeric scalar or vector "
+                           f"per step, got {type(action).__name__} of shape "
+                           f"{getattr(action, 'shape', '?')}.")
   cameras, shapes, labels, num_classes, skipped = [], {}, {}, {}, {}
   for key, f in step["observation"].items():
     if _is_camera(f):
@@ -155,8 +158,8 @@ def layout(name: str, data_dir: str) -> Layout:
       if isinstance(f, tfds.features.ClassLabel):
         num_classes[key] = f.num_classes
   if not cameras:
-    raise ValueError(f"Recording {name!r} has no camera: no observation field is uint8 "
-                     f"(H, W, 3) (fields: {', '.join(step['observation'].keys())}).")
+    raise errors.UserError(f"Recording {name!r} has no camera: no observation field is uint8 "
+                           f"(H, W, 3) (fields: {', '.join(step['observation'].keys())}).")
   # Sorted: tfds does not keep the order fields were written in.
   labels = dict(sorted(labels.items()))
   return Layout(name, tuple(sorted(cameras)), shapes, int(np.prod(action.shape)), labels,
@@ -168,8 +171,8 @@ def parse_cameras(names: str | Sequence[str], lay: Layout) -> list[str]:
   """Checks camera names (comma-separated or a list) against the recording: known, distinct."""
   def check(name):
     if name not in lay.cameras:
-      raise ValueError(f"Unknown camera {name!r} in recording {lay.name!r}; cameras found: "
-                       f"{', '.join(lay.cameras)}.")
+      raise errors.UserError(f"Unknown camera {name!r} in recording {lay.name!r}; cameras found: "
+                             f"{', '.join(lay.cameras)}.")
   return views_lib.parse_names(names, check, ", ".join(lay.cameras))
 
 
@@ -183,8 +186,8 @@ def select_labels(lay: Layout, names: str | Sequence[str]) -> list[str]:
     if n not in lay.labels:
       why = (f" ({lay.skipped[n]})" if n in lay.skipped else
              " (a camera)" if n in lay.cameras else "")
-      raise ValueError(f"Recording {lay.name!r} has no probe label {n!r}{why}; labels: "
-                       f"{', '.join(lay.labels) or 'none'} (data.labels).")
+      raise errors.UserError(f"Recording {lay.name!r} has no probe label {n!r}{why}; labels: "
+                             f"{', '.join(lay.labels) or 'none'} (data.labels).")
   return list(dict.fromkeys(names))
 
 
@@ -208,23 +211,24 @@ def parts(lay: Layout, train_split: str, eval_split: str, holdout_fraction: floa
   train split's episodes (rounded up), which then do not train.
   """
   if train_split not in lay.splits:
-    raise ValueError(f"Recording {lay.name!r} has no split {train_split!r}; splits: "
-                     f"{', '.join(sorted(lay.splits))} (data.train_split).")
+    raise errors.UserError(f"Recording {lay.name!r} has no split {train_split!r}; splits: "
+                           f"{', '.join(sorted(lay.splits))} (data.train_split).")
   n = lay.splits[train_split]
   if eval_split in lay.splits:
     out = {"train": Part(train_split, 0, n), "eval": Part(eval_split, 0, lay.splits[eval_split])}
   else:
     held = int(np.ceil(holdout_fraction * n))
     if not 0 < held < n:
-      raise ValueError(f"Recording {lay.name!r} has no {eval_split!r} split, and holding out "
-                       f"{holdout_fraction} of its {n} {train_split!r} episodes leaves "
-                       f"{n - held} to train and {held} to evaluate: set "
-                       "data.holdout_fraction in (0, 1) so both have episodes, or import "
-                       "more episodes.")
+      raise errors.UserError(f"Recording {lay.name!r} has no {eval_split!r} split, and holding out "
+                             f"{holdout_fraction} of its {n} {train_split!r} episodes leaves "
+                             f"{n - held} to train and {held} to evaluate: set "
+                             "data.holdout_fraction in (0, 1) so both have episodes, or import "
+                             "more episodes.")
     out = {"train": Part(train_split, 0, n - held), "eval": Part(train_split, n - held, n)}
   for role, p in out.items():
     if p.stop <= p.start:
-      raise ValueError(f"Recording {lay.name!r}: the {role} episodes ({p}) are an empty split.")
+      raise errors.UserError(f"Recording {lay.name!r}: the {role} episodes ({p}) are an empty "
+                             "split.")
   return out
 
 
@@ -310,7 +314,7 @@ def prepare_frames(frames: Sequence[np.ndarray], size: int, flip: str = "none") 
   (T, size, size, 3) uint8: PIL bilinear, antialiased when shrinking; a non-square frame is
   stretched to the square."""
   if flip not in FLIPS:
-    raise ValueError(f"Unknown flip {flip!r}; valid: {', '.join(FLIPS)} (data.flip).")
+    raise errors.UserError(f"Unknown flip {flip!r}; valid: {', '.join(FLIPS)} (data.flip).")
 
   def one(f):
     f = f[::-1] if flip == "upside_down" else f[::-1, ::-1] if flip == "rotate180" else f
@@ -327,8 +331,8 @@ def check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
   for key, x in arrays.items():
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
       step = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0])
-      raise ValueError(f"{where}: {key!r} holds a NaN or inf at step {step}; agents and "
-                       "probes need finite actions and states: fix or drop that episode.")
+      raise errors.UserError(f"{where}: {key!r} holds a NaN or inf at step {step}; agents and "
+                             "probes need finite actions and states: fix or drop that episode.")
 
 
 # What a damaged file raises from deep inside tfds, array_record and protobuf.
@@ -347,9 +351,12 @@ def _read(b, lay: Layout, part: Part, cameras: Sequence[str], labels: Sequence[s
       arrays = _stack(steps, cameras, labels)
     except StopIteration:
       break
+    except errors.UserError:  # ours (a missing extra): already says what to do
+      raise
     except _READ_ERRORS as e:
-      raise ValueError(f"Recording {lay.name!r} cannot be read at {part} ({type(e).__name__}: "
-                       f"{e}); a file may be damaged: rebuild or re-import it.") from e
+      raise errors.UserError(f"Recording {lay.name!r} cannot be read at {part} "
+                             f"({type(e).__name__}: {e}); a file may be damaged: rebuild or "
+                             "re-import it.") from e
     length = len(arrays["action"])
     if length < max(min_steps, 1):
       short += 1
@@ -391,7 +398,7 @@ def load(name: str, data_dir: str, role: str, cameras: Sequence[str], options: O
   the episode and field, on a NaN or inf in an action or label, and when no episode is left.
   """
   if role not in ("train", "eval"):
-    raise ValueError(f"Unknown role {role!r}; valid: train, eval.")
+    raise errors.UserError(f"Unknown role {role!r}; valid: train, eval.")
   lay = layout(name, data_dir)
   cameras = parse_cameras(cameras, lay)
   label_names = select_labels(lay, options.labels)
@@ -400,9 +407,9 @@ def load(name: str, data_dir: str, role: str, cameras: Sequence[str], options: O
   kept, short = _read(builder(name, data_dir), lay, part, cameras, label_names, options,
                       min_steps)
   if not kept:
-    raise ValueError(f"No episode of recording {name!r} ({part}) has {min_steps} steps or "
-                     f"more: all {short} are shorter. Lower data.frames (the steps of one "
-                     "training sample) or record longer episodes.")
+    raise errors.UserError(f"No episode of recording {name!r} ({part}) has {min_steps} steps or "
+                           f"more: all {short} are shorter. Lower data.frames (the steps of one "
+                           "training sample) or record longer episodes.")
   lengths = np.asarray([len(k[2]) for k in kept])
   offsets = np.concatenate([[0], np.cumsum(lengths)])
   frames = np.stack([np.concatenate([k[1][c] for k in kept]) for c in range(len(cameras))])
@@ -485,28 +492,29 @@ def normalise_episode(episode: dict, where: str) -> tuple[dict, dict[str, str]]:
   missing action or camera, cameras of different frame counts, or a NaN or inf."""
   obs = dict(episode.get("observation") or {})
   if episode.get("action") is None:
-    raise ValueError(f"{where}: no action field (`actions`); agents learn from the recorded "
-                     f"actions. Fields: {', '.join(obs) or 'none'}.")
+    raise errors.UserError(f"{where}: no action field (`actions`); agents learn from the recorded "
+                           f"actions. Fields: {', '.join(obs) or 'none'}.")
   action = np.asarray(episode["action"])
   if not np.issubdtype(action.dtype, np.number) or action.ndim not in (1, 2):
-    raise ValueError(f"{where}: actions must be numbers, (T,) or (T, A); got {action.dtype} "
-                     f"{action.shape}.")
+    raise errors.UserError(f"{where}: actions must be numbers, (T,) or (T, A); got {action.dtype} "
+                           f"{action.shape}.")
   skipped = {k: f"{x.dtype}, {x.shape[1:]} per step" for k, x in obs.items()
              if not is_camera_array(x) and (x.ndim > 2 or not (
                  np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_))}
   obs = {k: x for k, x in obs.items() if k not in skipped}
   cameras = [k for k, x in obs.items() if is_camera_array(x)]
   if not cameras:
-    raise ValueError(f"{where}: no camera: no observation array is uint8 (T, H, W, 3) "
-                     f"(fields: {', '.join(f'{k} {x.dtype} {x.shape}' for k, x in obs.items())}).")
+    fields = ", ".join(f"{k} {x.dtype} {x.shape}" for k, x in obs.items())
+    raise errors.UserError(f"{where}: no camera: no observation array is uint8 (T, H, W, 3) "
+                           f"(fields: {fields}).")
   lengths = {k: len(x) for k, x in obs.items()}
   steps = lengths[cameras[0]]
   if len(set(lengths.values())) > 1 or len(action) not in (steps, steps - 1):
-    raise ValueError(f"{where}: fields have different numbers of steps ({lengths}, "
-                     f"actions {len(action)}); every camera and state needs one entry per "
-                     "step, and actions one per step (or one fewer).")
+    raise errors.UserError(f"{where}: fields have different numbers of steps ({lengths}, "
+                           f"actions {len(action)}); every camera and state needs one entry per "
+                           "step, and actions one per step (or one fewer).")
   if steps < 1:
-    raise ValueError(f"{where}: the episode has no steps.")
+    raise errors.UserError(f"{where}: the episode has no steps.")
   action = action.reshape(len(action), -1).astype(np.float32)
   if len(action) == steps - 1:
     action = np.concatenate([action, np.zeros_like(action[:1])])
@@ -534,14 +542,14 @@ def check_same_signature(first: dict, other: dict, where_first: str, where: str)
   """Raises naming the first field that ``other`` lacks, adds or holds differently."""
   for k in sorted(first.keys() | other.keys()):
     if k not in other:
-      raise ValueError(f"{where} lacks {k!r}, which {where_first} has (a missing camera or "
-                       "field): every episode needs the same cameras and fields.")
+      raise errors.UserError(f"{where} lacks {k!r}, which {where_first} has (a missing camera or "
+                             "field): every episode needs the same cameras and fields.")
     if k not in first:
-      raise ValueError(f"{where} has {k!r}, which {where_first} lacks: every episode needs "
-                       "the same cameras and fields.")
+      raise errors.UserError(f"{where} has {k!r}, which {where_first} lacks: every episode needs "
+                             "the same cameras and fields.")
     if first[k] != other[k]:
-      raise ValueError(f"{where}: {k!r} is {other[k]} per step, but {first[k]} in "
-                       f"{where_first}; resize or convert so every episode matches.")
+      raise errors.UserError(f"{where}: {k!r} is {other[k]} per step, but {first[k]} in "
+                             f"{where_first}; resize or convert so every episode matches.")
 
 
 def features(episode: dict) -> tfds.features.FeaturesDict:

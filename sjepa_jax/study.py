@@ -35,6 +35,7 @@ import numpy as np
 from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import data
+from sjepa_jax import errors
 from sjepa_jax import exchange
 from sjepa_jax import losses
 from sjepa_jax import probes
@@ -116,9 +117,9 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
   main = {s: group for s, group in sorted(main.items()) if len(group) >= 2}
   if not main:
     have = sorted({f"{a.view} (seed {a.seed})" for g in partners.values() for a in g})
-    raise ValueError(f"Alignment needs JEPA agents on at least two views with one seed; the "
-                     f"runs hold {have or 'none'}. Train more views (--views=mountain,forest) "
-                     "or pass several --workdirs.")
+    raise errors.UserError(f"Alignment needs JEPA agents on at least two views with one seed; "
+                           f"the runs hold {have or 'none'}. Train more views "
+                           "(--views=mountain,forest) or pass several --workdirs.")
   return Roles(main, partners, controls)
 
 
@@ -389,8 +390,8 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   with their ``labels``: the first ``n_fit`` fitted everything, the rest are held out).
   """
   if n_fit < 8 or n_test < 8:
-    raise ValueError(f"Need at least 8 fitting and 8 held-out pairs, got n_fit={n_fit}, "
-                     f"n_test={n_test}.")
+    raise errors.UserError(f"Need at least 8 fitting and 8 held-out pairs, got n_fit={n_fit}, "
+                           f"n_test={n_test}.")
   # Agents and their roles; the paired states every feature is computed on.
   all_agents = [a for i, w in enumerate(workdirs)
                 for a in agents.load_agents(w, step if i == 0 else None)]
@@ -553,8 +554,8 @@ def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections
   fields = ("dataset", "eval_split", "region_size", "holdout_fraction", "flip")
   seen = {tuple(a.config.data[f] for f in fields) for a in used}
   if len(seen) > 1:
-    raise ValueError(f"The runs use different data sources ({', '.join(fields)}): "
-                     f"{sorted(seen)}; align agents trained on one source.")
+    raise errors.UserError(f"The runs use different data sources ({', '.join(fields)}): "
+                           f"{sorted(seen)}; align agents trained on one source.")
   config = ml_collections.ConfigDict(used[0].config.to_dict())
   if data_dir:
     config.data.data_dir = data_dir

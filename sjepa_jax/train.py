@@ -25,6 +25,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import errors
 from sjepa_jax import losses
 from sjepa_jax import metrics_io
 from sjepa_jax import models
@@ -56,18 +57,18 @@ def check_resumable(meta: dict, config: ml_collections.ConfigDict, roster: agent
   """Refuses to resume a checkpoint made with other views, seeds or model settings."""
   if (list(meta["views"]) != roster.views or agents.meta_seeds(meta) != roster.seeds
       or agents.meta_hparams(meta) != roster.hparams):
-    raise ValueError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seeds "
-                     f"{agents.meta_seeds(meta)} (swept values "
-                     f"{agents.meta_hparams(meta)}), not {roster.views} with seeds "
-                     f"{roster.seeds} ({roster.hparams}); use another workdir or the same "
-                     "views, seeds and sweep.")
+    raise errors.UserError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seeds "
+                           f"{agents.meta_seeds(meta)} (swept values "
+                           f"{agents.meta_hparams(meta)}), not {roster.views} with seeds "
+                           f"{roster.seeds} ({roster.hparams}); use another workdir or the same "
+                           "views, seeds and sweep.")
   old = _flatten(agents.config_from_meta(meta).to_dict())
   new = _flatten(config.to_dict())
   changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                    and not k.startswith(_RESUMABLE_CHANGES))
   if changed:
-    raise ValueError(f"Workdir {workdir!r} holds a run with other settings for {changed}; "
-                     "use another workdir to train with new settings.")
+    raise errors.UserError(f"Workdir {workdir!r} holds a run with other settings for {changed}; "
+                           "use another workdir to train with new settings.")
 
 
 @contextlib.contextmanager
@@ -109,9 +110,9 @@ def shardings(num_agents: int, batch_size: int):
     return jax.NamedSharding(mesh, jax.P("devices")), None
   if batch_size % n == 0:
     return jax.NamedSharding(mesh, jax.P()), jax.NamedSharding(mesh, jax.P("devices"))
-  raise ValueError(f"Cannot split {num_agents} agents or a batch of {batch_size} over {n} "
-                   f"devices: choose data.batch_size divisible by {n}, or a number of views "
-                   f"divisible by {n}.")
+  raise errors.UserError(f"Cannot split {num_agents} agents or a batch of {batch_size} over {n} "
+                         f"devices: choose data.batch_size divisible by {n}, or a number of views "
+                         f"divisible by {n}.")
 
 
 def to_global(tree: Any, sharding: jax.NamedSharding) -> Any:
@@ -274,13 +275,18 @@ def first_nonfinite(values: dict[str, np.ndarray]) -> tuple[str, int] | None:
   return None
 
 
+class NonFiniteError(errors.UserError, FloatingPointError):
+  """A run whose losses or parameters became NaN or inf: a setting to change (a learning
+  rate, a loss weight), not a bug, so a ``UserError``; a ``FloatingPointError`` too."""
+
+
 def check_finite(metrics: dict[str, np.ndarray], names: Sequence[str], first: int,
                  last: int, latest_checkpoint: int | None) -> None:
   """Raises if any agent's metric is NaN or inf, naming the steps, agent and checkpoint."""
   bad = first_nonfinite(metrics)
   if bad is not None:
     name, a = bad
-    raise FloatingPointError(
+    raise NonFiniteError(
         f"Non-finite {name} for agent {a} ({names[a]}) between steps {first} and {last}; "
         f"training stopped. Last good checkpoint: {_step_or_none(latest_checkpoint)}.")
 
@@ -466,7 +472,7 @@ def _save_if_finite(mngr, step, state, config, roster: agents.Roster) -> None:
       [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(state.params)
   bad = first_nonfinite({"parameters": np.where(np.asarray(host_local(finite)), 0.0, np.nan)})
   if bad is not None:
-    raise FloatingPointError(
+    raise NonFiniteError(
         f"Non-finite parameters for agent {bad[1]} ({roster.names[bad[1]]}) at step {step}; "
         f"not saved, training stopped. Last good checkpoint: "
         f"{_step_or_none(mngr.latest_step())}.")

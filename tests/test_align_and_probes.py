@@ -297,12 +297,28 @@ def test_generalized_procrustes_recovers_planted_rotations_of_three_spaces():
       assert float(align.r2_score(mapped, z[b])) > 0.99  # noise 0.01 on a space of scale 0.2
 
 
-def test_evaluate_pair_vmaps_over_pairs_as_a_loop_does():
+def _lapack_calls(text: str) -> list[tuple[str, ...]]:
+  """The operand shapes of every LAPACK call of a lowered program."""
+  return [tuple(re.findall(r"tensor<([0-9x]+)xf32>", line)) for line in text.splitlines()
+          if "lapack" in line and "custom_call" in line]
+
+
+def test_evaluate_pair_maps_over_pairs_as_a_loop_does_without_batched_lapack():
+  """Many pairs in one program go through lax.map (what align promises): each LAPACK call
+  sees one matrix (see the ridge search's test). The test used to vmap it, which batches
+  all nine of its decompositions."""
   pairs = [_planted(jax.random.fold_in(KEY, i), n=120, d=6, noise=0.5) for i in range(3)]
   xs = jnp.stack([p[0] for p in pairs])
   ys = jnp.stack([p[1] for p in pairs])
-  batched = jax.vmap(lambda x, y: align.evaluate_pair(x[:80], y[:80], x[80:], y[80:],
-                                                      rank=3, k=4))(xs, ys)
+  over_pairs = jax.jit(lambda xs, ys: jax.lax.map(
+      lambda p: align.evaluate_pair(p[0][:80], p[1][:80], p[0][80:], p[1][80:], rank=3, k=4),
+      (xs, ys)))
+  calls = _lapack_calls(over_pairs.lower(xs, ys).as_text())
+  one_pair = _lapack_calls(align.evaluate_pair.lower(
+      xs[0, :80], ys[0, :80], xs[0, 80:], ys[0, 80:], rank=3, k=4).as_text())
+  assert sorted(calls) == sorted(one_pair), (calls, one_pair)  # each call sees one pair's
+  assert all(shape.count("x") <= 1 for c in calls for shape in c), calls
+  batched = over_pairs(xs, ys)
   for i in range(3):
     one = align.evaluate_pair(xs[i, :80], ys[i, :80], xs[i, 80:], ys[i, 80:], rank=3, k=4)
     jax.tree_util.tree_map_with_path(  # every figure and every fitted map

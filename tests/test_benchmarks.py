@@ -18,6 +18,7 @@ def _run(module: str, *flags: str) -> None:
   assert out.returncode == 0, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_render_and_align_benchmarks_write_their_tables(tmp_path):
   render_json, align_json = tmp_path / "render.json", tmp_path / "align.json"
   _run("benchmarks.render", "--batches=1,2", "--size=8", "--repeats=1",
@@ -32,6 +33,7 @@ def test_render_and_align_benchmarks_write_their_tables(tmp_path):
   assert report["total_jax_ms"] == pytest.approx(sum(r["jax_ms"] for r in report["rows"]))
 
 
+@pytest.mark.slow
 def test_show_views_writes_the_overlap_matrix_it_prints(tmp_path):
   path = tmp_path / "views.json"
   _run("experiments.show_views", "--views=mountain,forest", "--size=8", "--rows=1",
@@ -59,6 +61,7 @@ def test_op_profile_times_the_ops_of_a_gradient_and_names_their_phase():
   assert op_profile.summarise(rows)["matmul ops"] > 0
 
 
+@pytest.mark.slow
 def test_the_scaling_benchmark_times_each_agent_count_and_mapping(tmp_path):
   path = tmp_path / "scaling.json"
   _run("benchmarks.scaling", "--recipes=default", "--agents=1,2", "--modes=lax_map",
@@ -75,6 +78,7 @@ def test_the_scaling_benchmark_times_each_agent_count_and_mapping(tmp_path):
     assert r["mfu"] == pytest.approx(r["flops_per_s"] / 1e12)
 
 
+@pytest.mark.slow
 def test_rendering_beside_the_step_trains_on_the_same_batches(tmp_path):
   path = tmp_path / "beside.json"
   _run("benchmarks.render_beside_step", "--batch=4", "--image_size=16", "--rounds=1",

@@ -15,6 +15,7 @@ import pytest
 from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import errors
 from sjepa_jax import images
 from sjepa_jax import train
 from tests.conftest import tiny_config, init_agents
@@ -111,6 +112,7 @@ def _truncate(path):
     f.truncate(os.path.getsize(path) // 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("harm", [_flip_bit, _truncate, os.remove])
 def test_damage_to_any_checkpoint_file_is_detected_and_named(harm, trained, tmp_path):
   workdir = str(tmp_path / "run")
@@ -128,6 +130,7 @@ def test_damage_to_any_checkpoint_file_is_detected_and_named(harm, trained, tmp_
   assert os.path.isdir(step_dir)
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_newest_intact_checkpoint_and_keeps_the_damaged_one(
     trained, tmp_path):
   workdir = str(tmp_path / "run")
@@ -153,10 +156,52 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
   except RuntimeError as e:
     line = common.user_error_line(e)
   assert line.startswith("No space left on device writing /w/checkpoints/30: free some space")
-  assert common.user_error_line(ValueError("bad\n  value")) == "bad value"
+  assert common.user_error_line(errors.UserError("bad\n  value")) == "bad value"
   assert common.user_error_line(FileNotFoundError(2, "No such file", "/x")) == \
       "No such file: /x"
   assert common.user_error_line(KeyError("bug")) is None
+  # Only UserError is bad input: a ValueError or OSError from deeper down is a bug.
+  assert common.user_error_line(ValueError("math domain error")) is None
+  assert common.user_error_line(OSError(errno.EIO, "Input/output error")) is None
+  for user_error in (checkpointing.WorkdirLockedError("in use"), images.MissingExtraError("x"),
+                     train.NonFiniteError("NaN"), checkpointing.DamagedCheckpointError("bad")):
+    assert common.user_error_line(user_error) is not None, user_error
+  try:
+    raise RuntimeError("wrapped") from errors.UserError("the cause")
+  except RuntimeError as e:
+    assert common.user_error_line(e) == "the cause"  # raised from it: the user's error
+  try:
+    try:
+      raise errors.UserError("being handled")
+    except errors.UserError:
+      raise KeyError("a bug in the handler")  # pylint: disable=raise-missing-from
+  except KeyError as e:
+    assert common.user_error_line(e) is None
+
+
+_MAIN = """
+import sys
+from experiments import common
+from sjepa_jax import errors
+
+def main(argv):
+  raise {"user": errors.UserError("Unknown view 'lake'; valid views: forest."),
+         "bug": KeyError("no such field")}[argv[1]]
+
+common.run(main)
+"""
+
+
+@pytest.mark.parametrize("kind", ["user", "bug"])
+def test_the_entry_point_handler_prints_a_user_error_in_one_line_and_a_bug_in_full(kind):
+  out = subprocess.run([sys.executable, "-c", _MAIN, kind], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  if kind == "user":
+    assert out.stderr == "error: Unknown view 'lake'; valid views: forest.\n"
+  else:
+    assert "Traceback (most recent call last)" in out.stderr, out.stderr[-2000:]
+    assert out.stderr.rstrip().splitlines()[-1] == "KeyError: 'no such field'"
 
 
 def test_entry_points_print_one_clean_line_and_exit_nonzero(tmp_path):
@@ -177,6 +222,7 @@ def test_entry_points_print_one_clean_line_and_exit_nonzero(tmp_path):
     assert not missing.exists()  # read-only tools create nothing
 
 
+@pytest.mark.slow
 def test_a_missing_step_lists_the_saved_ones(trained):
   with pytest.raises(FileNotFoundError, match="No checkpoint at step 45 .*saved steps: 2, 4"):
     agents.load_agent(trained, "forest", step=45)

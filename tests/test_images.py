@@ -142,6 +142,7 @@ def train_cli(workdir: str, views: str, data_dir: str) -> dict:
   return json.load(open(os.path.join(workdir, "probe.json")))
 
 
+@pytest.mark.slow
 def test_train_and_align_on_a_dataset_end_to_end(tmp_path, dataset_dir):
   main, twin = str(tmp_path / "main"), str(tmp_path / "twin")
   probe = train_cli(main, "left,right", dataset_dir)

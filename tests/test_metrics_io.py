@@ -149,6 +149,7 @@ print("no tensorflow")
 """
 
 
+@pytest.mark.slow
 def test_the_core_never_imports_tensorflow(tmp_path):
   """Training on the world, an array_record dataset written and read, the world recording
   built and read: no module named tensorflow is even looked for, installed or not."""

@@ -17,6 +17,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import data
 from sjepa_jax import flops
+from sjepa_jax import metrics_io
 from sjepa_jax import migrate
 from sjepa_jax import train
 from sjepa_jax import world
@@ -149,6 +150,7 @@ def test_the_migrating_step_costs_scratch_plus_the_teacher_and_the_map_fit():
   assert known + 3 * c["products"] <= extra <= known + 6 * c["products"], c
 
 
+@pytest.mark.slow
 def test_migrate_command_end_to_end_counts_the_teachers_flops(tmp_path):
   teacher_dir = str(tmp_path / "teacher")
   train.train_and_evaluate(tiny_config(), teacher_dir, "mountain,forest")
@@ -196,6 +198,25 @@ def test_the_ratio_is_the_migrating_students_flops_over_the_scratch_ones():
                                          "ratio": 0.75}
   assert migrate._ratio(curves, 0.75)["ratio"] is None  # scratch never gets there
   assert migrate._ratio(curves, 0.1)["ratio"] is None  # both at 0 FLOPs: no ratio
+
+
+def test_a_nan_is_reported_between_the_last_checked_step_and_this_one(monkeypatch):
+  """Each finiteness check names the steps since the previous one, as training's do (from
+  the last checked step): with 4 steps checked every 3, steps 0-3, then 3-4. The last,
+  shorter window was named from step 2, a step already checked."""
+  windows = []
+  check = train.check_finite
+  monkeypatch.setattr(train, "check_finite", lambda metrics, names, first, last, ckpt: (
+      windows.append((first, last)), check(metrics, names, first, last, ckpt)))
+  config = _student_config(tiny_config())
+  config.num_train_steps, config.eval_every = 4, 3
+  e = config.eval
+  probe_set = data.world_paired_set(jax.random.key(e.seed), world.stack_views(["forest"]),
+                                    e.probe_train + e.probe_test, config.data.image_size)
+  curve, _ = migrate.train_student(config, None, "forest", 0, probe_set,
+                                   metrics_io.MetricWriter("", enabled=False))
+  assert [p["step"] for p in curve] == [0, 3, 4]
+  assert windows == [(0, 3), (3, 4)]
 
 
 def test_migrate_rejects_bad_settings(tmp_path):

@@ -17,6 +17,8 @@ from sjepa_jax import checkpointing
 from tests.conftest import init_agents
 from tests import die_in_save as die_in_save_lib
 
+pytestmark = pytest.mark.slow  # several processes under jax.distributed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
 # eps = 1e-3: Adam does not blow float noise in near-zero gradients up to lr-sized steps,

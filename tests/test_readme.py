@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 
 from experiments import results_table
 from sjepa_jax import train
@@ -19,6 +20,7 @@ def _readme() -> str:
     return f.read()
 
 
+@pytest.mark.slow
 def test_the_library_example_runs_on_a_trained_run(tmp_path):
   example = re.search(r"<!-- library example.*?-->\n```python\n(.*?)```", _readme(), re.S)
   assert example, "README.md lost its library example block"

@@ -193,6 +193,23 @@ def test_frames_are_resized_by_stretching_and_flipped():
     recordings.prepare_frames([frame], 8, "sideways")
 
 
+@pytest.mark.parametrize("where", ["missing_dir", "empty_dir", "no_dir"])
+def test_cameras_of_a_recording_not_found_say_where_it_was_looked_for(planted_config, where,
+                                                                      tmp_path):
+  """A wrong --data_dir said 'Unknown region view ... leave --dataset out': the error that
+  opening the recording raised was swallowed, and the cameras were read as region views."""
+  (tmp_path / "empty_dir").mkdir()
+  planted_config.data.data_dir = "" if where == "no_dir" else str(tmp_path / where)
+  expected = (FileNotFoundError, r"planted.*tfds build") if where != "no_dir" else (
+      ValueError, "A recording's cameras need its --data_dir")
+  with pytest.raises(expected[0], match=expected[1]) as info:
+    data.parse_views(planted_config, "front,wrist")
+  assert "region" not in str(info.value) or where == "no_dir"  # (images may come in memory)
+  # World views beside a dataset still say to leave the dataset out, wherever it is.
+  with pytest.raises(ValueError, match="valid region views: left.*leave --dataset out"):
+    data.parse_views(planted_config, "mountain")
+
+
 def test_views_labels_and_actions_come_from_the_recording(planted_config):
   with pytest.raises(ValueError, match="Unknown camera 'back' in recording 'planted'; cameras "
                                        "found: front, wrist"):
@@ -331,7 +348,7 @@ def test_import_of_npz_files_per_episode_or_indexed_gives_one_recording(tmp_path
 
 
 def test_import_of_robomimic_hdf5_reads_demos_in_order(tmp_path):
-  h5py = pytest.importorskip("h5py")
+  import h5py  # pylint: disable=g-import-not-at-top  (in requirements.txt: never skipped)
   path = str(tmp_path / "libero.hdf5")
   with h5py.File(path, "w") as f:
     group = f.create_group("data")
@@ -406,6 +423,7 @@ def test_pybullet_recording_imports_as_a_recording(tmp_path):
 
 # --- End to end --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_build_train_and_study_a_world_recording_end_to_end(world_dir, tmp_path):
   workdir = str(tmp_path / "run")
   out = _cli("experiments.train", f"--dataset={WORLD.name}", f"--data_dir={world_dir}",

@@ -44,6 +44,7 @@ def test_the_identity_control_has_its_own_r2_key_and_the_margins_read_it():
   assert margins["identity"]["r2"] == pytest.approx(3.5)
 
 
+@pytest.mark.slow
 def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
   config = tiny_config()
   config.optim.eps = 1e-3  # so an agent trained alone equals its vmapped self to ~1e-6
@@ -105,6 +106,7 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
                                                  "controls_worse"}
 
 
+@pytest.mark.slow
 def test_seeds_give_pairs_per_seed_spreads_and_free_same_view_ceilings(tmp_path):
   """Two seeds in one run: every figure is measured per seed, the summary's spread is the
   std of the per-seed means, and each view's two seeds pair up as its same-view ceiling;

@@ -1,6 +1,7 @@
 """The PyTorch yardstick's twin computes our JEPA loss: same weights, same loss and gradients.
 
-The twin tests need torch (a benchmark-only dependency) and skip without it.
+The twin tests need torch (a benchmark-only dependency, not in requirements.txt) and skip
+only when it is not installed, saying so.
 """
 
 import functools
@@ -27,7 +28,9 @@ def test_unsupported_names_the_field_and_accepts_the_default(config):
 
 @pytest.mark.parametrize("inverse_weight", [0.0, 10.0])
 def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight):
-  torch = pytest.importorskip("torch")
+  torch = pytest.importorskip(
+      "torch", reason="torch is not installed (benchmark-only: pip install torch==2.13.0)",
+      exc_type=ModuleNotFoundError)  # installed but broken is an error, not a skip
   config.model.update(encoder="mixer", depth=2, pool="flatten")
   config.objective.update(kind="jepa", target="online", regularizer="vicreg",
                           inverse_weight=inverse_weight)
@@ -58,10 +61,12 @@ def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight)
   grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in twin.parameters()))
   np.testing.assert_allclose(grad_norm.item(), optax.tree.norm(grads), rtol=1e-4)
   # One weight per network, by its flax name: the copy maps every name to its torch twin.
-  np.testing.assert_allclose(twin.encoder.embed.weight.grad.numpy().T,
-                             grads["encoder"]["Dense_0"]["kernel"], rtol=1e-3, atol=1e-6)
-  np.testing.assert_allclose(twin.predictor.out.weight.grad.numpy().T,
-                             grads["predictor"]["Dense_2"]["kernel"], rtol=1e-3, atol=1e-6)
+  # Each entry sums float32 terms over the batch, so it errs by a fraction of the largest
+  # entry, not of its own size (entries near 0 differed by 1.4e-3 of themselves, with the
+  # inverse term).
+  close = lambda theirs, ours: np.testing.assert_allclose(
+      theirs.grad.numpy().T, ours, rtol=1e-3, atol=max(1e-6, 1e-5 * float(np.abs(ours).max())))
+  close(twin.encoder.embed.weight, grads["encoder"]["Dense_0"]["kernel"])
+  close(twin.predictor.out.weight, grads["predictor"]["Dense_2"]["kernel"])
   if inverse_weight:
-    np.testing.assert_allclose(twin.inverse.block[0].weight.grad.numpy().T,
-                               grads["inverse"]["Dense_1"]["kernel"], rtol=1e-3, atol=1e-6)
+    close(twin.inverse.block[0].weight, grads["inverse"]["Dense_1"]["kernel"])

@@ -19,6 +19,8 @@ from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import data
+from sjepa_jax import losses
+from sjepa_jax import metrics_io
 from sjepa_jax import train
 from tests.conftest import init_agents
 
@@ -40,9 +42,9 @@ def _final_state(config, workdir, seed=0):
 
 @pytest.mark.parametrize("recipe", ["default", "long"])
 def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_near_d(recipe):
-  """Rank metrics are logged on the evaluation states, not on one batch's first frames (64
-  samples of 128 dimensions capped the effective rank of Gaussian latents at about 49), with
-  isotropic Gaussian latents of the same N and D beside them."""
+  """The evaluation set the rank metrics are logged on (the next test) is large enough: one
+  batch's first frames (64 samples of 128 dimensions) capped the effective rank of Gaussian
+  latents at about 49. Isotropic Gaussian latents of the same N and D are logged beside."""
   config = importlib.import_module(f"experiments.configs.{recipe}").get_config()
   n, d = train.eval_set_size(config), config.model.dim
   z = jax.random.normal(jax.random.key(0), (2, n, d))
@@ -52,6 +54,26 @@ def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_
   for view in VIEWS:
     for k in ("effective_rank", "participation_ratio", "rankme"):
       assert 0.85 * d < scalars[f"train/agent_{view}/{k}"] <= d, (k, scalars)
+
+
+def test_training_logs_rank_metrics_of_the_evaluation_states(config, tmp_path, monkeypatch):
+  """What the loop logs as each agent's rank metrics is ``spectrum_stats`` of its latents of
+  the whole evaluation set (8 D = 128 states, where a batch holds 8), at the logged step."""
+  logged = {}
+  monkeypatch.setattr(metrics_io.MetricWriter, "write_scalars",
+                      lambda self, step, scalars: logged.setdefault(step, dict(scalars)))
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir, VIEWS)
+  state, step = _final_state(config, workdir)
+  eval_set = train._paired_states(  # pylint: disable=protected-access
+      config, VIEWS, None, 0, train.eval_set_size(config))
+  assert eval_set.obs.shape[1] == 8 * config.model.dim > config.data.batch_size
+  z = train.make_encoder(agents.model_from_config(config))(state.params, eval_set.obs, [0, 1])
+  for a, view in enumerate(VIEWS):
+    expected = losses.spectrum_stats(z[a])
+    for k in ("effective_rank", "participation_ratio", "rankme"):
+      np.testing.assert_allclose(logged[step][f"train/agent_{view}/{k}"], expected[k],
+                                 rtol=1e-4, err_msg=f"{view} {k}")
 
 
 def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
@@ -112,6 +134,7 @@ def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):
   assert os.path.exists(os.path.join(split, "probe.json"))
 
 
+@pytest.mark.slow
 def test_seeds_are_agents_of_one_program_equal_to_runs_of_their_own(config, tmp_path):
   """``seeds=[0, 1]`` puts every (view, seed) on the agent axis; each agent trains exactly
   as a run of its own view and seed would (its keys depend on nothing else)."""
@@ -144,6 +167,7 @@ train.train_and_evaluate(c, {workdir!r}, {views!r})
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_parameters(config, tmp_path):
   steps, every = 300, 100
   config.num_train_steps, config.checkpoint_every, config.log_every = steps, every, every
@@ -212,6 +236,7 @@ _TINY_FLAGS = [
     "--config.eval.probe_steps=10"]
 
 
+@pytest.mark.slow
 def test_train_command_end_to_end_then_load_one_agent_by_view(tmp_path):
   workdir = str(tmp_path / "run")
   out = subprocess.run(
@@ -259,6 +284,7 @@ def test_compilation_cache_is_on_by_default_and_configurable(monkeypatch, tmp_pa
     jax.config.update("jax_compilation_cache_dir", before)
 
 
+@pytest.mark.slow
 def test_the_long_recipe_trains_checkpoints_and_resumes_on_cpu(tmp_path):
   """configs/long.py, the accelerator recipe, for a few steps: its shapes (64x64 frames, 8x8
   patches, D = 128), its state's size, a checkpoint, and a resume that continues to the end

@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 import jax
 import numpy as np
 
+from sjepa_jax import errors
 from sjepa_jax import recordings
 from sjepa_jax.world import episodes as episodes_lib
 from sjepa_jax.world import scene
@@ -48,9 +49,9 @@ class WorldConfig:
   def __post_init__(self):
     object.__setattr__(self, "views", tuple(views_lib.parse_views(self.views)))
     if self.episode_length < 2:
-      raise ValueError(f"episode_length must be at least 2, got {self.episode_length}.")
+      raise errors.UserError(f"episode_length must be at least 2, got {self.episode_length}.")
     if self.num_train < 1:
-      raise ValueError(f"num_train must be at least 1, got {self.num_train}.")
+      raise errors.UserError(f"num_train must be at least 1, got {self.num_train}.")
 
   @property
   def name(self) -> str:

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from sjepa_jax import errors
 from sjepa_jax.world import render as render_lib
 from sjepa_jax.world import scene
 from sjepa_jax.world import views as views_lib
@@ -35,7 +36,7 @@ def sample_episode(key: jax.Array, views: views_lib.View, length: int,
                    size: int = 64) -> Episode:
   """A random episode of ``length`` frames from the stacked ``views``; pure in ``key``."""
   if length < 1:
-    raise ValueError(f"Episode length must be at least 1, got {length}.")
+    raise errors.UserError(f"Episode length must be at least 1, got {length}.")
   k_state, k_act, k_noise = jax.random.split(key, 3)
   actions = scene.random_actions(k_act, length - 1)
   states = scene.rollout(scene.random_state(k_state), actions)

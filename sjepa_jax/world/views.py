@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sjepa_jax import errors
+
 _UP = np.asarray([0.0, 0.0, 1.0], np.float32)
 
 
@@ -63,7 +65,7 @@ VIEWS: dict[str, View] = {
 def get_view(name: str) -> View:
   """The registered view called ``name``; an unknown name lists the valid ones."""
   if name not in VIEWS:
-    raise ValueError(f"Unknown view {name!r}; valid views: {', '.join(sorted(VIEWS))}.")
+    raise errors.UserError(f"Unknown view {name!r}; valid views: {', '.join(sorted(VIEWS))}.")
   return VIEWS[name]
 
 
@@ -73,12 +75,12 @@ def parse_names(names: str | Sequence[str], check, valid: str) -> list[str]:
   if isinstance(names, str):
     names = [n.strip() for n in names.split(",") if n.strip()]
   if not names:
-    raise ValueError(f"No view given; valid views: {valid}.")
+    raise errors.UserError(f"No view given; valid views: {valid}.")
   for name in names:
     check(name)
   duplicates = sorted({n for n in names if list(names).count(n) > 1})
   if duplicates:
-    raise ValueError(f"Duplicate views {duplicates}: each agent needs its own view.")
+    raise errors.UserError(f"Duplicate views {duplicates}: each agent needs its own view.")
   return list(names)
 
 
