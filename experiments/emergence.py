@@ -21,6 +21,7 @@ from absl import flags
 
 from experiments import common
 from sjepa_jax import emergence
+from sjepa_jax import errors
 from sjepa_jax import figures
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
@@ -40,10 +41,10 @@ def _steps(workdir: str) -> list[int]:
   try:
     steps = sorted({int(s) for s in _STEPS.value})
   except ValueError:
-    raise ValueError(f"--steps={','.join(_STEPS.value)}: give comma-separated integers "
+    raise errors.UserError(f"--steps={','.join(_STEPS.value)}: give comma-separated integers "
                      "(0 for the initialisation, then saved checkpoint steps).") from None
   if any(s < 0 for s in steps):
-    raise ValueError(f"--steps={','.join(_STEPS.value)}: steps are >= 0.")
+    raise errors.UserError(f"--steps={','.join(_STEPS.value)}: steps are >= 0.")
   return steps
 
 

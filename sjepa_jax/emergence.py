@@ -19,6 +19,7 @@ import numpy as np
 
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import errors
 from sjepa_jax import shared
 from sjepa_jax import study
 
@@ -86,7 +87,7 @@ def run(workdir: str, steps: Sequence[int], n_fit: int = 3000, n_test: int = 100
   saved = saved_steps(workdir)
   missing = [s for s in steps if s != 0 and s not in saved]
   if missing:
-    raise ValueError(f"No checkpoint at step(s) {missing} in {workdir!r}; saved steps: "
+    raise errors.UserError(f"No checkpoint at step(s) {missing} in {workdir!r}; saved steps: "
                      f"{', '.join(map(str, saved))} (train with --config.keep_steps to keep "
                      "more).")
   last = agents.load_agents(workdir)
