@@ -41,8 +41,9 @@ def _steps(workdir: str) -> list[int]:
   try:
     steps = sorted({int(s) for s in _STEPS.value})
   except ValueError:
-    raise errors.UserError(f"--steps={','.join(_STEPS.value)}: give comma-separated integers "
-                     "(0 for the initialisation, then saved checkpoint steps).") from None
+    raise errors.UserError(f"--steps={','.join(_STEPS.value)}: give comma-separated "
+                           "integers (0 for the initialisation, then saved checkpoint "
+                           "steps).") from None
   if any(s < 0 for s in steps):
     raise errors.UserError(f"--steps={','.join(_STEPS.value)}: steps are >= 0.")
   return steps

@@ -87,9 +87,9 @@ def run(workdir: str, steps: Sequence[int], n_fit: int = 3000, n_test: int = 100
   saved = saved_steps(workdir)
   missing = [s for s in steps if s != 0 and s not in saved]
   if missing:
-    raise errors.UserError(f"No checkpoint at step(s) {missing} in {workdir!r}; saved steps: "
-                     f"{', '.join(map(str, saved))} (train with --config.keep_steps to keep "
-                     "more).")
+    raise errors.UserError(
+        f"No checkpoint at step(s) {missing} in {workdir!r}; saved steps: "
+        f"{', '.join(map(str, saved))} (train with --config.keep_steps to keep more).")
   last = agents.load_agents(workdir)
   roles = study.assign_roles(last)
   used = roles.used()

@@ -297,8 +297,9 @@ def keep_steps(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   steps = []
   for part in (p.strip() for p in str(text).split(",") if p.strip()):
     if not part.isdigit() or not 1 <= int(part) <= config.num_train_steps:
-      raise errors.UserError(f"keep_steps={text!r}: {part!r} is not a step; give comma-separated "
-                       f"integers from 1 to num_train_steps ({config.num_train_steps}).")
+      raise errors.UserError(
+          f"keep_steps={text!r}: {part!r} is not a step; give comma-separated integers from "
+          f"1 to num_train_steps ({config.num_train_steps}).")
     steps.append(int(part))
   return tuple(sorted(set(steps)))
 
