@@ -20,6 +20,7 @@ from scipy import linalg as sla
 
 from sjepa_jax import align
 from sjepa_jax import checkpointing
+from sjepa_jax import shared
 
 _N = flags.DEFINE_integer("n", 10000, "Paired latents for the maps and biased CKA.")
 _DIM = flags.DEFINE_integer("dim", 256, "Latent size.")
@@ -145,11 +146,25 @@ def main(argv):
                        xj, yj, repeats=reps)
   print(f"evaluate_pair, {cut} fit + {n - cut} held-out pairs, all maps and metrics: "
         f"{1e3 * te:.0f} ms")
+  # The SVD driver: maps and CCA decompose small matrices; XLA's CPU default (divide and
+  # conquer, gesdd) beside the QR-iteration driver align.svd uses, on the same matrix.
+  small = jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)
+  t_default = _median_seconds(jax.jit(lambda a: jnp.linalg.svd(a, full_matrices=False)),
+                              small, repeats=reps)
+  t_qr = _median_seconds(jax.jit(align.svd), small, repeats=reps)
+  print(f"SVD 64x64 with vectors: default driver {1e3 * t_default:.2f} ms, QR driver "
+        f"{1e3 * t_qr:.2f} ms ({t_default / t_qr:.1f}x)")
+  # The shared-part decomposition of one pair (every k up to D, twice), as the study runs it.
+  td = _median_seconds(lambda a, b: shared.decompose(a[:cut], b[:cut], a[cut:], b[cut:],
+                                                     jax.random.key(0)),
+                       xj[:, :64], yj[:, :64], repeats=reps)
+  print(f"shared.decompose, D = 64, {cut} fit + {n - cut} held-out pairs: {1e3 * td:.0f} ms")
   if _JSON.value:
     checkpointing.write_json({"device": jax.devices()[0].device_kind, "n": n, "dim": d,
                        "n_quadratic": nq, "repeats": reps, "rows": rows,
                        "total_jax_ms": 1e3 * total_j, "total_numpy_ms": 1e3 * total_np,
-                       "evaluate_pair_ms": 1e3 * te}, _JSON.value)
+                       "evaluate_pair_ms": 1e3 * te, "svd64_default_ms": 1e3 * t_default,
+                       "svd64_qr_ms": 1e3 * t_qr, "decompose64_ms": 1e3 * td}, _JSON.value)
 
 
 if __name__ == "__main__":
