@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from sjepa_jax import study
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -112,6 +114,35 @@ def shared_rows(report: dict, path: str) -> list[str]:
   return rows
 
 
+def emergence_rows(report: dict, path: str) -> list[str]:
+  """The decomposition at the last step of the emergence report (every pair and seed of the
+  run), then whether the isometric part grew with training."""
+  rows, last = [], report["by_step"][-1]
+  where = {"surface": "surface view pairs", "scant_overlap": "pairs under 10% overlap",
+           "cameras": "camera pairs"}
+  for kind in [k for k in report["summary"] if k != "probes"]:
+    pairs = [p for p in last["pairs"] if study.pair_type(p) == kind]
+    by_pair, by_seed = {}, {}
+    for p in pairs:
+      by_pair.setdefault((p["source"], p["target"]), []).append(p["k_iso"])
+      by_seed.setdefault(p["seed"], []).append(p)
+    seed_mean = lambda k: [float(np.mean([p[k] for p in g])) for g in by_seed.values()]
+    worst = min(float(np.mean(v)) for v in by_pair.values())
+    beyond = max(abs(p["gap_beyond_span"]) for p in pairs)
+    rows.append(_row(f"Shared isometric part, {where.get(kind, kind)}, step {last['step']}: "
+                     "k_iso >= 16 on every pair",
+                     f"k_iso {_pm(seed_mean('k_iso'))} (worst pair {worst:.1f}) of k_null "
+                     f"{_pm(seed_mean('k_null'))} shared directions", worst >= 16, path))
+    rows.append(_row(f"The shared span accounts for the gap, {where.get(kind, kind)}: "
+                     "within 0.02",
+                     f"gap {_pm(seed_mean('gap'))} = beyond span "
+                     f"{_pm(seed_mean('gap_beyond_span'))} + shared part not a rotation "
+                     f"{_pm(seed_mean('gap_shared_not_rotation'))} + one rotation over "
+                     f"unshared directions {_pm(seed_mean('gap_unshared_rotation'))}; worst "
+                     f"|beyond span| {beyond:.2f}", beyond <= 0.02, path))
+  return rows + [emergence_row(report, path)]
+
+
 def emergence_row(report: dict, path: str) -> str:
   """Does the isometric part grow with training beyond the seeds' spread?"""
   kind = "surface" if "surface" in report["summary"] else next(
@@ -147,13 +178,12 @@ def table(docs: str) -> str:
   command behind each report."""
   rows = ["| goal | measured | verdict | report |", "|---|---|---|---|"]
   commands = {}
-  study = os.path.join(docs, "align", "report.json")
-  if os.path.exists(study):
-    report, path = _load(study), os.path.relpath(study, ROOT)
+  study_path = os.path.join(docs, "align", "report.json")
+  if os.path.exists(study_path):
+    report, path = _load(study_path), os.path.relpath(study_path, ROOT)
     rows += world_rows(report, path)
     commands[path] = report.get("command")
-  for decomposed in (study, os.path.join(docs, "align", "shared", "report.json"),
-                     os.path.join(docs, "recordings", "pushing", "report.json")):
+  for decomposed in (study_path, os.path.join(docs, "recordings", "pushing", "report.json")):
     if os.path.exists(decomposed) and "shared_summary" in (report := _load(decomposed)):
       path = os.path.relpath(decomposed, ROOT)
       rows += shared_rows(report, path)
@@ -161,7 +191,7 @@ def table(docs: str) -> str:
   emergence = os.path.join(docs, "align", "emergence.json")
   if os.path.exists(emergence):
     report, path = _load(emergence), os.path.relpath(emergence, ROOT)
-    rows.append(emergence_row(report, path))
+    rows += emergence_rows(report, path)
     commands[path] = report.get("command")
   for folder in sorted(glob.glob(os.path.join(docs, "migrate*"))):
     seeds = sorted(glob.glob(os.path.join(folder, "seed*", "report.json")))
