@@ -138,8 +138,8 @@ def emergence_rows(report: dict, path: str) -> list[str]:
                      f"gap {_pm(seed_mean('gap'))} = beyond span "
                      f"{_pm(seed_mean('gap_beyond_span'))} + shared part not a rotation "
                      f"{_pm(seed_mean('gap_shared_not_rotation'))} + one rotation over "
-                     f"unshared directions {_pm(seed_mean('gap_unshared_rotation'))}; worst "
-                     f"|beyond span| {beyond:.2f}", beyond <= 0.02, path))
+                     f"unshared directions {_pm(seed_mean('gap_unshared_rotation'))}; largest "
+                     f"beyond span {beyond:.2f}", beyond <= 0.02, path))
   return rows + [emergence_row(report, path)]
 
 
