@@ -40,8 +40,10 @@ class LinearMap:
 
 
 def svd(a: jax.Array, compute_uv: bool = True):
-  """Thin SVD by LAPACK's QR-iteration driver (gesvd). XLA's CPU default, divide and conquer
-  (gesdd), runs many times slower on the small matrices every map and CCA decomposes."""
+  """Thin SVD by LAPACK's QR-iteration driver (gesvd), which runs on the calling thread. On
+  quiet cores it is as fast as XLA's CPU default (divide and conquer, gesdd) for the small
+  matrices maps and CCA decompose; the default waits on the thread pool, which made it
+  many times slower on cores busy with training (``benchmarks/align.py`` prints both)."""
   return jax.lax.linalg.svd(a, full_matrices=False, compute_uv=compute_uv,
                             algorithm=jax.lax.linalg.SvdAlgorithm.QR)
 
