@@ -63,12 +63,8 @@ def at_step(all_agents: Sequence[agents.Agent], initial: bool, paired: Any, n_fi
       y, x = spaces[main[src].name].z, spaces[main[tgt].name].z
       d = shared.summary(shared.decompose(x[:n_fit], y[:n_fit], x[n_fit:], y[n_fit:],
                                           jax.random.key(0)))
-      overlap = paired.overlap
-      i, j = paired.views.index(src), paired.views.index(tgt)
-      scant = (None if overlap is None
-               else bool(min(overlap[i, j], overlap[j, i]) < study.SCANT_OVERLAP))
-      pairs.append({"seed": seed, "source": src, "target": tgt, "scant_overlap": scant,
-                    **_figures(d)})
+      pairs.append({"seed": seed, "source": src, "target": tgt,
+                    "scant_overlap": study.scant_overlap(paired, src, tgt), **_figures(d)})
   probes = {name: s.scores for name, s in spaces.items()}
   return {"pairs": pairs, "agents": probes}
 

@@ -335,6 +335,15 @@ def _shared_part(result: dict[str, Any], s: Space, t: Space, spans, paired: Pair
   return out
 
 
+def scant_overlap(paired: PairedStates, src: str, tgt: str) -> bool | None:
+  """Whether either view sees under ``SCANT_OVERLAP`` of the other's pixels (None: a
+  recording, overlap undefined)."""
+  if paired.overlap is None:
+    return None
+  i, j = paired.views.index(src), paired.views.index(tgt)
+  return bool(min(paired.overlap[i, j], paired.overlap[j, i]) < SCANT_OVERLAP)
+
+
 def _pair(roles: Roles, spaces: _Spaces, paired: PairedStates, main: dict[str, Agent],
           group: tuple[int, tuple], src: str, tgt: str, n_fit: int, shuffle_key,
           probe_steps: int) -> dict[str, Any]:
@@ -346,8 +355,7 @@ def _pair(roles: Roles, spaces: _Spaces, paired: PairedStates, main: dict[str, A
   i, j = views.index(src), views.index(tgt)
   overlap = (None if paired.overlap is None  # undefined for a recording's cameras
              else float(paired.overlap[i, j]))
-  scant = (None if paired.overlap is None
-           else bool(min(paired.overlap[i, j], paired.overlap[j, i]) < SCANT_OVERLAP))
+  scant = scant_overlap(paired, src, tgt)
   result = {"seed": seed, **({"hparams": dict(swept)} if swept else {}), "source": src,
             "target": tgt, "overlap": overlap, "scant_overlap": scant, "n_fit": n_fit,
             "n_test": s.z.shape[0] - n_fit, **compare(s, t, labels, n_fit)}
