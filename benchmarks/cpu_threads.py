@@ -42,14 +42,14 @@ _CHILD = r"""
 import json, sys, time
 import jax
 from experiments.configs import default
-from sjepa_jax import agents, train, world
+from sjepa_jax import agents, configs, train, world
 agents_n, steps = int(sys.argv[1]), int(sys.argv[2])
 config = default.get_config()
-learner = agents.learner_from_config(config)
+learner = configs.learner_from_config(config)
 names = sorted(world.VIEWS)[:agents_n]
 state = agents.init_agents(learner, names, 0)
 views, keys = world.stack_views(names), agents.agent_keys(0, names)
-step = train.make_step(learner, agents.agent_map(config), num_agents=agents_n)
+step = train.make_step(learner, configs.agent_map(config), num_agents=agents_n)
 state, m = step(state, views, keys, 0)
 jax.block_until_ready(m)
 start = time.perf_counter()

@@ -27,6 +27,7 @@ import numpy as np
 from experiments.configs import default
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import train
 from sjepa_jax import world
@@ -55,7 +56,7 @@ class _Run:
   """One source's training step and its batch alone, ready to time."""
 
   def __init__(self, config, views, fixed: bool = False):
-    self.learner = agents.learner_from_config(config)
+    self.learner = configs.learner_from_config(config)
     start = time.perf_counter()
     self.pixels = data.on_device(data.load_images(config, config.data.train_split, views))
     jax.block_until_ready(self.pixels)
@@ -66,7 +67,7 @@ class _Run:
       self.learner = dataclasses.replace(self.learner, sample=lambda key, view, batch: batch)
     self.views = data.stack_views(config, views)
     self.keys = agents.agent_keys(0, views)
-    how = agents.agent_map(config)
+    how = configs.agent_map(config)
     self.step = train.make_step(self.learner, how, num_agents=len(views))
     self.state = agents.init_agents(self.learner, views, 0)
     sample = lambda v, k, i, p: self.learner.sample(jax.random.fold_in(k, i), v, p)

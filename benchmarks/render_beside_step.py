@@ -35,7 +35,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from experiments.configs import default  # pylint: disable=g-import-not-at-top
 from sjepa_jax import agents  # pylint: disable=g-import-not-at-top
+from sjepa_jax import configs  # pylint: disable=g-import-not-at-top
 from sjepa_jax import checkpointing  # pylint: disable=g-import-not-at-top
+from sjepa_jax import objectives  # pylint: disable=g-import-not-at-top
 from sjepa_jax import world  # pylint: disable=g-import-not-at-top
 
 _AGENTS = flags.DEFINE_integer("agents", 2, "Agents (views in world order).")
@@ -56,7 +58,7 @@ def programs(learner: agents.Learner):
   def train(state, batch, keys, step):
     def one(a):
       s, b, k = a
-      grads, m = jax.grad(functools.partial(agents.loss_fn, learner), has_aux=True)(
+      grads, m = jax.grad(functools.partial(objectives.loss_fn, learner.model, learner.objective), has_aux=True)(
           s.params, s.target, b, jax.random.fold_in(k, step))
       return agents.apply_gradients(learner, s, grads), m["loss"]
     return jax.lax.map(one, (state, batch, keys))
@@ -69,7 +71,7 @@ def main(argv):
   config = default.get_config()
   config.data.batch_size = _BATCH.value or config.data.batch_size
   config.data.image_size = _SIZE.value or config.data.image_size
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   names = sorted(world.VIEWS)[:_AGENTS.value]
   d0, d1 = jax.devices()[:2]
   views, keys = world.stack_views(names), agents.agent_keys(0, names)

@@ -32,6 +32,7 @@ from experiments.configs import default
 from experiments.configs import long
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import configs
 from sjepa_jax import flops
 from sjepa_jax import train
 from sjepa_jax import world
@@ -73,7 +74,7 @@ def peak_flops(device_kind: str, dtype, override: float | None = None) -> float 
 
 def measure(config, num_agents: int, how: str, steps: int, repeats: int) -> dict:
   """One row: compile, then time ``repeats`` rounds of ``steps`` steps of A agents."""
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   names = [sorted(world.VIEWS)[a % len(world.VIEWS)] for a in range(num_agents)]
   seeds = [a // len(world.VIEWS) for a in range(num_agents)]
   state = agents.init_agents(learner, names, seeds)
@@ -128,7 +129,7 @@ def main(argv):
     config = RECIPES[name]()
     config.data.batch_size = _BATCH.value or config.data.batch_size
     config.data.image_size = _SIZE.value or config.data.image_size
-    peak = peak_flops(device.device_kind, agents.compute_dtype(config.model.compute_dtype),
+    peak = peak_flops(device.device_kind, configs.compute_dtype(config.model.compute_dtype),
                       _PEAK.value)
     for how in _MODES.value:
       for a in counts:

@@ -39,7 +39,10 @@ import optax
 from benchmarks import op_profile
 from experiments import common
 from sjepa_jax import agents
+from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import models
+from sjepa_jax import objectives
 
 _ROUNDS = flags.DEFINE_integer("rounds", 7, "Timed rounds per side; the median is kept.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed round.")
@@ -191,7 +194,7 @@ def _prediction_loss(pred, target):  # losses.prediction_loss
 
 
 def torch_loss(agent, obs, actions, o):
-  """agents.jepa_loss with the online stop-gradient target and VICReg: (loss, metrics)."""
+  """objectives.jepa_loss with the online stop-gradient target and VICReg: (loss, metrics)."""
   b, l = obs.shape[:2]
   z = agent.encoder(obs.reshape((b * l,) + obs.shape[2:])).reshape(b, l, -1)
   target = z.detach()
@@ -252,12 +255,12 @@ def torch_step_fn(config, obs, actions, jax_params):
 # --- JAX: our own step on the same batch -------------------------------------------------
 
 def jax_step_fn(config, obs, actions, state):
-  """agents.train_step without the rendering: grad of agents.loss_fn, then the update,
+  """agents.train_step without the rendering: grad of objectives.loss_fn, then the update,
   from ``state`` (donated); the closures timing its parts; and its optimised HLO text."""
   batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
   key = jax.random.key(1)
-  learner = agents.learner_from_config(config)
-  loss_fn = functools.partial(agents.loss_fn, learner)
+  learner = configs.learner_from_config(config)
+  loss_fn = functools.partial(objectives.loss_fn, learner.model, learner.objective)
 
   def train_step(state, batch):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, state.target, batch, key)
@@ -272,7 +275,7 @@ def jax_step_fn(config, obs, actions, state):
     return metrics["loss"]
 
   loss = lambda p, t: loss_fn(p, t, batch, key)[0]
-  encode = jax.jit(lambda p: agents.encode(learner.model, p["encoder"], batch.obs))
+  encode = jax.jit(lambda p: models.encode(learner.model, p["encoder"], batch.obs))
   loss_jit, grad_jit = jax.jit(loss), jax.jit(jax.grad(loss))
   parts = {"forward: encoder": lambda: encode(box[0].params),
            "forward: loss": lambda: loss_jit(box[0].params, box[0].target),
@@ -339,7 +342,7 @@ def main(argv):
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), jax "
         f"{jax.__version__} ({jax.default_backend()}); median of {_ROUNDS.value} rounds of "
         f"{_STEPS.value} steps")
-  state = agents.init_agent(agents.learner_from_config(config), jax.random.key(0))
+  state = agents.init_agent(configs.learner_from_config(config), jax.random.key(0))
   torch_step, torch_parts = torch_step_fn(config, torch.from_numpy(obs),
                                           torch.from_numpy(actions), state.params)
   jax_step, jax_parts, jax_hlo = jax_step_fn(config, obs, actions, state)

@@ -24,6 +24,7 @@ import numpy as np
 from experiments.configs import default
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import configs
 from sjepa_jax import world
 
 _ENCODERS = flags.DEFINE_list("encoders", [default.get_config().model.encoder],
@@ -57,7 +58,7 @@ def make_run(config, num_agents: int, mode: str):
   names = list(itertools.islice(itertools.cycle(sorted(world.VIEWS)), num_agents))
   views = jax.tree.map(lambda *x: np.stack(x), *[world.get_view(n) for n in names])
   keys = jax.random.split(jax.random.key(0), num_agents)
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   state = jax.jit(jax.vmap(functools.partial(agents.init_agent, learner)))(keys)
   one = functools.partial(agents.train_step, learner)
   if mode == "vmap":
@@ -84,7 +85,7 @@ def main(argv):
   print(f"{'encoder':<8}{'A':>3}{header}{'vmap/loop':>11}{'per-agent':>11}{'lax/vmap':>10}")
   config = default.get_config()
   config.agent_map = "auto"
-  auto = agents.agent_map(config)  # what a default run picks on this machine
+  auto = configs.agent_map(config)  # what a default run picks on this machine
   other = {"vmap": "lax_map", "lax_map": "vmap"}[auto]
   wins, rows = [], []
   for encoder in _ENCODERS.value:

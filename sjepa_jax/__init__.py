@@ -14,7 +14,7 @@ Submodules hold the rest: ``agents``, ``align``, ``probes``, ``study``, ``migrat
 ``sj.UserError``, a ``ValueError`` whose message names the valid choices.
 """
 
-from sjepa_jax.agents import Agent, load_agent, load_agents
+from sjepa_jax.loading import Agent, load_agent, load_agents
 from sjepa_jax.align import MAPS, LinearMap
 from sjepa_jax.align import fit as fit_map
 from sjepa_jax.data import world_pairs

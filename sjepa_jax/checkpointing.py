@@ -242,13 +242,11 @@ def reader(workdir: str) -> ocp.CheckpointManager:
 
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree,
          config: ml_collections.ConfigDict, views: list[str], seeds: list[int],
-         names: list[str] | None = None, hparams: list[dict] | None = None) -> None:
+         names: list[str], hparams: list[dict]) -> None:
   """Starts an asynchronous save of ``state`` at ``step`` with the config, and each agent's
   view, seed, name and swept values."""
-  meta = {"config": config.to_dict(), "views": list(views), "seed": seeds[0],
-          "seeds": list(seeds)}
-  if names is not None:
-    meta.update(names=list(names), hparams=list(hparams or [{}] * len(names)))
+  meta = {"config": config.to_dict(), "views": list(views), "seeds": list(seeds),
+          "names": list(names), "hparams": list(hparams)}
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           meta=ocp.args.JsonSave(meta)), force=True)
 

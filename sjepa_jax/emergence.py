@@ -17,9 +17,10 @@ from absl import logging
 import jax
 import numpy as np
 
-from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import errors
+from sjepa_jax import loading
+from sjepa_jax import models
 from sjepa_jax import shared
 from sjepa_jax import study
 
@@ -46,7 +47,7 @@ def _figures(d: dict) -> dict[str, Any]:
           "canonical_correlations": d["canonical_correlations"][:16]}
 
 
-def at_step(all_agents: Sequence[agents.Agent], initial: bool, paired: Any, n_fit: int,
+def at_step(all_agents: Sequence[loading.Agent], initial: bool, paired: Any, n_fit: int,
             probe_steps: int) -> dict[str, Any]:
   """Every studied pair's decomposition and every studied agent's probes, with the agents'
   trained parameters or (``initial``) their initial ones."""
@@ -56,7 +57,7 @@ def at_step(all_agents: Sequence[agents.Agent], initial: bool, paired: Any, n_fi
   for (seed, _), main in roles.main.items():
     for a in main.values():
       params = a.initial_params() if initial else a.params
-      z = agents.encode_chunked(a.model, params["encoder"], paired.obs[(a.view, a.image_size)])
+      z = models.encode_chunked(a.model, params["encoder"], paired.obs[(a.view, a.image_size)])
       spaces[a.name] = study.make_space(z, labels, n_fit, probe_steps, paired.num_classes)
     views = [v for v in paired.views if v in main]
     for src, tgt in itertools.permutations(views, 2):
@@ -86,7 +87,7 @@ def run(workdir: str, steps: Sequence[int], n_fit: int = 3000, n_test: int = 100
     raise errors.UserError(
         f"No checkpoint at step(s) {missing} in {workdir!r}; saved steps: "
         f"{', '.join(map(str, saved))} (train with --config.keep_steps to keep more).")
-  last = agents.load_agents(workdir)
+  last = loading.load_agents(workdir)
   roles = study.assign_roles(last)
   used = roles.used()
   config = study.source_config(used, None)
@@ -98,7 +99,7 @@ def run(workdir: str, steps: Sequence[int], n_fit: int = 3000, n_test: int = 100
       by_step.append(reuse[step])
       continue
     logging.info("Emergence: step %d.", step)
-    at = last if step == 0 else agents.load_agents(workdir, step)
+    at = last if step == 0 else loading.load_agents(workdir, step)
     by_step.append({"step": step, **at_step(at, step == 0, paired, n_fit, probe_steps)})
   return {"workdir": workdir, "n_fit": n_fit, "n_test": n_test, "seed": seed,
           "steps": sorted(steps), "by_step": by_step, "summary": summarise(by_step)}

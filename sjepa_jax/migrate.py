@@ -36,11 +36,14 @@ import optax
 from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import errors
 from sjepa_jax import flops
+from sjepa_jax import loading
 from sjepa_jax import metrics_io
 from sjepa_jax import models
+from sjepa_jax import objectives
 from sjepa_jax import probes
 from sjepa_jax import train
 from sjepa_jax import world
@@ -98,12 +101,12 @@ def migrate_step(learner: agents.Learner, teacher_model: models.WorldModel, weig
   data_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
   batch = learner.sample(data_key, student_view, None)
   seen = learner.sample(data_key, teacher_view, None)
-  z_t = agents.encode(teacher_model, teacher, seen.obs)  # frozen: no gradient
+  z_t = models.encode(teacher_model, teacher, seen.obs)  # frozen: no gradient
   z_t = z_t.reshape(-1, z_t.shape[-1])
 
   def loss(params):
-    z_BxLxD = agents.encode(learner.model, params["encoder"], batch.obs)
-    jepa, metrics = agents.jepa_loss(learner, params, student.agent.target, batch, loss_key,
+    z_BxLxD = models.encode(learner.model, params["encoder"], batch.obs)
+    jepa, metrics = objectives.jepa_loss(learner.model, learner.objective, params, student.agent.target, batch, loss_key,
                                      z_BxLxD)
     z_s = z_BxLxD.reshape(z_t.shape[0], -1)
     stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t, map_decay)
@@ -135,7 +138,7 @@ def student_config(teacher_config: ml_collections.ConfigDict,
   return c
 
 
-# The migration config's numbers and the values that mean something (agents.check_ranges).
+# The migration config's numbers and the values that mean something (configs.check_ranges).
 RANGES = {"num_train_steps": (1, None, True), "eval_every": (1, None, True),
           "migrate.weight": (0, None, True), "migrate.map_decay": (0, 1, True),
           "eval.probe_train": (1, None, True), "eval.probe_test": (1, None, True),
@@ -146,7 +149,7 @@ def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
   """Rejects settings that cannot mean anything, naming the valid range."""
   if not 0.0 < target_acc <= 1.0:
     raise errors.UserError(f"target_acc must be in (0, 1], got {target_acc}.")
-  agents.check_ranges(config, RANGES)
+  configs.check_ranges(config, RANGES)
   if config.migrate.map_decay == 1.0:  # the map would never leave its first batch's estimate
     raise errors.UserError("config.migrate.map_decay must be below 1, got 1.0.")
 
@@ -154,7 +157,7 @@ def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
 def evaluate(learner: agents.Learner, params: PyTree, probe_set: data.PairedSet, n_fit: int,
              probe_steps: int) -> dict[str, float]:
   """Held-out probe scores of the student's frozen latents (``probes.evaluate``)."""
-  z = agents.encode_chunked(learner.model, params["encoder"], probe_set.obs[0])
+  z = models.encode_chunked(learner.model, params["encoder"], probe_set.obs[0])
   return probes.evaluate(z, probe_set.labels, n_fit, probe_set.num_classes, probe_steps)[1]
 
 
@@ -167,14 +170,14 @@ def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"
   return None
 
 
-def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | None,
+def train_student(config: ml_collections.ConfigDict, teacher: loading.Agent | None,
                   student_view: str, seed: int, probe_set: data.PairedSet,
                   writer: metrics_io.MetricWriter) -> tuple[list[dict], float]:
   """Trains one student (scratch when ``teacher`` is None) and returns its curve of probe
   scores against cumulative FLOPs and training wall time, and its FLOPs per step. The
   curve also goes to ``writer`` as ``migrate/<scratch|migrate>/<score>``."""
   mode = "scratch" if teacher is None else "migrate"
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   key = agents.agent_keys(seed, [student_view])[0]
   agent = agents.init_agent(learner, key)
   sv = world.get_view(student_view)
@@ -216,9 +219,9 @@ def train_student(config: ml_collections.ConfigDict, teacher: agents.Agent | Non
   return curve, step_flops
 
 
-def teacher_training_flops(teacher: agents.Agent) -> float:
+def teacher_training_flops(teacher: loading.Agent) -> float:
   """What training the teacher cost: its run's step FLOPs (one agent) times its steps."""
-  learner = agents.learner_from_config(teacher.config)
+  learner = configs.learner_from_config(teacher.config)
   key = agents.agent_keys(teacher.seed, [teacher.view])[0]
   state = jax.eval_shape(lambda: agents.init_agent(learner, key))
   view = world.get_view(teacher.view)
@@ -250,7 +253,7 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
   if teacher_view == student_view:
     raise errors.UserError(f"The teacher's view must differ from the student's; both are "
                            f"{student_view!r}.")
-  teacher = agents.load_agent(teacher_workdir, teacher_view, seed=teacher_seed)
+  teacher = loading.load_agent(teacher_workdir, teacher_view, seed=teacher_seed)
   teacher_config = teacher.config
   if not data.is_world(teacher_config):
     raise errors.UserError(f"Migration runs on the embedded world; the teacher run "

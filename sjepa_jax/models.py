@@ -16,12 +16,13 @@ A = action size.
 """
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sjepa_jax import errors
 
@@ -371,3 +372,47 @@ def make_encoder(kind: str, dim: int, patch: int, width: int, depth: int, pool: 
   if kind == "cnn":
     return CnnEncoder(dim, width // 4, depth, pool, dtype)
   raise errors.UserError(f"Unknown encoder {kind!r}; valid encoders: {', '.join(ENCODERS)}.")
+
+
+# --- Encoding with one agent's parameters -------------------------------------------------
+
+def encode(model: WorldModel, encoder_params: Any, obs: jax.Array) -> jax.Array:
+  """Latents of observations (..., H, W, 3) -> (..., D) with one agent's encoder params."""
+  lead = obs.shape[:-3]
+  z = model.apply({"params": {"encoder": encoder_params}}, obs.reshape((-1,) + obs.shape[-3:]),
+                  method=WorldModel.encode)
+  return z.reshape(lead + z.shape[-1:])
+
+
+def encode_tokens(model: WorldModel, encoder_params: Any, obs_BxHxWx3: jax.Array,
+                  mask_BxP: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(latents (B, D), tokens (B, P, C)) of a batch, hiding the tokens ``mask`` marks."""
+  return model.apply({"params": {"encoder": encoder_params}}, obs_BxHxWx3, mask_BxP,
+                     method=WorldModel.encode_tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_one(model, encoder_params, obs):
+  return encode(model, encoder_params, obs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_stacked(model, encoder_params, obs):
+  return jax.vmap(lambda p, o: encode(model, p, o))(encoder_params, obs)
+
+
+def encode_chunked(model: WorldModel, encoder_params: Any, obs: jax.Array,
+                   index: Sequence[int] | None = None, chunk: int = 256) -> jax.Array:
+  """Latents of many observations, jitted ``chunk`` states at a time to bound memory.
+
+  Without ``index``: one agent's encoder params, obs (N, H, W, 3) -> (N, D). With
+  ``index`` (A,): stacked agents' params and obs (U, N, H, W, 3) of U views; agent ``a``
+  encodes the states as seen from view ``index[a]`` -> (A, N, D) (agents of several seeds
+  share a view's frames, rendered once).
+  """
+  if index is None:
+    return jnp.concatenate([_encode_one(model, encoder_params, obs[i:i + chunk])
+                            for i in range(0, obs.shape[0], chunk)])
+  index = np.asarray(index)
+  return jnp.concatenate([_encode_stacked(model, encoder_params, obs[:, i:i + chunk][index])
+                          for i in range(0, obs.shape[1], chunk)], axis=1)

@@ -37,7 +37,9 @@ from sjepa_jax import align
 from sjepa_jax import data
 from sjepa_jax import errors
 from sjepa_jax import exchange
+from sjepa_jax import loading
 from sjepa_jax import losses
+from sjepa_jax import models
 from sjepa_jax import probes
 from sjepa_jax import shared
 
@@ -64,7 +66,7 @@ MLP_PROBED = ("class",)
 R2_CURVE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-Agent = agents.Agent
+Agent = loading.Agent
 
 
 @dataclasses.dataclass
@@ -297,7 +299,7 @@ def _spaces(roles: Roles, used: Sequence[Agent], paired: PairedStates, n_fit: in
   space = functools.partial(make_space, labels=paired.labels, n_fit=n_fit,
                             probe_steps=probe_steps, num_classes=paired.num_classes)
   obs = lambda a: paired.obs[(a.view, a.image_size)]
-  latents = lambda a, params: agents.encode_chunked(a.model, params["encoder"], obs(a))
+  latents = lambda a, params: models.encode_chunked(a.model, params["encoder"], obs(a))
   studied = [a for group in roles.main.values() for a in group.values()]
   names = {a.name for a in studied}
   trained = {a.name: space(latents(a, a.params), mlp=MLP_PROBED if a.name in names else ())
@@ -402,7 +404,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                            f"n_test={n_test}.")
   # Agents and their roles; the paired states every feature is computed on.
   all_agents = [a for i, w in enumerate(workdirs)
-                for a in agents.load_agents(w, step if i == 0 else None)]
+                for a in loading.load_agents(w, step if i == 0 else None)]
   roles = assign_roles(all_agents)
   used = roles.used()
   logging.info("Agents: %s", ", ".join(a.name for a in used))

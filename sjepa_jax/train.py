@@ -24,8 +24,10 @@ import numpy as np
 from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import errors
+from sjepa_jax import loading
 from sjepa_jax import losses
 from sjepa_jax import metrics_io
 from sjepa_jax import models
@@ -55,14 +57,14 @@ def check_workdir(workdir: str) -> None:
 def check_resumable(meta: dict, config: ml_collections.ConfigDict, roster: agents.Roster,
                     workdir: str) -> None:
   """Refuses to resume a checkpoint made with other views, seeds or model settings."""
-  if (list(meta["views"]) != roster.views or agents.meta_seeds(meta) != roster.seeds
-      or agents.meta_hparams(meta) != roster.hparams):
+  if (list(meta["views"]) != roster.views or meta["seeds"] != roster.seeds
+      or meta["hparams"] != roster.hparams):
     raise errors.UserError(f"Workdir {workdir!r} holds a run of views {meta['views']} with seeds "
-                           f"{agents.meta_seeds(meta)} (swept values "
-                           f"{agents.meta_hparams(meta)}), not {roster.views} with seeds "
+                           f"{meta['seeds']} (swept values "
+                           f"{meta['hparams']}), not {roster.views} with seeds "
                            f"{roster.seeds} ({roster.hparams}); use another workdir or the same "
                            "views, seeds and sweep.")
-  old = _flatten(agents.config_from_meta(meta).to_dict())
+  old = _flatten(loading.config_from_meta(meta).to_dict())
   new = _flatten(config.to_dict())
   changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                    and not k.startswith(_RESUMABLE_CHANGES))
@@ -151,7 +153,7 @@ def make_step(learner: agents.Learner, how: str, agent_sharding=None, batch_shar
   (state, metrics); ``pixels`` is a dataset's train split on the device
   (``data.on_device``: its images, or a recording's frames and actions), shared by every
   agent (None: world); ``hparams`` each agent's swept values (``agents.stacked_hparams``).
-  ``how`` is ``vmap`` or ``lax_map`` (``agents.agent_map``); ``step_function`` says more."""
+  ``how`` is ``vmap`` or ``lax_map`` (``configs.agent_map``); ``step_function`` says more."""
   step = step_function(learner, how, batch_sharding, num_agents)
   if agent_sharding is None:
     jitted = jax.jit(step, donate_argnums=0)
@@ -191,8 +193,8 @@ def step_function(learner: agents.Learner, how: str = "vmap", batch_sharding=Non
 
 def make_encoder(model: models.WorldModel):
   """``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes the
-  states as seen from view ``index[a]`` (``agents.encode_chunked``)."""
-  return lambda params, obs, index: agents.encode_chunked(model, params["encoder"], obs, index)
+  states as seen from view ``index[a]`` (``models.encode_chunked``)."""
+  return lambda params, obs, index: models.encode_chunked(model, params["encoder"], obs, index)
 
 
 # Rank metrics need many more states than dimensions: N = 8 D keeps isotropic Gaussian
@@ -315,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the end-of-training probe report (also written to ``<workdir>/probe.json``).
   """
-  agents.validate(config)
+  configs.validate(config)
   keep_steps(config)
   views = data.parse_views(config, views)
   roster = agents.roster(views, seeds, sweep)
@@ -325,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for field, value in values.items():
         group, name = field.split(".")
         one[group][name] = value
-      agents.validate(one)
+      configs.validate(one)
   config = data.resolve(config)
   # The data is read and checked before the workdir is touched: bad data leaves nothing.
   source = _source(config, roster)
@@ -392,7 +394,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
   """The run, once the config is checked, the data read and the workdir held."""
   # Setup: the learner (built once), devices, what the agents see.
   names = roster.names
-  learner = agents.learner_from_config(agents.with_sweep_maxima(config, roster.hparams))
+  learner = configs.learner_from_config(agents.with_sweep_maxima(config, roster.hparams))
   hparams = agents.stacked_hparams(roster.hparams)
   agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
   if source.described is not None and jax.process_index() == 0:
@@ -407,7 +409,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
                                                     agent_sharding)
   if pixels is not None and jax.device_count() > 1:  # once, not a copy per step
     pixels = to_global(pixels, replicated(agent_sharding or batch_sharding))
-  how = agents.agent_map(config, agent_sharding is not None)
+  how = configs.agent_map(config, agent_sharding is not None)
   step_fn = make_step(learner, how, agent_sharding, batch_sharding, len(names))
   encode_all = make_encoder(learner.model)
 

@@ -51,4 +51,5 @@ def config():
 def init_agents(config, views, seeds=0):
   """Fresh stacked agents of the run ``config`` describes."""
   from sjepa_jax import agents  # pylint: disable=g-import-not-at-top
-  return agents.init_agents(agents.learner_from_config(config), views, seeds)
+  from sjepa_jax import configs  # pylint: disable=g-import-not-at-top
+  return agents.init_agents(configs.learner_from_config(config), views, seeds)

@@ -10,16 +10,19 @@ import optax
 import pytest
 
 from sjepa_jax import agents
+from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import models
+from sjepa_jax import objectives
 from sjepa_jax import world
 
 
 def _init(config, views, seed=0):
-  return agents.init_agents(agents.learner_from_config(config), views, seed)
+  return agents.init_agents(configs.learner_from_config(config), views, seed)
 
 
 def _train(config, views, steps, seed=0):
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   state = agents.init_agents(learner, views, seed)
   step = jax.jit(jax.vmap(functools.partial(agents.train_step, learner),
                           in_axes=(0, 0, 0, None)))
@@ -70,7 +73,7 @@ def test_agents_differ_and_share_nothing(config):
 
 def test_step_compiles_once(config):
   views = ["mountain", "forest"]
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   state = agents.init_agents(learner, views, 0)
 
   @jax.jit
@@ -88,7 +91,7 @@ def test_ema_target_follows_the_encoder(config):
   config.objective.target = "ema"
   config.objective.ema_decay = 0.5
   views = ["drone"]
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   state = agents.init_agents(learner, views, 0)
   step = jax.jit(jax.vmap(functools.partial(agents.train_step, learner),
                           in_axes=(0, 0, 0, None)))
@@ -133,19 +136,19 @@ def test_supervised_objective_learns_the_labels(config):
 def test_bad_objective_settings_are_clear_errors(config):
   config.objective.kind = "mae"
   with pytest.raises(ValueError, match="'mae'; valid: jepa, autoencoder"):
-    agents.validate(config)
+    configs.validate(config)
   config.objective.kind = "jepa"
   config.objective.regularizer = "barlow"
   with pytest.raises(ValueError, match="'barlow'; valid: vicreg, sigreg, none"):
-    agents.validate(config)
+    configs.validate(config)
   config.objective.regularizer = "vicreg"
   config.objective.target = "teacher"
   with pytest.raises(ValueError, match="'teacher'; valid: ema, online"):
-    agents.validate(config)
+    configs.validate(config)
   config.objective.target = "online"
   config.data.frames = 1
   with pytest.raises(ValueError, match="frames must be at least 2"):
-    agents.validate(config)
+    configs.validate(config)
 
 
 def test_single_agent_step_equals_the_vmapped_step(config):
@@ -153,7 +156,7 @@ def test_single_agent_step_equals_the_vmapped_step(config):
   config.optim.eps = 1e-3  # see test_vmapped_agents_equal_agents_trained_alone
   views = ["forest"]
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
-  plain = train.make_step(agents.learner_from_config(config), "vmap", num_agents=1)
+  plain = train.make_step(configs.learner_from_config(config), "vmap", num_agents=1)
   state = _init(config, views, 0)
   for i in range(REAL_STEPS + 1):
     state, metrics = plain(state, stacked, keys, i)
@@ -170,7 +173,7 @@ def test_lax_map_over_agents_equals_vmap(config):
   stacked, keys = world.stack_views(views), agents.agent_keys(0, views)
   results = []
   for agent_map in ("vmap", "lax_map"):
-    step = train.make_step(agents.learner_from_config(config), agent_map, num_agents=2)
+    step = train.make_step(configs.learner_from_config(config), agent_map, num_agents=2)
     state = _init(config, views, 0)
     for i in range(REAL_STEPS + 1):
       state, metrics = step(state, stacked, keys, i)
@@ -181,18 +184,18 @@ def test_lax_map_over_agents_equals_vmap(config):
 
 def test_auto_agent_map_is_lax_map_on_cpu_and_vmap_on_accelerators(config, monkeypatch):
   assert config.agent_map == "auto"  # the default
-  assert agents.agent_map(config) == "lax_map"  # this suite runs on CPU
+  assert configs.agent_map(config) == "lax_map"  # this suite runs on CPU
   for backend, expected in (("gpu", "vmap"), ("tpu", "vmap"), ("cpu", "lax_map")):
     monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
-    assert agents.agent_map(config) == expected
-  assert agents.agent_map(config, agents_sharded=True) == "vmap"  # one agent per device
+    assert configs.agent_map(config) == expected
+  assert configs.agent_map(config, agents_sharded=True) == "vmap"  # one agent per device
   config.agent_map = "vmap"
-  assert agents.agent_map(config) == "vmap"  # an explicit choice is kept on every backend
+  assert configs.agent_map(config) == "vmap"  # an explicit choice is kept on every backend
   config.agent_map = "pmap"
   with pytest.raises(ValueError, match="'pmap'; valid: auto, vmap, lax_map"):
-    agents.validate(config)
+    configs.validate(config)
   with pytest.raises(ValueError, match="'pmap'; valid: auto, vmap, lax_map"):
-    agents.agent_map(config)
+    configs.agent_map(config)
 
 
 def test_motion_blocks_fall_where_the_frames_change():
@@ -201,7 +204,7 @@ def test_motion_blocks_fall_where_the_frames_change():
   obs = jnp.zeros((2, 2, 16, 16, 3))
   obs = obs.at[0, 1, 8:12, 4:8].set(1.0)  # sample 0: patch (row 2, col 1) of a 4 x 4 grid
   obs = obs.at[1, 1, 0:4, 12:16].set(1.0)  # sample 1: patch (0, 3), a corner
-  mask = agents.motion_blocks(jax.random.key(0), obs, patch=4, blocks=1, size=3)
+  mask = objectives.motion_blocks(jax.random.key(0), obs, patch=4, blocks=1, size=3)
   grid = np.asarray(mask).reshape(2, 4, 4)
   expected0 = np.zeros((4, 4), bool)
   expected0[1:4, 0:3] = True
@@ -248,7 +251,7 @@ def test_seq_jepa_predicts_the_last_target_latent_from_the_earlier_frames_alone(
   is; and the term enters the loss with its weight."""
   config.objective.seq_weight = 1.0
   config.data.frames = 4
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   params = agents.init_agent(learner, agents.agent_keys(0, ["forest"])[0]).params
   k1, k2, k3 = jax.random.split(jax.random.key(5), 3)
   z = jax.random.normal(k1, (8, 4, config.model.dim))
@@ -256,13 +259,13 @@ def test_seq_jepa_predicts_the_last_target_latent_from_the_earlier_frames_alone(
   _, pred = learner.model.apply({"params": params}, z[:, :-1], actions,
                                 method=learner.model.aggregate)
   target = jax.random.normal(k3, z.shape).at[:, -1].set(pred)
-  seq = lambda z, target: float(agents.seq_loss(learner.model, params, z, target, actions)[0])
+  seq = lambda z, target: float(objectives.seq_loss(learner.model, params, z, target, actions)[0])
   assert seq(z, target) < 1e-10
   np.testing.assert_allclose(seq(z, target.at[:, -1].add(1.0)), 1.0, rtol=1e-5)
   assert seq(z.at[:, -1].set(0.0), target.at[:, :-1].set(0.0)) < 1e-10
   assert seq(z.at[:, 0].set(z[:, 1]), target) > 1e-4  # (a shift: layer-normalised away)
   batch = data.sampler(config)(jax.random.key(1), world.get_view("forest"), None)
-  loss = lambda weight: agents.jepa_loss(learner, params, params["encoder"], batch,
+  loss = lambda weight: objectives.jepa_loss(learner.model, learner.objective, params, params["encoder"], batch,
                                          jax.random.key(2),
                                          hparams={"objective.seq_weight": weight})
   (without, _), (with_three, metrics) = loss(0.0), loss(3.0)
@@ -276,9 +279,9 @@ def test_a_bfloat16_step_stays_close_to_the_float32_step(config):
   about as the float32 step does (bf16 keeps 8 bits of mantissa: loss within 2%, the update
   within 10% of its size)."""
   config.model.compute_dtype = "float32"
-  f32 = agents.learner_from_config(config)
+  f32 = configs.learner_from_config(config)
   config.model.compute_dtype = "bfloat16"
-  bf16 = agents.learner_from_config(config)
+  bf16 = configs.learner_from_config(config)
   view, key = world.get_view("forest"), agents.agent_keys(0, ["forest"])[0]
   state = agents.init_agent(f32, key)
   chex.assert_trees_all_equal(state, agents.init_agent(bf16, key))  # same float32 params
@@ -296,7 +299,7 @@ def test_a_bfloat16_step_stays_close_to_the_float32_step(config):
   off = jax.tree.map(lambda a, b: a - b, s16.params, s32.params)
   norm = lambda t: float(optax.tree.norm(t))
   assert 0 < norm(off) < 0.1 * norm(moved), (norm(off), norm(moved))
-  z = agents.encode_chunked(bf16.model, s16.params["encoder"],
+  z = models.encode_chunked(bf16.model, s16.params["encoder"],
                             jnp.zeros((20, config.data.image_size, config.data.image_size, 3)))
   assert z.dtype == jnp.float32  # what the maps and probes are given
   from sjepa_jax import align  # pylint: disable=g-import-not-at-top

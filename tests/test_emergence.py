@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from sjepa_jax import agents
 from sjepa_jax import emergence
+from sjepa_jax import loading
+from sjepa_jax import models
 from sjepa_jax import shared
 from sjepa_jax import study
 from sjepa_jax import train
@@ -31,12 +32,12 @@ def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_pat
     assert set(entry["agents"]) == {"mountain", "forest"}
   # Step 0 is the agents' own initialisation: the same decomposition from their initial
   # parameters, on the same paired states.
-  last = agents.load_agents(workdir)
+  last = loading.load_agents(workdir)
   roles = study.assign_roles(last)
   k_states, k_overlap = jax.random.split(jax.random.key(report["seed"]))
   paired = study.paired_states(study.source_config(roles.used(), None), roles, roles.used(),
                                96, k_states, k_overlap)
-  z = {a.view: agents.encode_chunked(a.model, a.initial_params()["encoder"],
+  z = {a.view: models.encode_chunked(a.model, a.initial_params()["encoder"],
                                      paired.obs[(a.view, a.image_size)]) for a in last}
   d = shared.summary(shared.decompose(z["forest"][:64], z["mountain"][:64],
                                       z["forest"][64:], z["mountain"][64:], jax.random.key(0)))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from experiments import common
-from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import errors
 from sjepa_jax import images
+from sjepa_jax import loading
 from sjepa_jax import train
 from tests.conftest import tiny_config, init_agents
 from tests.test_train import _TINY_FLAGS  # the same tiny run, flag by flag
@@ -126,7 +126,7 @@ def test_damage_to_any_checkpoint_file_is_detected_and_named(harm, trained, tmp_
   # Read-only tools skip it (newest intact: 2) or, asked for it, name it and touch nothing.
   assert checkpointing.read_meta(workdir)[1] == 2
   with pytest.raises(checkpointing.DamagedCheckpointError, match="step 4 .* is damaged: file"):
-    agents.load_agent(workdir, "forest", step=4)
+    loading.load_agent(workdir, "forest", step=4)
   assert os.path.isdir(step_dir)
 
 
@@ -225,7 +225,7 @@ def test_entry_points_print_one_clean_line_and_exit_nonzero(tmp_path):
 @pytest.mark.slow
 def test_a_missing_step_lists_the_saved_ones(trained):
   with pytest.raises(FileNotFoundError, match="No checkpoint at step 45 .*saved steps: 2, 4"):
-    agents.load_agent(trained, "forest", step=45)
+    loading.load_agent(trained, "forest", step=45)
 
 
 def test_help_shows_the_main_flags_and_the_config_fields():

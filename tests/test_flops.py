@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from sjepa_jax import agents
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import flops
 from sjepa_jax import train
@@ -83,7 +84,7 @@ def test_the_training_step_costs_the_same_under_vmap_and_lax_map(config):
     state = jax.eval_shape(lambda: init_agents(config, views, 0))
     return state, data.stack_views(config, views), agents.agent_keys(0, views), 0, None
 
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   counts = {}
   for mode in ("vmap", "lax_map"):
     counts[mode] = flops.count_flops(train.step_function(learner, mode),

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from sjepa_jax import agents
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import world
 from tests.conftest import tiny_config
@@ -101,7 +102,7 @@ def step_numbers(case: str):
   moved the online networks and the target."""
   config = _config(case)
   batch = _batch(config)
-  learner = dataclasses.replace(agents.learner_from_config(config),
+  learner = dataclasses.replace(configs.learner_from_config(config),
                                 sample=lambda key, view, pixels: batch)
   key = agents.agent_keys(0, ["forest"])[0]
   state = agents.init_agent(learner, key)

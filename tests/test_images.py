@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sjepa_jax import agents
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import images
 from sjepa_jax import train
@@ -102,7 +103,7 @@ def test_views_must_fit_the_source(config):
     data.parse_views(config, "forest")
   config.data.region_size = 1.5
   with pytest.raises(ValueError, match="region_size must be in"):
-    agents.validate(config)
+    configs.validate(config)
 
 
 def test_vmapped_region_agents_equal_agents_trained_alone(config, dataset_dir):
@@ -111,7 +112,7 @@ def test_vmapped_region_agents_equal_agents_trained_alone(config, dataset_dir):
   pixels = jnp.asarray(images.load("stripes", dataset_dir, "train").pixels)
 
   def run(views):
-    learner = agents.learner_from_config(config)
+    learner = configs.learner_from_config(config)
     step = train.make_step(learner, "lax_map", num_agents=len(views))
     state = agents.init_agents(learner, views, 0)
     stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
@@ -179,24 +180,13 @@ def test_train_and_align_on_a_dataset_end_to_end(tmp_path, dataset_dir):
 def test_eval_split_must_differ_from_train_split(config):
   config.data.dataset, config.data.eval_split = "stripes", "train"
   with pytest.raises(ValueError, match="both 'train'.*never trained on"):
-    agents.validate(config)
+    configs.validate(config)
 
 
 def test_probe_set_keeps_its_share_on_a_small_split(config):
   config.eval.probe_train, config.eval.probe_test = 4000, 1000
   assert train.probe_train_size(config, 6000) == 4000
   assert train.probe_train_size(config, 1500) == 1200  # 80%, as 4000 of 5000
-
-
-def test_runs_saved_before_datasets_resume_as_world_runs(config):
-  old = config.to_dict()
-  for k in agents._LEGACY["data"]:  # pylint: disable=protected-access
-    del old["data"][k]
-  meta = {"views": ["forest"], "seed": 0, "config": old}
-  train.check_resumable(meta, config, agents.roster(["forest"], 0), "/tmp/old_run")  # no error
-  config.data.dataset = "stripes"
-  with pytest.raises(ValueError, match=r"other settings for \['data.dataset'\]"):
-    train.check_resumable(meta, config, agents.roster(["forest"], 0), "/tmp/old_run")
 
 
 def test_import_images_refuses_float_images(tmp_path):

@@ -12,7 +12,9 @@ import sjepa_jax as sj
 from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import checkpointing
+from sjepa_jax import configs
 from sjepa_jax import errors
+from sjepa_jax import loading
 from sjepa_jax import world
 from tests.conftest import init_agents, tiny_config
 
@@ -38,7 +40,7 @@ def test_an_agent_prints_in_one_line_naming_it_never_its_parameters(saved):
   assert text == ("Agent(name='forest', view='forest', seed=0, kind='jepa', step=3, dim=16, "
                   f"image=16x16, params={sum(x.size for x in jax.tree.leaves(agent.params)):,})")
   assert str(agent) == text and "\n" not in text and "Array" not in text
-  swept = agents.Agent("forest_lr0.001", "forest", 0, "jepa", agent.model, agent.params, 16, 2,
+  swept = loading.Agent("forest_lr0.001", "forest", 0, "jepa", agent.model, agent.params, 16, 2,
                        hparams={"optim.lr": 0.001})
   assert repr(swept).endswith(", lr=0.001)")
 
@@ -71,7 +73,7 @@ def test_a_saved_map_keeps_everything_its_caller_said(tmp_path):
 def _unknown_agent_map():
   config = tiny_config()
   config.agent_map = "pmap"
-  agents.validate(config)
+  configs.validate(config)
 
 
 @pytest.mark.parametrize("bad_input", [

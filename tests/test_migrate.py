@@ -15,10 +15,12 @@ import pytest
 from experiments.configs import migrate as migrate_config
 from sjepa_jax import agents
 from sjepa_jax import align
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import flops
 from sjepa_jax import metrics_io
 from sjepa_jax import migrate
+from sjepa_jax import models
 from sjepa_jax import train
 from sjepa_jax import world
 from tests.conftest import tiny_config, init_agents
@@ -71,8 +73,8 @@ def _scratch_and_student(weight: float, steps: int = 2):
   config.migrate.weight = weight
   teacher = init_agents(teacher_config, ["mountain"], 7).params["encoder"]
   teacher = jax.tree.map(lambda x: x[0], teacher)
-  teacher_model = agents.model_from_config(teacher_config)
-  learner = agents.learner_from_config(config)
+  teacher_model = configs.model_from_config(teacher_config)
+  learner = configs.learner_from_config(config)
   key = agents.agent_keys(0, ["forest"])[0]
   scratch = agents.init_agent(learner, key)
   student = migrate.Student(scratch, migrate.init_stats(16, 16))
@@ -98,7 +100,7 @@ def test_weighted_migration_moves_the_student_away_from_scratch():
   """The converse: with the same keys and batches, a weight > 0 must change the encoder
   (else the comparison of the scratch and migrating curves measures nothing)."""
   scratch, student, _ = _scratch_and_student(1.0, steps=3)
-  init = agents.init_agent(agents.learner_from_config(_student_config(tiny_config())),
+  init = agents.init_agent(configs.learner_from_config(_student_config(tiny_config())),
                            agents.agent_keys(0, ["forest"])[0])
   norm = lambda a, b: float(optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
   moved = norm(scratch.params["encoder"], init.params["encoder"])
@@ -117,8 +119,8 @@ def _step_flops_by_parts(student_view: str, teacher_view: str) -> dict[str, floa
   d, dim_s, dim_t = config.data, config.model.dim, teacher_config.model.dim
   key = agents.agent_keys(0, [student_view])[0]
   sv, tv = world.get_view(student_view), world.get_view(teacher_view)
-  learner = agents.learner_from_config(config)
-  teacher_learner = agents.learner_from_config(teacher_config)
+  learner = configs.learner_from_config(config)
+  teacher_learner = configs.learner_from_config(teacher_config)
   agent = jax.eval_shape(lambda: agents.init_agent(learner, key))
   teacher = jax.eval_shape(lambda: agents.init_agent(teacher_learner, key).params["encoder"])
   m = config.migrate
@@ -134,7 +136,7 @@ def _step_flops_by_parts(student_view: str, teacher_view: str) -> dict[str, floa
           student, key, jnp.int32(0), teacher),
       "render": flops.count_flops(lambda k: data.world_batch(
           k, tv, d.batch_size, d.frames, d.image_size), key),
-      "teacher": flops.count_flops(lambda t, o: agents.encode(teacher_learner.model, t, o),
+      "teacher": flops.count_flops(lambda t, o: models.encode(teacher_learner.model, t, o),
                                    teacher, obs),
       "svd": 14 * dim_s * dim_t**2 + 8 * dim_t**3,
       "products": 2 * n * dim_s * dim_t}

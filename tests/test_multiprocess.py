@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import loading
 from tests.conftest import init_agents
 from tests import die_in_save as die_in_save_lib
 
@@ -70,8 +70,8 @@ def _finish(procs, tmp_path, tag, timeout=900):
 
 def _params(workdir):
   meta, step = checkpointing.read_meta(workdir)
-  config = agents.config_from_meta(meta)
-  abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta["seed"]))
+  config = loading.config_from_meta(meta)
+  abstract = jax.eval_shape(lambda: init_agents(config, meta["views"], meta["seeds"]))
   state, step = checkpointing.restore(checkpointing.reader(workdir), abstract)
   assert step == STEPS
   return {v: jax.tree.map(lambda x: np.asarray(x[i]), state.params)
@@ -133,9 +133,9 @@ def test_two_processes_equal_one_survive_a_killed_peer_and_resume(single, tmp_pa
     print(f"{v}: two processes vs one, max |difference| {d:.2e}")
     assert d < ATOL
     np.testing.assert_array_equal(
-        np.asarray(agents.load_agent(workdir, v).params["encoder"]["Dense_0"]["kernel"]),
+        np.asarray(loading.load_agent(workdir, v).params["encoder"]["Dense_0"]["kernel"]),
         two[v]["encoder"]["Dense_0"]["kernel"])
-  assert [a.view for a in agents.load_agents(workdir)] == ["mountain", "forest"]
+  assert [a.view for a in loading.load_agents(workdir)] == ["mountain", "forest"]
 
 
 def test_two_processes_split_the_batch_when_agents_do_not_divide(single, tmp_path):

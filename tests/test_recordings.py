@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sjepa_jax import agents
+from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import episode_files
 from sjepa_jax import images
@@ -230,7 +231,7 @@ def test_camera_agents_trained_together_equal_agents_trained_alone(planted_confi
   config = data.resolve(planted_config)
 
   def run(views):
-    learner = agents.learner_from_config(config)
+    learner = configs.learner_from_config(config)
     step = train.make_step(learner, "lax_map", num_agents=len(views))
     state = agents.init_agents(learner, views, 0)
     source = data.on_device(data.load_images(config, "train", views))

@@ -15,11 +15,11 @@ import sys
 sys.path.insert(0, {root!r})
 import chex, jax, pytest
 from tests.conftest import tiny_config, init_agents
-from sjepa_jax import agents, data, train
+from sjepa_jax import agents, configs, data, train
 assert jax.device_count() == 4, jax.devices()
 
 def run(views, config, sharded, pixels=None):
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   state = agents.init_agents(learner, views, 0)
   stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
   if sharded:
@@ -28,7 +28,7 @@ def run(views, config, sharded, pixels=None):
       state, stacked, keys = jax.device_put((state, stacked, keys), agent_sh)
     if pixels is not None:
       pixels = jax.device_put(pixels, train.replicated(agent_sh or batch_sh))
-    how = agents.agent_map(config, agent_sh is not None)
+    how = configs.agent_map(config, agent_sh is not None)
     step = train.make_step(learner, how, agent_sh, batch_sh, len(views))
   else:
     step = jax.jit(jax.vmap(lambda s, v, k, i, p: agents.train_step(learner, s, v, k, i,

@@ -13,7 +13,9 @@ import pytest
 
 from benchmarks import torch_step
 from sjepa_jax import agents
+from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import objectives
 
 
 def test_unsupported_names_the_field_and_accepts_the_default(config):
@@ -39,7 +41,7 @@ def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight)
   obs = rng.random((d.batch_size, d.frames, d.image_size, d.image_size, 3), np.float32)
   actions = rng.normal(size=(d.batch_size, d.frames - 1, data.action_dim(config)))
   actions = actions.astype(np.float32)
-  learner = agents.learner_from_config(config)
+  learner = configs.learner_from_config(config)
   params = agents.init_agent(learner, jax.random.key(0)).params
   twin = torch_step._Agent(config, actions.shape[-1])
   torch_step.load_jax_params(twin, params)
@@ -48,7 +50,7 @@ def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight)
   assert ("inverse" in params) == (twin.inverse is not None) == (inverse_weight > 0)
 
   batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
-  grads, ours = jax.grad(functools.partial(agents.loss_fn, learner), has_aux=True)(
+  grads, ours = jax.grad(functools.partial(objectives.loss_fn, learner.model, learner.objective), has_aux=True)(
       params, params["encoder"], batch, jax.random.key(1))
   loss, theirs = torch_step.torch_loss(twin, torch.from_numpy(obs), torch.from_numpy(actions),
                                        config.objective)

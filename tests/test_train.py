@@ -18,9 +18,12 @@ import pytest
 from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import checkpointing
+from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import loading
 from sjepa_jax import losses
 from sjepa_jax import metrics_io
+from sjepa_jax import models
 from sjepa_jax import train
 from tests.conftest import init_agents
 
@@ -68,7 +71,7 @@ def test_training_logs_rank_metrics_of_the_evaluation_states(config, tmp_path, m
   eval_set = train._paired_states(  # pylint: disable=protected-access
       config, VIEWS, None, 0, train.eval_set_size(config))
   assert eval_set.obs.shape[1] == 8 * config.model.dim > config.data.batch_size
-  z = train.make_encoder(agents.model_from_config(config))(state.params, eval_set.obs, [0, 1])
+  z = train.make_encoder(configs.model_from_config(config))(state.params, eval_set.obs, [0, 1])
   for a, view in enumerate(VIEWS):
     expected = losses.spectrum_stats(z[a])
     for k in ("effective_rank", "participation_ratio", "rankme"):
@@ -77,17 +80,17 @@ def test_training_logs_rank_metrics_of_the_evaluation_states(config, tmp_path, m
 
 
 def test_chunked_encoding_equals_one_pass_alone_and_for_stacked_agents(config):
-  """``agents.encode_chunked``, the one chunked encoder of training, migration and study."""
+  """``models.encode_chunked``, the one chunked encoder of training, migration and study."""
   roster = agents.roster(VIEWS, [0, 1])  # 4 agents: views x seeds
-  model = agents.model_from_config(config)
+  model = configs.model_from_config(config)
   state = init_agents(config, roster.views, roster.seeds)
   obs = jax.random.uniform(jax.random.key(0), (2, 20, 16, 16, 3))
   index = [0, 0, 1, 1]
-  stacked = agents.encode_chunked(model, state.params["encoder"], obs, index, chunk=8)
+  stacked = models.encode_chunked(model, state.params["encoder"], obs, index, chunk=8)
   for a, u in enumerate(index):
     one = jax.tree.map(lambda x: x[a], state.params["encoder"])
-    np.testing.assert_allclose(stacked[a], agents.encode(model, one, obs[u]), atol=1e-5)
-    np.testing.assert_allclose(agents.encode_chunked(model, one, obs[u], chunk=8),
+    np.testing.assert_allclose(stacked[a], models.encode(model, one, obs[u]), atol=1e-5)
+    np.testing.assert_allclose(models.encode_chunked(model, one, obs[u], chunk=8),
                                stacked[a], atol=1e-5)
 
 
@@ -144,13 +147,13 @@ def test_seeds_are_agents_of_one_program_equal_to_runs_of_their_own(config, tmp_
   assert list(report) == ["mountain_s0", "mountain_s1", "forest_s0", "forest_s1"]
   alone = str(tmp_path / "alone")
   train.train_and_evaluate(config, alone, "forest", seeds=1)
-  params = agents.load_agent(both, "forest", seed=1).params
-  chex.assert_trees_all_close(params, agents.load_agent(alone, "forest").params, atol=1e-5)
-  other = agents.load_agent(both, "forest", seed=0).params
+  params = loading.load_agent(both, "forest", seed=1).params
+  chex.assert_trees_all_close(params, loading.load_agent(alone, "forest").params, atol=1e-5)
+  other = loading.load_agent(both, "forest", seed=0).params
   assert not np.allclose(other["encoder"]["Dense_0"]["kernel"],
                          params["encoder"]["Dense_0"]["kernel"])
   with pytest.raises(ValueError, match="Several agents.*give seed"):
-    agents.load_agent(both, "forest")
+    loading.load_agent(both, "forest")
   # Resuming with other seeds:
   with pytest.raises(ValueError, match="holds a run of views.*with seeds"):
     train.train_and_evaluate(config, both, VIEWS, seeds=[0, 2])
@@ -246,14 +249,14 @@ def test_train_command_end_to_end_then_load_one_agent_by_view(tmp_path):
   assert "Probes on frozen latents" in out.stdout
   assert set(json.load(open(os.path.join(workdir, "probe.json")))) == set(VIEWS)
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-  agent = agents.load_agent(workdir, "forest")
+  agent = loading.load_agent(workdir, "forest")
   assert (agent.name, agent.view, agent.seed, agent.kind) == ("forest", "forest", 0, "jepa")
   state, _ = _final_state(agent.config, workdir)
   chex.assert_trees_all_equal(agent.params, jax.tree.map(lambda x: x[1], state.params))
   z = agent.encode(np.zeros((2, 16, 16, 3), np.float32))
   assert z.shape == (2, agent.config.model.dim)
   with pytest.raises(ValueError, match=r"No agent for view 'river'.*holds mountain, forest"):
-    agents.load_agent(workdir, "river")
+    loading.load_agent(workdir, "river")
 
 
 def test_train_command_rejects_bad_flags(tmp_path):
@@ -300,7 +303,7 @@ def test_the_long_recipe_trains_checkpoints_and_resumes_on_cpu(tmp_path):
   state, step = _final_state_of(config, workdir, ["mountain"])
   assert step == 4 and np.isfinite(report["mountain"]["trained/class_acc"])
   chex.assert_tree_all_finite(state)
-  agent = agents.load_agent(workdir, "mountain")
+  agent = loading.load_agent(workdir, "mountain")
   assert agent.image_size == 64 and agent.model.encoder.patch == 8
   assert agent.encode(np.zeros((3, 64, 64, 3), np.float32)).shape == (3, 128)
   params = sum(x.size for x in jax.tree.leaves(agent.params))
@@ -322,11 +325,11 @@ def test_an_agent_of_a_sweep_equals_a_run_of_its_own_values(config, tmp_path):
   config.objective.inverse_weight, config.optim.lr = 4.0, 0.001
   alone = str(tmp_path / "alone")
   train.train_and_evaluate(config, alone, "forest")
-  agent = agents.load_agent(swept, "forest_inverse_weight4_lr0.001")
+  agent = loading.load_agent(swept, "forest_inverse_weight4_lr0.001")
   assert agent.hparams == {"objective.inverse_weight": 4.0, "optim.lr": 0.001}
-  chex.assert_trees_all_close(agent.params, agents.load_agent(alone, "forest").params,
+  chex.assert_trees_all_close(agent.params, loading.load_agent(alone, "forest").params,
                               atol=1e-5)
-  other = agents.load_agent(swept, "forest_inverse_weight4_lr0.003")
+  other = loading.load_agent(swept, "forest_inverse_weight4_lr0.003")
   assert not np.allclose(other.params["encoder"]["Dense_0"]["kernel"],
                          agent.params["encoder"]["Dense_0"]["kernel"])
   with pytest.raises(ValueError, match="Cannot sweep 'model.dim'.*optim.lr"):
