@@ -58,7 +58,8 @@ def programs(learner: agents.Learner):
   def train(state, batch, keys, step):
     def one(a):
       s, b, k = a
-      grads, m = jax.grad(functools.partial(objectives.loss_fn, learner.model, learner.objective), has_aux=True)(
+      loss = functools.partial(objectives.loss_fn, learner.model, learner.objective)
+      grads, m = jax.grad(loss, has_aux=True)(
           s.params, s.target, b, jax.random.fold_in(k, step))
       return agents.apply_gradients(learner, s, grads), m["loss"]
     return jax.lax.map(one, (state, batch, keys))

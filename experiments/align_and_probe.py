@@ -25,6 +25,7 @@ from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import figures
 from sjepa_jax import study
+from sjepa_jax import summaries
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Several runs' workdirs, comma-separated; "
@@ -65,7 +66,7 @@ def _num(x, width: int, digits: int = 3) -> str:
 
 def print_table(report: dict) -> None:
   s = report["summary"]
-  native, transfer, what = study.headline_transfer(report)
+  native, transfer, what = summaries.headline_transfer(report)
   print("\nA pair 'target->source' maps the target agent's latents into the source's space "
         f"and applies the source's probes there (zero gradient steps on the target); native "
         f"and transfer: {what}.")

@@ -19,10 +19,11 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from sjepa_jax import study
+from sjepa_jax import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+G = summaries.GOALS
 
 _DOCS = flags.DEFINE_string("docs", os.path.join(ROOT, "docs"), "Where the reports are.")
 _CHECK = flags.DEFINE_string("check", None, "A markdown file whose results block must equal "
@@ -55,38 +56,45 @@ def world_rows(report: dict, path: str) -> list[str]:
   sup = {v: by_view[v].get("supervised", {}) for v in views}
   if all(sup.values()):
     worst = lambda k: min(sup[v][k][0] for v in views)
-    rows.append(_row("Readable world: supervised ceiling class >= 0.9, position R^2 >= 0.95 "
-                     "on every view", f"worst view {worst('class_acc'):.2f} / "
-                     f"{worst('position_r2'):.2f}",
-                     worst("class_acc") >= 0.9 and worst("position_r2") >= 0.95, path))
+    rows.append(_row(f"Readable world: supervised ceiling class >= {G['ceiling_class_min']}, "
+                     f"position R^2 >= {G['ceiling_position_r2_min']} on every view",
+                     f"worst view {worst('class_acc'):.2f} / {worst('position_r2'):.2f}",
+                     worst("class_acc") >= G["ceiling_class_min"]
+                     and worst("position_r2") >= G["ceiling_position_r2_min"], path))
   jepa = {v: by_view[v]["jepa"] for v in views}
   low = lambda k: min(jepa, key=lambda v: jepa[v][k][0])
   c, p = low("class_acc"), low("position_r2")
-  rows.append(_row("JEPA agents: class >= 0.85 and position R^2 >= 0.9 on every view",
+  rows.append(_row(f"JEPA agents: class >= {G['jepa_class_min']} and position R^2 >= "
+                   f"{G['jepa_position_r2_min']} on every view",
                    f"class {jepa[c]['class_acc'][0]:.2f} ({c}) to "
                    f"{max(j['class_acc'][0] for j in jepa.values()):.2f}; position "
                    f"{jepa[p]['position_r2'][0]:.2f} ({p}) to "
                    f"{max(j['position_r2'][0] for j in jepa.values()):.2f}",
-                   jepa[c]["class_acc"][0] >= 0.85 and jepa[p]["position_r2"][0] >= 0.9,
+                   jepa[c]["class_acc"][0] >= G["jepa_class_min"]
+                   and jepa[p]["position_r2"][0] >= G["jepa_position_r2_min"],
                    path))
   sp = s["spread"]
   pm = lambda k: f"{s[k]:.2f} +- {sp.get(k, 0.0):.2f}"
   met = s["goals_met"]
-  rows.append(_row("Linear map between agents: held-out R^2 >= 0.9 (all view pairs)",
+  rows.append(_row(f"Linear map between agents: held-out R^2 >= {G['r2_min']} (all view pairs)",
                    pm("r2_ridge"), met["r2"], path))
-  rows.append(_row("Isometry: gap (ridge R^2 - Procrustes R^2) <= 0.05", pm("isometry_gap"),
+  rows.append(_row(f"Isometry: gap (ridge R^2 - Procrustes R^2) <= {G['isometry_gap_max']}",
+                   pm("isometry_gap"),
                    met["isometry_gap"], path))
-  rows.append(_row("Zero-shot probe transfer >= 95% of native and >= 0.85",
+  rows.append(_row(f"Zero-shot probe transfer >= {G['transfer_fraction_min']:.0%} of native and "
+                   f">= {G['transfer_acc_min']}",
                    f"{pm('transfer_acc')} of native {s['native_acc']:.2f} "
                    f"({s['transfer_fraction']:.0%})", met["transfer"], path))
   margin = min(m["transfer_acc"] for m in s["control_margins"].values())
-  rows.append(_row("Every null control at least 0.1 below in transfer",
+  rows.append(_row(f"Every null control at least {G['control_margin_min']} below in transfer",
                    f"smallest margin {margin:.2f}", met["controls_worse"], path))
-  scant = [p for p in report["pairs"] if p.get("overlap") is not None and p["overlap"] < 0.1]
+  scant = [p for p in report["pairs"]
+           if p.get("overlap") is not None and p["overlap"] < summaries.SCANT_OVERLAP]
   if scant:
     r2 = float(np.mean([p["r2_ridge"] for p in scant]))
-    rows.append(_row("Alignment survives scant overlap: R^2 >= 0.8 under 10% pixel overlap",
-                     f"{r2:.2f} over {len(scant)} ordered pairs", r2 >= 0.8, path))
+    rows.append(_row(f"Alignment survives scant overlap: R^2 >= {G['scant_r2_min']} under "
+                     f"{summaries.SCANT_OVERLAP:.0%} pixel overlap",
+                     f"{r2:.2f} over {len(scant)} ordered pairs", r2 >= G["scant_r2_min"], path))
   return rows
 
 
@@ -98,15 +106,17 @@ def shared_rows(report: dict, path: str) -> list[str]:
     pm = lambda k: "-" if k not in f else f"{f[k][0]:.2f} +- {f[k][1]:.2f}"
     where = {"surface": "surface view pairs", "scant_overlap": "pairs under 10% overlap",
              "cameras": "camera pairs"}.get(kind, kind)
-    rows.append(_row(f"Shared isometric part, {where}: k_iso >= 16 on every pair",
+    rows.append(_row(f"Shared isometric part, {where}: k_iso >= {G['k_iso_min']} on every pair",
                      f"k_iso {pm('k_iso')} (worst pair {worst['k_iso_pair_mean']:.1f}) of "
                      f"k_null {pm('k_null')} shared directions", met["k_iso"], path))
-    rows.append(_row(f"It carries the object, {where}: class on the k_iso span >= 90% of "
-                     "native; through it >= 95% of the target's native",
+    rows.append(_row(f"It carries the object, {where}: class on the k_iso span >= "
+                     f"{G['shared_native_fraction_min']:.0%} of native; through it >= "
+                     f"{G['shared_transfer_fraction_min']:.0%} of the target's native",
                      f"{pm('native_fraction_k_iso')} / {pm('transfer_fraction_k_iso')}",
                      met["shared_native"] and met["shared_transfer"]
                      if met["shared_native"] is not None else None, path))
-    rows.append(_row(f"The decomposition accounts for the gap, {where}: within 0.02",
+    rows.append(_row(f"The decomposition accounts for the gap, {where}: within "
+                     f"{G['gap_accounted_max']}",
                      f"gap {pm('gap')} = beyond span {pm('gap_beyond_span')} + shared part "
                      f"{pm('gap_shared_not_rotation')} + unshared {pm('gap_unshared_rotation')}"
                      f"; whitened prediction off by up to "
@@ -121,7 +131,7 @@ def emergence_rows(report: dict, path: str) -> list[str]:
   where = {"surface": "surface view pairs", "scant_overlap": "pairs under 10% overlap",
            "cameras": "camera pairs"}
   for kind in [k for k in report["summary"] if k != "probes"]:
-    pairs = [p for p in last["pairs"] if study.pair_type(p) == kind]
+    pairs = [p for p in last["pairs"] if summaries.pair_type(p) == kind]
     by_pair, by_seed = {}, {}
     for p in pairs:
       by_pair.setdefault((p["source"], p["target"]), []).append(p["k_iso"])
@@ -130,16 +140,16 @@ def emergence_rows(report: dict, path: str) -> list[str]:
     worst = min(float(np.mean(v)) for v in by_pair.values())
     beyond = max(abs(p["gap_beyond_span"]) for p in pairs)
     rows.append(_row(f"Shared isometric part, {where.get(kind, kind)}, step {last['step']}: "
-                     "k_iso >= 16 on every pair",
+                     f"k_iso >= {G['k_iso_min']} on every pair",
                      f"k_iso {_pm(seed_mean('k_iso'))} (worst pair {worst:.1f}) of k_null "
-                     f"{_pm(seed_mean('k_null'))} shared directions", worst >= 16, path))
+                     f"{_pm(seed_mean('k_null'))} shared directions", worst >= G["k_iso_min"], path))
     rows.append(_row(f"The shared span accounts for the gap, {where.get(kind, kind)}: "
-                     "within 0.02",
+                     f"within {G['gap_accounted_max']}",
                      f"gap {_pm(seed_mean('gap'))} = beyond span "
                      f"{_pm(seed_mean('gap_beyond_span'))} + shared part not a rotation "
                      f"{_pm(seed_mean('gap_shared_not_rotation'))} + one rotation over "
                      f"unshared directions {_pm(seed_mean('gap_unshared_rotation'))}; largest "
-                     f"beyond span {beyond:.2f}", beyond <= 0.02, path))
+                     f"beyond span {beyond:.2f}", beyond <= G["gap_accounted_max"], path))
   return rows + [emergence_row(report, path)]
 
 

@@ -18,15 +18,17 @@ import jax
 import numpy as np
 
 from sjepa_jax import checkpointing
+from sjepa_jax import compare
 from sjepa_jax import errors
 from sjepa_jax import loading
 from sjepa_jax import models
 from sjepa_jax import shared
 from sjepa_jax import study
+from sjepa_jax import summaries
 
 # The labels probed at each step: what the object is and where it is.
 PROBED = ("class", "position")
-# Figures of each pair followed along training, as ``study.shared_figures`` names them.
+# Figures of each pair followed along training, as ``summaries.shared_figures`` names them.
 FOLLOWED = ("k_null", "k_iso", "r2_ridge", "gap", "gap_k_iso", "gap_k_null",
             "r2_procrustes_k_null", "gap_unshared_rotation", "gap_shared_not_rotation")
 
@@ -58,7 +60,7 @@ def at_step(all_agents: Sequence[loading.Agent], initial: bool, paired: Any, n_f
     for a in main.values():
       params = a.initial_params() if initial else a.params
       z = models.encode_chunked(a.model, params["encoder"], paired.obs[(a.view, a.image_size)])
-      spaces[a.name] = study.make_space(z, labels, n_fit, probe_steps, paired.num_classes)
+      spaces[a.name] = compare.make_space(z, labels, n_fit, probe_steps, paired.num_classes)
     views = [v for v in paired.views if v in main]
     for src, tgt in itertools.permutations(views, 2):
       y, x = spaces[main[src].name].z, spaces[main[tgt].name].z
@@ -110,8 +112,8 @@ def summarise(by_step: Sequence[dict]) -> dict[str, Any]:
   the agents' probes as [mean, std] over agents."""
   out = {}
   for entry in by_step:
-    for kind in sorted({study.pair_type(p) for p in entry["pairs"]}):
-      group = [p for p in entry["pairs"] if study.pair_type(p) == kind]
+    for kind in sorted({summaries.pair_type(p) for p in entry["pairs"]}):
+      group = [p for p in entry["pairs"] if summaries.pair_type(p) == kind]
       seeds = sorted({p["seed"] for p in group})
       row = {}
       for k in FOLLOWED:

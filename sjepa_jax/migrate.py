@@ -106,8 +106,8 @@ def migrate_step(learner: agents.Learner, teacher_model: models.WorldModel, weig
 
   def loss(params):
     z_BxLxD = models.encode(learner.model, params["encoder"], batch.obs)
-    jepa, metrics = objectives.jepa_loss(learner.model, learner.objective, params, student.agent.target, batch, loss_key,
-                                     z_BxLxD)
+    jepa, metrics = objectives.jepa_loss(learner.model, learner.objective, params,
+                                         student.agent.target, batch, loss_key, z_BxLxD)
     z_s = z_BxLxD.reshape(z_t.shape[0], -1)
     stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t, map_decay)
     linear_map = jax.lax.stop_gradient(procrustes_map(stats))

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sjepa_jax import agents
 from sjepa_jax import align
+from sjepa_jax import compare
 from sjepa_jax import data
 from sjepa_jax import errors
 from sjepa_jax import exchange
@@ -42,25 +42,8 @@ from sjepa_jax import losses
 from sjepa_jax import models
 from sjepa_jax import probes
 from sjepa_jax import shared
+from sjepa_jax import summaries
 
-# DESIGN.md's goals: what "an approximate linear isometry that transfers" must mean. On the
-# whole latent: R^2, the isometry gap, transfer (a fraction of native, and in absolute
-# accuracy), and every null control at least a margin below the agents in transfer
-# accuracy. On the shared part (docs/alignment.md, written before the runs): an isometric
-# dimension k_iso of at least 16 on surface pairs, whose directions carry 90% of the
-# source's native class accuracy and transfer 95% of the target's own; the decomposition
-# accounting for the whole gap within 0.02.
-GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
-         "transfer_acc_min": 0.85, "control_margin_min": 0.1, "k_iso_min": 16,
-         "shared_native_fraction_min": 0.9, "shared_transfer_fraction_min": 0.95,
-         "gap_accounted_max": 0.02}
-# Pairs where either view sees under this fraction of the other's pixels.
-SCANT_OVERLAP = 0.1
-CONTROL_FIELDS = ("r2_lstsq", "r2_identity", "r2_ridge", "r2_ridge_uniform", "r2_procrustes",
-                  "isometry_gap", "isometry_gap_whitened", "cka_unbiased",
-                  "native_acc", "transfer_acc", "native_position_r2", "transfer_position_r2")
-# The maps of every studied pair that ``export`` writes as files.
-EXPORTED_MAPS = ("ridge", "procrustes")
 # The labels the nonlinear (MLP) probe also reads, for the studied agents: a diagnostic.
 MLP_PROBED = ("class",)
 R2_CURVE_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -125,132 +108,6 @@ def assign_roles(all_agents: Sequence[Agent]) -> Roles:
   return Roles(main, partners, controls)
 
 
-# --- Features ----------------------------------------------------------------------------
-
-@functools.partial(jax.jit, static_argnames=("n_fit", "dim"))
-def pixel_pca(obs_NxHxWx3: jax.Array, n_fit: int, dim: int, key: jax.Array) -> jax.Array:
-  """Raw pixels projected on their top ``dim`` principal directions (fitted on the first
-  ``n_fit`` rows): the no-learning baseline. Randomised range finder with power iterations.
-
-  References: Halko, Martinsson and Tropp, arXiv 0909.4061.
-  """
-  x = obs_NxHxWx3.reshape(obs_NxHxWx3.shape[0], -1)
-  mean = x[:n_fit].mean(0)
-  fit = x[:n_fit] - mean
-  q = jax.random.normal(key, (x.shape[1], dim + 16))
-  for _ in range(4):
-    q = jnp.linalg.qr(fit.T @ jnp.linalg.qr(fit @ q)[0])[0]
-  components = jnp.linalg.svd(fit @ q, full_matrices=False)[2][:dim] @ q.T  # (dim, pixels)
-  return (x - mean) @ components.T
-
-
-@dataclasses.dataclass
-class Space:
-  """One set of features of the paired states, with its own probes already fitted."""
-  z: jax.Array  # (N, D): the first n_fit rows fit maps and probes, the rest are held out
-  probes: dict[str, probes.Probe]  # by label
-  scores: dict[str, float]  # held-out: <label>_acc or <label>_r2, class_probe_grad_norm, ...
-
-
-def make_space(z_NxD: jax.Array, labels: dict[str, jax.Array], n_fit: int,
-               probe_steps: int, num_classes: dict[str, int], mlp: tuple[str, ...] = ()
-               ) -> Space:
-  """Fits every label's probe on the fitting rows and scores it on the held-out rows."""
-  fitted, scores = probes.evaluate(z_NxD, labels, n_fit, num_classes, probe_steps, mlp=mlp)
-  return Space(z_NxD, fitted, scores)
-
-
-def _scored(prefix: str, name: str, probe: probes.Probe) -> str:
-  """``<prefix>_acc`` for the class label (the headline), else ``<prefix>_<label>_<acc|r2>``
-  (``native_position_r2``, ``transfer_joint_positions_r2``)."""
-  return f"{prefix}_acc" if name == "class" else f"{prefix}_{probes.score_name(name, probe)}"
-
-
-def _transfers(source: Space, outputs_of, labels: dict[str, jax.Array], n_fit: int,
-               suffix: str = "") -> dict[str, float]:
-  """The source's probe of every label scored on the target's held-out latents,
-  ``outputs_of(probe)`` giving each probe's outputs there."""
-  out = {}
-  for name, p in source.probes.items():
-    y = labels[name][n_fit:]
-    got = outputs_of(p)
-    out[_scored("transfer", name, p) + suffix] = float(
-        jnp.mean(jnp.argmax(got, -1) == y) if p.classes
-        else align.r2_score(got, y.reshape(y.shape[0], -1)))
-  return out
-
-
-def compare(source: Space, target: Space, labels: dict[str, jax.Array], n_fit: int,
-            shuffle_key: jax.Array | None = None) -> dict[str, Any]:
-  """Maps target -> source, then transfers the source's probes to the target's latents.
-
-  With ``shuffle_key`` the maps are fitted on pairs shuffled at random (a null control).
-  The fitted ``maps`` (``EXPORTED_MAPS``) come back under that key, the shared-part
-  decomposition (``shared.decompose``) under ``shared`` and its two spans under ``spans``.
-  """
-  x, y = target.z, source.z
-  x_fit = x[:n_fit]
-  if shuffle_key is not None:
-    x_fit = x_fit[jax.random.permutation(shuffle_key, n_fit)]
-  ev = align.evaluate_pair(x_fit, y[:n_fit], x[n_fit:], y[n_fit:])
-  fitted = ev.pop("maps")
-  out = {k: float(v) for k, v in ev.items() if jnp.ndim(v) == 0}
-  decomposed = shared.decompose(x_fit, y[:n_fit], x[n_fit:], y[n_fit:], jax.random.key(0))
-  out["shared"] = shared.summary(decomposed)
-  out["spans"] = decomposed["spans"]
-  out["singular_values"] = np.asarray(ev["singular_values"]).tolist()
-  for name, p in target.probes.items():
-    out[_scored("native", name, p)] = target.scores[probes.score_name(name, p)]
-  if "class_acc" in source.scores:
-    out["source_acc"] = source.scores["class_acc"]
-  for suffix, kind in (("", "ridge"), ("_procrustes", "procrustes")):
-    m = fitted[kind]
-    out.update(_transfers(source, lambda p, m=m: probes.transfer(p, m, x[n_fit:]), labels,
-                          n_fit, suffix))
-  out["maps"] = {k: fitted[k] for k in EXPORTED_MAPS}
-  return out
-
-
-def identity_control(source: Space, target: Space, labels: dict[str, jax.Array],
-                     n_fit: int) -> dict[str, float] | None:
-  """The source's probes applied to the target's latents as they are (no map)."""
-  if source.z.shape[1] != target.z.shape[1]:
-    return None
-  x, y = target.z[n_fit:], source.z[n_fit:]
-  return {"r2_identity": float(align.r2_score(x, y)),
-          **_transfers(source, lambda p: p.outputs(x), labels, n_fit)}
-
-
-def _pick(result: dict[str, Any], drop: Sequence[str] = ()) -> dict[str, Any]:
-  """A control's figures: ``CONTROL_FIELDS``, every label's native and transferred score, and
-  the shared-part decomposition without its curves."""
-  labelled = [k for k in result if k.startswith(("native_", "transfer_"))
-              and not k.endswith("_procrustes")]
-  out = {k: result[k] for k in (*CONTROL_FIELDS, *labelled) if k in result and k not in drop}
-  out["shared"] = {k: v for k, v in result["shared"].items()
-                   if k not in ("curve", "canonical_correlations_validation")}
-  return out
-
-
-def shared_transfers(source: Space, target: Space, spans: tuple[shared.Span, shared.Span],
-                     labels: dict[str, jax.Array], n_fit: int, k: int, kind: str,
-                     num_classes: dict[str, int], probe_steps: int) -> dict[str, Any] | None:
-  """Probes of every label on the source's first ``k`` shared directions (``native_*``) and
-  the target's through the ``kind`` map between the spans (``transfer_*``): what the shared
-  part carries, and what crosses through it. None when ``k`` is 0."""
-  if k < 1:
-    return None
-  span_t, span_s = spans
-  cx, cy = span_t.coords(target.z, k), span_s.coords(source.z, k)
-  m = shared.span_maps(cx[:n_fit], cy[:n_fit], k)[kind]
-  on_span = make_space(cy, labels, n_fit, probe_steps, num_classes)
-  out = {"k": k, "map": kind}
-  out.update({_scored("native", name, p): on_span.scores[probes.score_name(name, p)]
-              for name, p in on_span.probes.items()})
-  out.update(_transfers(on_span, lambda p: p.outputs(m.apply(cx[n_fit:])), labels, n_fit))
-  return out
-
-
 # --- The study ---------------------------------------------------------------------------
 
 class PairedStates(NamedTuple):
@@ -288,15 +145,15 @@ class _Spaces(NamedTuple):
   """Every set of features with its probes: trained agents, their random-init encoders (the
   studied agents), and pixel PCA per studied view; and the studied agents' held-out latents
   as an MLP predicts them from the world's state (the state ceiling; empty without one)."""
-  trained: dict[str, Space]
-  initial: dict[str, Space]
-  pca: dict[str, Space]
+  trained: dict[str, compare.Space]
+  initial: dict[str, compare.Space]
+  pca: dict[str, compare.Space]
   from_state: dict[str, jax.Array]
 
 
 def _spaces(roles: Roles, used: Sequence[Agent], paired: PairedStates, n_fit: int,
             probe_steps: int, k_pca) -> _Spaces:
-  space = functools.partial(make_space, labels=paired.labels, n_fit=n_fit,
+  space = functools.partial(compare.make_space, labels=paired.labels, n_fit=n_fit,
                             probe_steps=probe_steps, num_classes=paired.num_classes)
   obs = lambda a: paired.obs[(a.view, a.image_size)]
   latents = lambda a, params: models.encode_chunked(a.model, params["encoder"], obs(a))
@@ -308,7 +165,7 @@ def _spaces(roles: Roles, used: Sequence[Agent], paired: PairedStates, n_fit: in
   pca = {}
   for a in studied:
     if a.view not in pca:
-      pca[a.view] = space(pixel_pca(obs(a), n_fit, a.model.encoder.dim, k_pca))
+      pca[a.view] = space(compare.pixel_pca(obs(a), n_fit, a.model.encoder.dim, k_pca))
   state = paired.state
   from_state = {} if state is None else {
       a.name: probes.mlp_regress(state[:n_fit], trained[a.name].z[:n_fit], state[n_fit:])
@@ -316,14 +173,14 @@ def _spaces(roles: Roles, used: Sequence[Agent], paired: PairedStates, n_fit: in
   return _Spaces(trained, initial, pca, from_state)
 
 
-def _shared_part(result: dict[str, Any], s: Space, t: Space, spans, paired: PairedStates,
-                 from_state: jax.Array | None, n_fit: int, probe_steps: int
+def _shared_part(result: dict[str, Any], s: compare.Space, t: compare.Space, spans,
+                 paired: PairedStates, from_state: jax.Array | None, n_fit: int, probe_steps: int
                  ) -> dict[str, Any]:
   """What the pair's shared part carries and what locates the rest: probes on the k_iso
   (Procrustes) and k_null (least squares) spans, an MLP map between the whole latents, and
   the state ceiling of the source's whole latent and of its k_null span."""
   d = result["shared"]
-  out = {f"transfer_k_{which}": shared_transfers(
+  out = {f"transfer_k_{which}": compare.shared_transfers(
       s, t, spans, paired.labels, n_fit, d[f"k_{which}"], kind, paired.num_classes,
       probe_steps) for which, kind in (("iso", "procrustes"), ("null", "lstsq"))}
   x, y = t.z, s.z
@@ -338,12 +195,12 @@ def _shared_part(result: dict[str, Any], s: Space, t: Space, spans, paired: Pair
 
 
 def scant_overlap(paired: PairedStates, src: str, tgt: str) -> bool | None:
-  """Whether either view sees under ``SCANT_OVERLAP`` of the other's pixels (None: a
+  """Whether either view sees under ``summaries.SCANT_OVERLAP`` of the other's pixels (None: a
   recording, overlap undefined)."""
   if paired.overlap is None:
     return None
   i, j = paired.views.index(src), paired.views.index(tgt)
-  return bool(min(paired.overlap[i, j], paired.overlap[j, i]) < SCANT_OVERLAP)
+  return bool(min(paired.overlap[i, j], paired.overlap[j, i]) < summaries.SCANT_OVERLAP)
 
 
 def _pair(roles: Roles, spaces: _Spaces, paired: PairedStates, main: dict[str, Agent],
@@ -360,26 +217,25 @@ def _pair(roles: Roles, spaces: _Spaces, paired: PairedStates, main: dict[str, A
   scant = scant_overlap(paired, src, tgt)
   result = {"seed": seed, **({"hparams": dict(swept)} if swept else {}), "source": src,
             "target": tgt, "overlap": overlap, "scant_overlap": scant, "n_fit": n_fit,
-            "n_test": s.z.shape[0] - n_fit, **compare(s, t, labels, n_fit)}
+            "n_test": s.z.shape[0] - n_fit, **compare.spaces(s, t, labels, n_fit)}
   result["shared"].update(_shared_part(result, s, t, result.pop("spans"), paired,
                                        from_state.get(main[src].name), n_fit, probe_steps))
+  figures = lambda a, b, drop=(), key=None: compare.control_figures(
+      compare.spaces(a, b, labels, n_fit, key), drop)
   controls = {
-      "random_init": _pick(compare(initial[main[src].name], initial[main[tgt].name],
-                                   labels, n_fit)),
-      "shuffled_pairs": _pick(compare(s, t, labels, n_fit, shuffle_key),
-                              drop=("cka_unbiased",)),  # needs no map
-      "identity": identity_control(s, t, labels, n_fit),
-      "pixel_pca": _pick(compare(pca[src], pca[tgt], labels, n_fit)),
+      "random_init": figures(initial[main[src].name], initial[main[tgt].name]),
+      "shuffled_pairs": figures(s, t, drop=("cka_unbiased",), key=shuffle_key),  # needs no map
+      "identity": compare.identity_control(s, t, labels, n_fit),
+      "pixel_pca": figures(pca[src], pca[tgt]),
   }
   for kind in ("autoencoder", "supervised"):
     cs, ct = roles.control(kind, src, seed), roles.control(kind, tgt, seed)
     controls[kind] = None if cs is None or ct is None else {
-        "agents": [ct.name, cs.name],
-        **_pick(compare(trained[cs.name], trained[ct.name], labels, n_fit))}
+        "agents": [ct.name, cs.name], **figures(trained[cs.name], trained[ct.name])}
   partner = roles.partner(main[src])
   if partner is not None:
-    controls["same_view"] = {"agents": [main[src].name, partner.name], **_pick(
-        compare(s, trained[partner.name], labels, n_fit))}
+    controls["same_view"] = {"agents": [main[src].name, partner.name],
+                             **figures(s, trained[partner.name])}
   result["controls"] = controls
   logging.info("seed %d, %s->%s (target->source): R^2 ridge %.3f, Procrustes %.3f, "
                "transfer %s (native %s)", seed, tgt, src, result["r2_ridge"],
@@ -462,16 +318,16 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                   paired.overlap.tolist(), **({} if paired.overlap is not None else {
                       "undefined": "a recording's cameras: their poses and depth are not "
                                    "recorded, so which pixels two cameras share is unknown"})},
-      "pairs": pairs, "r2_vs_pairs": curves, "summary": summarise(pairs, chance),
-      "shared_summary": summarise_shared(pairs),
+      "pairs": pairs, "r2_vs_pairs": curves, "summary": summaries.summarise(pairs, chance),
+      "shared_summary": summaries.summarise_shared(pairs),
   }
   swept = sorted({tuple(sorted(p["hparams"].items())) for p in pairs if "hparams" in p})
   if swept:  # a sweep: the summary of each combination of values on its own
     report["summary_by_hparams"] = [
-        {"hparams": dict(h), "summary": summarise(
+        {"hparams": dict(h), "summary": summaries.summarise(
             [p for p in pairs if tuple(sorted(p.get("hparams", {}).items())) == h], chance)}
         for h in swept]
-  report["probes_by_view"] = probes_by_view(report)
+  report["probes_by_view"] = summaries.probes_by_view(report)
   studied = {a.name: a for group in roles.main.values() for a in group.values()}
   frame = next(iter(paired.obs.values())).shape[1:]
   return report, {"scatter": scatter, "maps": maps, "agents": studied,
@@ -508,41 +364,6 @@ def export(report: dict[str, Any], extras: dict[str, Any], folder: str) -> dict[
                                   n_fit=n_fit, score=score,
                                   held_out=report["agents"][name][score])
   return sizes
-
-
-PROBE_SCORES = ("class_acc", "shape_acc", "size_acc", "position_r2",
-                "distractor_centroid_r2", "class_mlp_acc")
-
-
-def probes_by_view(report: dict[str, Any]) -> dict[str, dict[str, dict[str, list[float]]]]:
-  """Each view's held-out probe scores by what was probed: the pixel-PCA and random-init
-  floors, the JEPA agents, the autoencoder control and the supervised ceiling, each as
-  [mean, std, count] over the agents (seeds) of that kind: ``{view: {kind: {score: ...}}}``."""
-  rows: dict[str, dict[str, list[dict]]] = {}
-  for a in report["agents"].values():
-    by_kind = rows.setdefault(a["view"], {})
-    by_kind.setdefault(a["kind"] + agents.hparams_label(a.get("hparams", {})), []).append(a)
-    if any(k.startswith("random_init_") for k in a):
-      by_kind.setdefault("random_init", []).append(
-          {k[len("random_init_"):]: v for k, v in a.items() if k.startswith("random_init_")})
-  for view, floor in report["floors"].items():
-    rows.setdefault(view, {})["pixel_pca"] = [
-        {k[len("pixel_pca_"):]: v for k, v in floor.items()}]
-  order = ("pixel_pca", "random_init", "jepa", "autoencoder", "supervised")
-  # The world's labels first, then any other probed label (a recording's observation fields).
-  others = sorted({k for by_kind in rows.values() for group in by_kind.values() for g in group
-                   for k in g if k.endswith(("_acc", "_r2")) and not k.startswith(
-                       ("random_init_", "isotropic_")) and k not in PROBE_SCORES})
-  out = {}
-  rank = lambda k: order.index(k.split(" ")[0]) if k.split(" ")[0] in order else len(order)
-  for view, by_kind in rows.items():
-    out[view] = {}
-    for kind in sorted(by_kind, key=rank):
-      group = by_kind[kind]
-      out[view][kind] = {k: [float(np.mean(v)), float(np.std(v)), len(v)]
-                         for k in (*PROBE_SCORES, *others)
-                         if (v := [g[k] for g in group if g.get(k) is not None])}
-  return out
 
 
 def spectrum(z_NxD: jax.Array) -> dict[str, float]:
@@ -597,184 +418,3 @@ def _shared_space_r2(main: dict, trained: dict, n_fit: int) -> dict | None:
           for i, src in enumerate(views) for j, tgt in enumerate(views) if i != j}
 
 
-HEADLINE = ("r2_lstsq", "r2_ridge", "r2_procrustes", "isometry_gap", "r2_ridge_uniform",
-            "r2_procrustes_uniform", "r2_ridge_whitened",
-            "r2_procrustes_whitened", "isometry_gap_whitened", "cka_unbiased",
-            "native_acc", "transfer_acc", "transfer_acc_procrustes", "native_position_r2",
-            "transfer_position_r2")
-CONTROLS = ("random_init", "shuffled_pairs", "identity", "pixel_pca", "autoencoder",
-            "supervised", "same_view")
-
-
-def _headline(pairs: Sequence[dict]) -> tuple[str, ...]:
-  """``HEADLINE`` and every other label's native and transferred score in ``pairs``."""
-  labelled = sorted({k for p in pairs for k in p if k.startswith(("native_", "transfer_"))})
-  return HEADLINE + tuple(k for k in labelled if k not in HEADLINE)
-
-
-def headline_transfer(report: dict[str, Any]) -> tuple[str, str, str]:
-  """(native key, transfer key, what it scores) of the transfer tables show: class accuracy,
-  or (a recording without a class label) its first label's."""
-  if report.get("chance_acc") is not None:
-    return "native_acc", "transfer_acc", "class accuracy"
-  first = next(k for k in report["pairs"][0] if k.startswith("transfer_")
-               and not k.endswith("_procrustes"))
-  label = first[len("transfer_"):]
-  what = label[:-len("_r2")] + " R^2" if label.endswith("_r2") else label[:-4] + " accuracy"
-  return "native_" + label, first, what
-
-
-def _means(pairs: Sequence[dict]) -> dict[str, Any]:
-  """Means over ``pairs`` of the headline figures and of each control's figures; a control
-  also records over how many pairs it was measured."""
-  mean = lambda xs: float(np.mean(xs)) if xs else None
-  out = {k: mean([p[k] for p in pairs if k in p]) for k in _headline(pairs)}
-  out["controls"] = {}
-  for name in CONTROLS:
-    present = [p["controls"][name] for p in pairs if p["controls"].get(name)]
-    if name == "same_view":  # one per view with a second seed, repeated for each target
-      present = list({tuple(c["agents"]): c for c in present}.values())
-    if present:
-      out["controls"][name] = {k: mean([c[k] for c in present if k in c])
-                               for k in present[0] if k not in ("agents", "shared")}
-      out["controls"][name]["pairs"] = len(present)
-  return out
-
-
-def summarise(pairs: Sequence[dict], chance_acc: float | None) -> dict[str, Any]:
-  """Means over ordered pairs of the headline figures and controls, their spread over
-  seeds, and the goals' verdict.
-
-  Each seed's agents give one mean over pairs; ``spread`` is the standard deviation of those
-  means across seeds (0 with one seed: then the figure is one seed's, not a result).
-  ``transfer_fraction`` is transferred over native accuracy; near chance that ratio says
-  little, so ``transfer_fraction_above_chance`` divides what each gains over chance. Without
-  a ``class`` label (a recording's states only) the class figures and goals are None.
-  """
-  out = _means(pairs)
-  seeds = sorted({p.get("seed", 0) for p in pairs})
-  per_seed = [_means([p for p in pairs if p.get("seed", 0) == s]) for s in seeds]
-  std = lambda xs: float(np.std(xs)) if len(xs) > 1 else 0.0
-  out["seeds"] = seeds
-  out["spread"] = {k: std([m[k] for m in per_seed if m.get(k) is not None])
-                   for k in _headline(pairs) if out[k] is not None}
-  out["spread"]["controls"] = {
-      name: {k: std([m["controls"][name][k] for m in per_seed
-                     if name in m["controls"] and m["controls"][name].get(k) is not None])
-             for k, v in c.items() if k != "pairs" and v is not None}
-      for name, c in out["controls"].items()}
-  classes = out["transfer_acc"] is not None and chance_acc is not None
-  out["transfer_fraction"] = out["transfer_acc"] / out["native_acc"] if classes else None
-  out["transfer_fraction_above_chance"] = ((out["transfer_acc"] - chance_acc)
-                                           / max(out["native_acc"] - chance_acc, 1e-6)
-                                           if classes else None)
-  # How far each null control falls below the real result (the ceilings are not nulls).
-  out["control_margins"] = {
-      name: {"r2": out["r2_ridge"] - c.get("r2_ridge", c.get("r2_identity")),
-             "transfer_acc": out["transfer_acc"] - c["transfer_acc"] if classes else None}
-      for name, c in out["controls"].items() if name not in ("same_view", "supervised")}
-  out["goals"] = dict(GOALS)
-  out["goals_met"] = {
-      "r2": out["r2_ridge"] >= GOALS["r2_min"],
-      "isometry_gap": out["isometry_gap"] <= GOALS["isometry_gap_max"],
-      "transfer": (min(out["transfer_fraction"], out["transfer_fraction_above_chance"])
-                   >= GOALS["transfer_fraction_min"]
-                   and out["transfer_acc"] >= GOALS["transfer_acc_min"]) if classes else None,
-      "controls_worse": all(m["transfer_acc"] >= GOALS["control_margin_min"]
-                            for m in out["control_margins"].values()) if classes else None,
-  }
-  return out
-
-
-# --- The shared part, summarised ---------------------------------------------------------
-
-def pair_type(p: dict) -> str:
-  """``cameras`` (a recording: overlap undefined), ``scant_overlap`` or ``surface``."""
-  if p.get("scant_overlap") is None:
-    return "cameras"
-  return "scant_overlap" if p["scant_overlap"] else "surface"
-
-
-def shared_figures(p: dict) -> dict[str, float | None]:
-  """One pair's shared-part figures, flat: the dimensions, the span maps at k_iso and
-  k_null, the whole gap and its terms, the whitened prediction, the ceilings, and the
-  probes on the shared part as fractions of the whole-latent native accuracies (the
-  source's, for what the span carries; the target's own, for what crosses)."""
-  d = p["shared"]
-  at_iso, at_null = d["at_k_iso"] or {}, d["at_k_null"] or {}
-  t_iso, t_null = d.get("transfer_k_iso") or {}, d.get("transfer_k_null") or {}
-  frac = lambda a, b: None if a is None or not b else a / b
-  out = {"k_null": d["k_null"], "k_iso": d["k_iso"],
-         "r2_procrustes_k_iso": at_iso.get("r2_procrustes"), "gap_k_iso": at_iso.get("gap"),
-         "r2_lstsq_k_null": at_null.get("r2_lstsq"),
-         "r2_procrustes_k_null": at_null.get("r2_procrustes"), "gap_k_null": at_null.get("gap"),
-         "sv_ratio_k_null": frac(at_null.get("sv_max"), at_null.get("sv_min")),
-         "gap": d["gap"], **{f"gap_{k}": v for k, v in d["gap_terms"].items()},
-         "gap_whitened": p.get("isometry_gap_whitened"),
-         "gap_predicted_whitened": d["gap_predicted_whitened"],
-         "mlp_map_r2": d.get("mlp_map_r2"), "r2_ridge": p.get("r2_ridge"),
-         "state_r2": d.get("state_r2"), "state_r2_shared": d.get("state_r2_shared")}
-  for name, t in (("k_iso", t_iso), ("k_null", t_null)):
-    out[f"native_acc_{name}"] = t.get("native_acc")
-    out[f"transfer_acc_{name}"] = t.get("transfer_acc")
-    out[f"native_fraction_{name}"] = frac(t.get("native_acc"), p.get("source_acc"))
-    out[f"transfer_fraction_{name}"] = frac(t.get("transfer_acc"), p.get("native_acc"))
-    for k, v in t.items():
-      if k.startswith(("native_", "transfer_")) and k not in ("native_acc", "transfer_acc"):
-        out[f"{k}_{name}"] = v
-  out["transfer_fraction"] = frac(p.get("transfer_acc"), p.get("native_acc"))
-  for k in (key for key in p if key.startswith("transfer_") and key.endswith("_r2")):
-    out[f"{k[len('transfer_'):]}_transfer_over_native"] = frac(
-        p[k], p.get("native_" + k[len("transfer_"):]))
-  for name, c in p["controls"].items():
-    if c and "shared" in c:
-      out[f"{name}_k_null"] = c["shared"]["k_null"]
-      out[f"{name}_k_iso"] = c["shared"]["k_iso"]
-  return out
-
-
-def summarise_shared(pairs: Sequence[dict]) -> dict[str, Any]:
-  """Per pair type (``pair_type``): every ``shared_figures`` entry as [mean, spread over
-  seeds, pairs], and the shared-part goals' verdict."""
-  out = {}
-  for kind in sorted({pair_type(p) for p in pairs}):
-    group = [p for p in pairs if pair_type(p) == kind]
-    rows = [(p.get("seed", 0), shared_figures(p)) for p in group]
-    seeds = sorted({s for s, _ in rows})
-    keys = list(dict.fromkeys(k for _, r in rows for k in r))
-    figures = {}
-    for k in keys:
-      values = [r[k] for _, r in rows if r.get(k) is not None]
-      per_seed = [np.mean(v) for s in seeds
-                  if (v := [r[k] for t, r in rows if t == s and r.get(k) is not None])]
-      if values:
-        figures[k] = [float(np.mean(values)),
-                      float(np.std(per_seed)) if len(per_seed) > 1 else 0.0, len(values)]
-    mean = lambda k: figures.get(k, [None])[0]
-    by_pair = {}
-    for p, (_, r) in zip(group, rows):
-      by_pair.setdefault((p["source"], p["target"]), []).append(r["k_iso"])
-    k_iso_worst_pair = min(float(np.mean(v)) for v in by_pair.values())
-    worst = lambda k, f: f([r[k] for _, r in rows if r.get(k) is not None], default=None)
-    accounted = worst("gap_beyond_span", lambda v, default: max(map(abs, v), default=default))
-    whitened = [abs(r["gap_whitened"] - r["gap_predicted_whitened"]) for _, r in rows
-                if r.get("gap_whitened") is not None]
-    out[kind] = {
-        "pairs": len(group), "seeds": seeds, "figures": figures,
-        "worst": {"k_iso": worst("k_iso", min), "k_iso_pair_mean": k_iso_worst_pair,
-                  "gap_beyond_span": accounted,
-                  "whitened_prediction_error": max(whitened, default=None)},
-        "goals_met": {
-            "k_iso": k_iso_worst_pair >= GOALS["k_iso_min"],
-            "shared_native": _at_least(mean("native_fraction_k_iso"),
-                                       GOALS["shared_native_fraction_min"]),
-            "shared_transfer": _at_least(mean("transfer_fraction_k_iso"),
-                                         GOALS["shared_transfer_fraction_min"]),
-            "gap_accounted": accounted is not None and accounted <= GOALS["gap_accounted_max"]
-                             and max(whitened, default=0.0) <= GOALS["gap_accounted_max"]},
-    }
-  return out
-
-
-def _at_least(x: float | None, goal: float) -> bool | None:
-  return None if x is None else x >= goal

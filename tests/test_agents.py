@@ -265,9 +265,9 @@ def test_seq_jepa_predicts_the_last_target_latent_from_the_earlier_frames_alone(
   assert seq(z.at[:, -1].set(0.0), target.at[:, :-1].set(0.0)) < 1e-10
   assert seq(z.at[:, 0].set(z[:, 1]), target) > 1e-4  # (a shift: layer-normalised away)
   batch = data.sampler(config)(jax.random.key(1), world.get_view("forest"), None)
-  loss = lambda weight: objectives.jepa_loss(learner.model, learner.objective, params, params["encoder"], batch,
-                                         jax.random.key(2),
-                                         hparams={"objective.seq_weight": weight})
+  loss = lambda weight: objectives.jepa_loss(
+      learner.model, learner.objective, params, params["encoder"], batch, jax.random.key(2),
+      hparams={"objective.seq_weight": weight})
   (without, _), (with_three, metrics) = loss(0.0), loss(3.0)
   np.testing.assert_allclose(with_three - without, 3 * metrics["seq_prediction"], rtol=1e-4)
 

@@ -17,6 +17,7 @@ from sjepa_jax import checkpointing
 from sjepa_jax import errors
 from sjepa_jax import images
 from sjepa_jax import loading
+from sjepa_jax import summaries
 from sjepa_jax import train
 from tests.conftest import tiny_config, init_agents
 from tests.test_train import _TINY_FLAGS  # the same tiny run, flag by flag
@@ -308,11 +309,10 @@ def _pair(src, tgt, same_view=None):
 
 
 def test_a_control_present_for_one_view_only_says_so_and_is_not_counted_per_pair():
-  from sjepa_jax import study  # pylint: disable=g-import-not-at-top
   # Only mountain has a second seed: its ceiling is repeated in both pairs it is the source of.
   pairs = [_pair("mountain", "forest", 0.9), _pair("mountain", "drone", 0.9),
            _pair("forest", "mountain"), _pair("drone", "mountain")]
-  s = study.summarise(pairs, chance_acc=0.1)
+  s = summaries.summarise(pairs, chance_acc=0.1)
   assert s["controls"]["same_view"]["pairs"] == 1  # one view, not two pairs
   assert s["controls"]["random_init"]["pairs"] == 4
   assert s["controls"]["same_view"]["r2_ridge"] == pytest.approx(0.9)

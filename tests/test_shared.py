@@ -8,7 +8,7 @@ import pytest
 from sjepa_jax import align
 from sjepa_jax import probes
 from sjepa_jax import shared
-from sjepa_jax import study
+from sjepa_jax import summaries
 
 N_FIT, N_TEST, D, K = 1500, 500, 16, 5
 
@@ -128,7 +128,7 @@ def test_the_shared_summary_judges_k_iso_on_the_worst_pair_over_seeds():
   pairs = [_report_pair("a", "b", s, k) for s, k in ((0, 20), (1, 18))]
   pairs += [_report_pair("b", "a", s, k) for s, k in ((0, 20), (1, 10))]  # mean 15 < 16
   pairs += [_report_pair("a", "c", 0, 2, scant=True)]
-  out = study.summarise_shared(pairs)
+  out = summaries.summarise_shared(pairs)
   assert set(out) == {"surface", "scant_overlap"}
   surface = out["surface"]
   assert surface["figures"]["k_iso"][0] == pytest.approx(17.0)

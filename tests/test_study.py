@@ -11,7 +11,9 @@ import pytest
 
 import sjepa_jax as sj
 from sjepa_jax import align
+from sjepa_jax import compare
 from sjepa_jax import study
+from sjepa_jax import summaries
 from sjepa_jax import train
 from sjepa_jax import world
 from tests.conftest import tiny_config
@@ -23,7 +25,7 @@ def test_pixel_pca_keeps_the_top_principal_variance():
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
   low_rank = jax.random.normal(k1, (300, 5)) @ jax.random.normal(k2, (5, 48))
   obs = (low_rank + 0.01 * jax.random.normal(k3, (300, 48))).reshape(300, 4, 4, 3)
-  feats = np.asarray(study.pixel_pca(obs, 200, 5, jax.random.key(1)))
+  feats = np.asarray(compare.pixel_pca(obs, 200, 5, jax.random.key(1)))
   x = np.asarray(obs).reshape(300, -1)[:200]
   top = np.linalg.svd(x - x.mean(0), compute_uv=False)[:5] ** 2
   np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(np.cov(feats[:200].T, bias=True)
@@ -35,12 +37,12 @@ def test_the_identity_control_has_its_own_r2_key_and_the_margins_read_it():
   k1, k2 = jax.random.split(jax.random.key(2))
   z = jax.random.normal(k1, (64, 4))
   labels = {"class": jax.random.randint(k2, (64,), 0, 3), "position": z[:, :2]}
-  space = study.make_space(z, labels, 48, probe_steps=5, num_classes={"class": 3})
-  out = study.identity_control(space, space, labels, 48)
+  space = compare.make_space(z, labels, 48, probe_steps=5, num_classes={"class": 3})
+  out = compare.identity_control(space, space, labels, 48)
   assert out["r2_identity"] == pytest.approx(1.0) and "r2_lstsq" not in out
   pair = {"seed": 0, "r2_ridge": 0.5, "isometry_gap": 0.1, "native_acc": 0.8, "transfer_acc": 0.6,
           "controls": {"identity": {"r2_identity": -3.0, "transfer_acc": 0.1}}}
-  margins = study.summarise([pair], chance_acc=0.1)["control_margins"]
+  margins = summaries.summarise([pair], chance_acc=0.1)["control_margins"]
   assert margins["identity"]["r2"] == pytest.approx(3.5)
 
 
@@ -91,7 +93,7 @@ def test_align_and_probe_end_to_end_with_a_planted_twin(tmp_path):
       assert twin_result["transfer_acc"] == pytest.approx(twin_result["native_acc"], abs=0.03)
   assert report["r2_vs_pairs"]["forest_to_mountain"]["n"][-1] == 96
   agents = report["agents"]  # every label's probe per agent, twin for twin
-  for score in study.PROBE_SCORES:
+  for score in summaries.PROBE_SCORES:
     assert isinstance(agents["forest"][score], float), score
     if score != "class_mlp_acc":  # the diagnostic MLP probe reads the studied agents only
       assert agents["forest"][score] == agents["forest_seed0"][score], score
@@ -180,5 +182,5 @@ def test_goal_verdicts_fail_exactly_the_goal_that_is_missed(change, failed):
   pair.update({k: v for k, v in change.items() if k != "pixel_pca"})
   if "pixel_pca" in change:
     pair["controls"]["pixel_pca"]["transfer_acc"] = change["pixel_pca"]
-  met = study.summarise([pair], chance_acc=0.1)["goals_met"]
+  met = summaries.summarise([pair], chance_acc=0.1)["goals_met"]
   assert {k for k, ok in met.items() if not ok} == ({failed} if failed else set())

@@ -50,7 +50,8 @@ def test_twin_has_our_parameter_count_loss_and_gradients(config, inverse_weight)
   assert ("inverse" in params) == (twin.inverse is not None) == (inverse_weight > 0)
 
   batch = data.Batch(jnp.asarray(obs), jnp.asarray(actions))
-  grads, ours = jax.grad(functools.partial(objectives.loss_fn, learner.model, learner.objective), has_aux=True)(
+  loss = functools.partial(objectives.loss_fn, learner.model, learner.objective)
+  grads, ours = jax.grad(loss, has_aux=True)(
       params, params["encoder"], batch, jax.random.key(1))
   loss, theirs = torch_step.torch_loss(twin, torch.from_numpy(obs), torch.from_numpy(actions),
                                        config.objective)
