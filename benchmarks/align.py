@@ -19,7 +19,7 @@ import numpy as np
 from scipy import linalg as sla
 
 from sjepa_jax import align
-from sjepa_jax import checkpointing
+from sjepa_jax import files
 from sjepa_jax import shared
 
 _N = flags.DEFINE_integer("n", 10000, "Paired latents for the maps and biased CKA.")
@@ -160,7 +160,7 @@ def main(argv):
                        xj[:, :64], yj[:, :64], repeats=reps)
   print(f"shared.decompose, D = 64, {cut} fit + {n - cut} held-out pairs: {1e3 * td:.0f} ms")
   if _JSON.value:
-    checkpointing.write_json({"device": jax.devices()[0].device_kind, "n": n, "dim": d,
+    files.write_json({"device": jax.devices()[0].device_kind, "n": n, "dim": d,
                        "n_quadratic": nq, "repeats": reps, "rows": rows,
                        "total_jax_ms": 1e3 * total_j, "total_numpy_ms": 1e3 * total_np,
                        "evaluate_pair_ms": 1e3 * te, "svd64_default_ms": 1e3 * t_default,

@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from sjepa_jax import checkpointing
+from sjepa_jax import files
 
 FLAG_SETS = {
     "default": "",
@@ -92,7 +92,7 @@ def main(argv):
       print(f"A={a}  {name:<18}{ms:>9.1f} ms" + ("" if ratio is None else f"  ({ratio:.2f})"),
             flush=True)
   if _JSON.value:
-    checkpointing.write_json({"cpus": os.cpu_count(), "rounds": _ROUNDS.value,
+    files.write_json({"cpus": os.cpu_count(), "rounds": _ROUNDS.value,
                               "steps": _STEPS.value, "rows": rows}, _JSON.value)
 
 

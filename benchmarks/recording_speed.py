@@ -26,12 +26,12 @@ import numpy as np
 
 from experiments.configs import default
 from sjepa_jax import agents
-from sjepa_jax import checkpointing
 from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import files
 from sjepa_jax import train
 from sjepa_jax import world
-from sjepa_jax.world import dataset
+from sjepa_jax import world_dataset as dataset
 
 _SIZE = flags.DEFINE_integer("size", 32, "Image size of both sources (the default config's).")
 _VIEWS = flags.DEFINE_string("views", "mountain,forest", "Views: world cameras, one agent each.")
@@ -144,7 +144,7 @@ def main(argv):
         f"{r['write_s']:.1f} s, read into memory in {r['load_s']:.2f} s "
         f"({r['steps_in_memory']} steps, {r['device_mb']:.1f} MB on the device)")
   if _JSON.value:
-    checkpointing.write_json({"device": device, "backend": jax.default_backend(),
+    files.write_json({"device": device, "backend": jax.default_backend(),
                               "size": _SIZE.value, "views": views, "steps": _STEPS.value,
                               "repeats": _REPEATS.value, **out, "ratio": ratio}, _JSON.value)
 

@@ -13,7 +13,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from sjepa_jax import checkpointing
+from sjepa_jax import files
 from sjepa_jax import world
 from sjepa_jax.world import render
 
@@ -52,7 +52,7 @@ def main(argv):
     table[name] = dict(zip(map(str, batches), fps))
     print(f"{name:<10}" + "".join(f"{f:>12.0f}" for f in fps))
   if _JSON.value:
-    checkpointing.write_json({"device": jax.devices()[0].device_kind, "size": _SIZE.value,
+    files.write_json({"device": jax.devices()[0].device_kind, "size": _SIZE.value,
                        "repeats": _REPEATS.value, "frames_per_second": table}, _JSON.value)
 
 

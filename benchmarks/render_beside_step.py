@@ -36,7 +36,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from experiments.configs import default  # pylint: disable=g-import-not-at-top
 from sjepa_jax import agents  # pylint: disable=g-import-not-at-top
 from sjepa_jax import configs  # pylint: disable=g-import-not-at-top
-from sjepa_jax import checkpointing  # pylint: disable=g-import-not-at-top
+from sjepa_jax import files  # pylint: disable=g-import-not-at-top
 from sjepa_jax import objectives  # pylint: disable=g-import-not-at-top
 from sjepa_jax import world  # pylint: disable=g-import-not-at-top
 
@@ -126,7 +126,7 @@ def main(argv):
                                       if name.startswith("beside") else ""))
   print(f"  same parameters after every feeding: {same}")
   if _JSON.value:
-    checkpointing.write_json({"agents": names, "batch": config.data.batch_size,
+    files.write_json({"agents": names, "batch": config.data.batch_size,
                               "image_size": config.data.image_size, "rounds": _ROUNDS.value,
                               "steps": _STEPS.value, "cpus": os.cpu_count(), "ms": ms,
                               "same_parameters": same}, _JSON.value)

@@ -31,7 +31,7 @@ import numpy as np
 from experiments.configs import default
 from experiments.configs import long
 from sjepa_jax import agents
-from sjepa_jax import checkpointing
+from sjepa_jax import files
 from sjepa_jax import configs
 from sjepa_jax import flops
 from sjepa_jax import train
@@ -149,7 +149,7 @@ def main(argv):
               f"{row['step_flops'] / 1e9:>10.2f}"
               f"{'-' if row['mfu'] is None else format(row['mfu'], '.1%'):>7}", flush=True)
   if _JSON.value:
-    checkpointing.write_json({"device": device.device_kind, "backend": jax.default_backend(),
+    files.write_json({"device": device.device_kind, "backend": jax.default_backend(),
                               "steps": steps, "repeats": repeats, "rows": rows}, _JSON.value)
 
 

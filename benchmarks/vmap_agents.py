@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments.configs import default
 from sjepa_jax import agents
-from sjepa_jax import checkpointing
+from sjepa_jax import files
 from sjepa_jax import configs
 from sjepa_jax import world
 
@@ -109,7 +109,7 @@ def main(argv):
           f"{sum(w > 1 for w in wins)} of {len(wins)} rows with A > 1 ({auto}/{other} "
           f"{min(wins):.2f}-{max(wins):.2f}x).")
   if _JSON.value:
-    checkpointing.write_json({"device": jax.devices()[0].device_kind, "batch": _BATCH.value,
+    files.write_json({"device": jax.devices()[0].device_kind, "batch": _BATCH.value,
                        "repeats": _REPEATS.value, "auto": auto, "rows": rows}, _JSON.value)
 
 

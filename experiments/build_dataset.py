@@ -17,7 +17,7 @@ from absl import flags
 from experiments import common
 from sjepa_jax import recordings
 from sjepa_jax import world
-from sjepa_jax.world import dataset
+from sjepa_jax import world_dataset as dataset
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory to write the dataset into.",
                                 required=True)

@@ -14,9 +14,10 @@ from ml_collections import config_flags
 
 from sjepa_jax import checkpointing
 from sjepa_jax import errors
+from sjepa_jax import files
 from sjepa_jax import images
+from sjepa_jax import names as names_lib
 from sjepa_jax import world
-from sjepa_jax.world import views as views_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +41,7 @@ def define_views_flag(name: str, default: str | None, help_text: str) -> flags.F
       elif all(known):
         world.parse_views(names)
       else:  # camera keys: the recording names its own (data.parse_views)
-        views_lib.parse_names(names, lambda n: None, "a recording's camera keys")
+        names_lib.parse_names(names, lambda n: None, "a recording's camera keys")
     except errors.UserError as e:
       raise flags.ValidationError(str(e)) from e
     return True
@@ -105,7 +106,7 @@ def command_line() -> str:
 
 def write_json(obj, path: str) -> None:
   """Writes JSON atomically: a crash leaves the previous file, never half of a new one."""
-  checkpointing.write_json(obj, path)
+  files.write_json(obj, path)
 
 
 # --- Errors ------------------------------------------------------------------------------

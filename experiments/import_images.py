@@ -22,6 +22,7 @@ import numpy as np
 from experiments import common
 from sjepa_jax import errors
 from sjepa_jax import images
+from sjepa_jax import tfds_local
 
 _NPZ = flags.DEFINE_string("npz", None, "Arrays `images` and `labels`.", required=True)
 _NAME = flags.DEFINE_string("name", None, "Dataset name; avoid names tfds already registers "
@@ -56,7 +57,7 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  images.check_new_name(_NAME.value)
+  tfds_local.check_new_name(_NAME.value)
   pixels, labels = load_npz(_NPZ.value)
   splits, dropped = images.split_for_import(pixels, labels, _TEST_SIZE.value, _SEED.value)
   path = images.store(_NAME.value, os.path.expanduser(_DATA_DIR.value), splits)

@@ -29,6 +29,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from sjepa_jax import errors
+from sjepa_jax import files
 
 PyTree = Any
 CHECKSUMS = "checksums.json"
@@ -47,26 +48,6 @@ class WorkdirLockedError(errors.UserError, RuntimeError):
 
 class PeerLostError(RuntimeError):
   """A process of a multi-process run stopped while the others waited for it at a barrier."""
-
-
-# --- Files -------------------------------------------------------------------------------
-
-def write_atomically(path: str, write, mode: str = "w") -> None:
-  """Calls ``write(file)`` on a temporary file beside ``path``, then renames it to ``path``:
-  a crash leaves the previous file, never half of a new one."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, mode) as f:
-      write(f)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_json(obj, path: str) -> None:
-  """Writes JSON atomically (``write_atomically``)."""
-  write_atomically(path, lambda f: json.dump(obj, f, indent=1))
 
 
 @contextlib.contextmanager
@@ -113,7 +94,7 @@ def _sha256(path: str) -> str:
 def record_checksums(step_dir: str) -> None:
   """Writes ``checksums.json``: the SHA-256 of every file of the checkpoint in ``step_dir``."""
   sums = {name: _sha256(os.path.join(step_dir, name)) for name in _files(step_dir)}
-  write_json(sums, os.path.join(step_dir, CHECKSUMS))
+  files.write_json(sums, os.path.join(step_dir, CHECKSUMS))
 
 
 def damage(step_dir: str) -> str | None:

@@ -16,7 +16,7 @@ Three layouts:
   simulator's flat state) and ``mask`` (its filter keys) are not imported.
 
 An episode is read when needed, twice: every episode is checked before anything is written
-(``recordings.normalise_episode``: missing action or camera, cameras of different frame
+(``recording_writer.normalise_episode``: missing action or camera, cameras of different frame
 counts, NaN or inf, fields that differ between episodes), then read again while writing.
 """
 
@@ -34,8 +34,8 @@ from absl import logging
 import numpy as np
 
 from sjepa_jax import errors
-from sjepa_jax import images
-from sjepa_jax import recordings
+from sjepa_jax import recording_writer
+from sjepa_jax import tfds_local
 
 STEP_ARRAYS = {"actions": "action", "action": "action", "reward": "reward",
                "rewards": "reward", "discount": "discount", "is_terminal": "is_terminal",
@@ -46,7 +46,7 @@ IGNORED = ("is_first", "is_last", "episode")
 
 class EpisodeRef(NamedTuple):
   """Where an episode is (for messages) and how to read it: ``read()`` gives the episode
-  dict ``recordings.normalise_episode`` takes."""
+  dict ``recording_writer.normalise_episode`` takes."""
   where: str
   read: Callable[[], dict]
 
@@ -137,7 +137,7 @@ def _indexed_episode(path: str, rows: slice, total: int) -> dict:
 
 def _h5py():
   if importlib.util.find_spec("h5py") is None:
-    raise images.MissingExtraError(
+    raise tfds_local.MissingExtraError(
         "Reading HDF5 recordings (robomimic, LIBERO) needs h5py, which requirements.txt "
         "lists: `pip install -r requirements.txt` (or `pip install h5py`).")
   import h5py  # pylint: disable=g-import-not-at-top
@@ -208,13 +208,13 @@ def check(refs: Sequence[EpisodeRef]) -> tuple[dict, dict[str, str], np.ndarray]
   first = first_sig = None
   skipped, lengths = {}, []
   for ref in refs:
-    episode, left_out = recordings.normalise_episode(ref.read(), ref.where)
+    episode, left_out = recording_writer.normalise_episode(ref.read(), ref.where)
     skipped.update(left_out)
-    sig = recordings.signature(episode)
+    sig = recording_writer.signature(episode)
     if first is None:
       first, first_sig = episode, sig
     else:
-      recordings.check_same_signature(first_sig, sig, refs[0].where, ref.where)
+      recording_writer.check_same_signature(first_sig, sig, refs[0].where, ref.where)
     lengths.append(len(episode["action"]))
   return first, skipped, np.asarray(lengths)
 
@@ -223,18 +223,18 @@ def store(name: str, data_dir: str, refs: Sequence[EpisodeRef], test_episodes: i
           ) -> dict[str, Any]:
   """Checks every episode, then writes them as the recording ``name`` (array_record, atomic);
   the last ``test_episodes`` become the ``test`` split. Returns what was written."""
-  images.check_new_name(name)
+  tfds_local.check_new_name(name)
   if not 0 <= test_episodes < len(refs):
     raise errors.UserError(f"--test_episodes must be in [0, {len(refs)}) for {len(refs)} episodes, "
                            f"got {test_episodes}.")
   first, skipped, lengths = check(refs)
   cut = len(refs) - test_episodes
-  read = lambda chosen: lambda: (recordings.normalise_episode(r.read(), r.where)[0]
+  read = lambda chosen: lambda: (recording_writer.normalise_episode(r.read(), r.where)[0]
                                  for r in chosen)
   splits = {"train": read(refs[:cut])}
   if test_episodes:
     splits["test"] = read(refs[cut:])
-  path = recordings.write(name, data_dir, splits, first,
+  path = recording_writer.write(name, data_dir, splits, first,
                           description=f"Imported by sjepa-jax from {refs[0].where} and others.")
   for k, why in skipped.items():
     logging.warning("Observation field %r (%s) left out: neither a camera (uint8 "

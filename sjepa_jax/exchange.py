@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from sjepa_jax import align
-from sjepa_jax import checkpointing
 from sjepa_jax import errors
+from sjepa_jax import files
 from sjepa_jax import probes
 
 _KINDS = {"map": align.LinearMap, "probe": probes.Probe}
@@ -72,7 +72,7 @@ def save(path: str, obj: align.LinearMap | probes.Probe, **meta: Any) -> int:
       "mean": obj.mean, "std": obj.std, "w": obj.w, "b": obj.b}
   record = _record(kind, obj, meta)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  checkpointing.write_atomically(path, lambda f: np.savez(
+  files.write_atomically(path, lambda f: np.savez(
       f, meta=np.asarray(record),
       **{k: np.asarray(v, np.float32) for k, v in arrays.items()}), mode="wb")
   return os.path.getsize(path)

@@ -13,8 +13,8 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from sjepa_jax.study import CONTROLS as _CONTROLS
-from sjepa_jax.study import headline_transfer
+from sjepa_jax.summaries import CONTROLS as _CONTROLS
+from sjepa_jax.summaries import headline_transfer
 
 
 def _save(fig, path: str) -> str:

@@ -20,24 +20,24 @@ arrays as such a dataset (``python -m experiments.import_images``).
 Shapes: N = images, H x W = image, A = agents (regions), B = batch, L = frames.
 """
 
-import contextlib
+from __future__ import annotations
+
 import dataclasses
-import importlib.util
-import io
-import os
-import re
-import tempfile
-from typing import Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
-import tensorflow_datasets as tfds
 
 from sjepa_jax import errors
-from sjepa_jax.world import views as views_lib
+from sjepa_jax import names as names_lib
+from sjepa_jax.tfds_local import tfds
+from sjepa_jax import tfds_local
+
+if TYPE_CHECKING:
+  import tensorflow_datasets
 
 REGIONS = ("left", "right", "top", "bottom", "center")
 ACTION_DIM = 3  # (dy, dx, log scale ratio)
@@ -66,7 +66,7 @@ def get_region(name: str, size: float) -> Region:
 
 def parse_regions(names: str | Sequence[str]) -> list[str]:
   """Checks a comma-separated string (or list) of region names: known and distinct."""
-  return views_lib.parse_names(names, lambda n: get_region(n, 1.0), ", ".join(REGIONS))
+  return names_lib.parse_names(names, lambda n: get_region(n, 1.0), ", ".join(REGIONS))
 
 
 def stack_regions(names: Sequence[str], size: float) -> Region:
@@ -146,39 +146,7 @@ class Images:
   num_classes: int
 
 
-def missing_message(name: str, data_dir: str) -> str:
-  return (f"Dataset {name!r} is not in the data directory {data_dir!r}, and nothing is ever "
-          "downloaded. Prepare it offline: on a machine with internet run "
-          f"`tfds build {name} --data_dir=<dir>` (or `tfds.builder({name!r}, data_dir=<dir>)"
-          f".download_and_prepare()` in Python), then copy <dir>/{name} into {data_dir!r}. "
-          "Arrays you already have locally become such a dataset with "
-          "`python -m experiments.import_images` (labelled images) or "
-          "`python -m experiments.import_episodes` (multi-camera episodes).")
-
-
-class MissingExtraError(errors.UserError, ImportError):
-  """An optional dependency is not installed; the message names the extra that adds it."""
-
-
-def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The prepared dataset ``name`` in ``data_dir``, or a clear error saying how to prepare it."""
-  if not name:
-    raise errors.UserError("No dataset named: give --dataset=<tfds name> (and --data_dir).")
-  if not data_dir:
-    raise errors.UserError(f"Dataset {name!r} needs its local tfds directory: give --data_dir "
-                           "(config.data.data_dir); nothing is ever downloaded.")
-  if not os.path.isdir(data_dir):
-    raise FileNotFoundError(missing_message(name, data_dir))
-  try:
-    b = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise FileNotFoundError(missing_message(name, data_dir)) from e
-  if not b.is_prepared():
-    raise FileNotFoundError(missing_message(name, data_dir))
-  return b
-
-
-def _features(b: tfds.core.DatasetBuilder) -> tuple[str, str, int]:
+def _features(b: tensorflow_datasets.core.DatasetBuilder) -> tuple[str, str, int]:
   """(image key, label key, number of classes): the Image and ClassLabel features, by the
   usual names ``image`` and ``label`` when several exist."""
   feats = b.info.features
@@ -200,7 +168,7 @@ def load(name: str, data_dir: str, split: str) -> Images:
 
   Images must share one size; greyscale ones are repeated to three channels.
   """
-  b = builder(name, data_dir)
+  b = tfds_local.builder(name, data_dir)
   if split not in b.info.splits:
     raise errors.UserError(f"Dataset {name!r} has no split {split!r}; valid splits: "
                            f"{', '.join(sorted(b.info.splits))}.")
@@ -221,22 +189,16 @@ def load(name: str, data_dir: str, split: str) -> Images:
   return Images(pixels, labels, num_classes)
 
 
-def _read_split(b: tfds.core.DatasetBuilder, split: str, image_key: str,
+def _read_split(b: tensorflow_datasets.core.DatasetBuilder, split: str, image_key: str,
                 label_key: str) -> tuple[np.ndarray, np.ndarray]:
   """(pixels, int32 labels) of one split: array_record files are read directly, without
   TensorFlow; tfrecord files (what `tfds build` writes by default) need tf.data."""
-  if b.info.file_format == tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+  if tfds_local.is_array_record(b):
     source = b.as_data_source(split=split)
     examples = source.__getitems__(range(len(source)))
     pixels = np.stack([e[image_key] for e in examples])
     return pixels, np.asarray([e[label_key] for e in examples], np.int32)
-  if importlib.util.find_spec("tensorflow") is None:
-    raise MissingExtraError(
-        f"Dataset {b.name!r} is stored as {b.info.file_format.value} files, which only "
-        "TensorFlow's tf.data reads: install the extra with `pip install -e .[tfrecord]`, or "
-        "convert it to array_record (`tfds build --file_format=array_record`, or arrays "
-        "through `python -m experiments.import_images`).")
-  data = tfds.as_numpy(b.as_dataset(split=split, batch_size=-1))
+  data = tfds_local.as_numpy(b, split, "experiments.import_images", batch_size=-1)
   return data[image_key], data[label_key].astype(np.int32)
 
 
@@ -261,65 +223,8 @@ def store(name: str, data_dir: str, splits: dict[str, tuple[np.ndarray, np.ndarr
     for i in range(len(pixels)):  # PIL images: tfds encodes arrays with TensorFlow
       image = pixels[i, ..., 0] if channels == 1 else pixels[i]
       yield i, {"image": PIL.Image.fromarray(image), "label": int(labels[i])}
-  return write_examples(name, data_dir, features,
+  return tfds_local.write_examples(name, data_dir, features,
                         {s: examples(*arrays) for s, arrays in splits.items()}, version)
-
-
-def write_examples(name: str, data_dir: str, features: tfds.features.FeaturesDict,
-                   splits: dict[str, Iterator[tuple[int, dict]]], version: str = "1.0.0",
-                   description: str = "") -> str:
-  """Writes (key, example) generators, one per split, as a local tfds dataset in the
-  ``array_record`` format (read back without TensorFlow); returns its directory.
-
-  Examples keep their order (index i is the generator's i-th). tfds writes into a temporary
-  directory and renames it when every split is complete, so a failure leaves nothing.
-  """
-  tfds.display_progress_bar(False)
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)  # tfds logs each file it writes
-  with contextlib.redirect_stdout(io.StringIO()):  # its banner says "downloaded"; nothing is
-    b = _ArraysBuilder(
-        name=name, version=version, features=features, data_dir=data_dir,
-        split_datasets=splits, description=description or None,
-        disable_shuffling=True,  # examples keep their order: index i is the arrays' row i
-        file_format="array_record")  # read back without TensorFlow
-    try:  # tfds makes an (empty) downloads/ folder: a temporary one, so nothing is left
-      with tempfile.TemporaryDirectory() as downloads:
-        b.download_and_prepare(
-            download_dir=downloads,
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    finally:
-      logging.set_verbosity(verbosity)
-  return str(b.data_dir)
-
-
-class _ArraysBuilder(tfds.dataset_builders.AdhocBuilder, skip_registration=True):
-  """tfds' builder without a class of one's own, for generators of examples only: tfds'
-  own asks each split whether it is a tf.data.Dataset, which imports TensorFlow."""
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {name: self._generate_examples_iterator(examples)
-            for name, examples in self._split_datasets.items()}
-
-
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def check_new_name(name: str) -> None:
-  """Refuses a dataset name tfds cannot read back: not snake_case, or already registered."""
-  if not _NAME.match(name):
-    suggestion = re.sub(r"[^a-z0-9_]", "_", name.lower()).strip("_") or "my_images"
-    raise errors.UserError(f"Dataset name {name!r} cannot be read back by tfds: use lowercase "
-                           "letters, digits and underscores, starting with a letter (e.g. "
-                           f"{suggestion!r}).")
-  try:
-    tfds.builder_cls(name)
-  except tfds.core.registered.DatasetNotFoundError:
-    return
-  raise errors.UserError(f"Dataset name {name!r} is already registered by tensorflow-datasets; "
-                         "reading it back would load theirs: choose another (e.g. "
-                         f"{name + '_local'!r}).")
 
 
 def split_for_import(pixels: np.ndarray, labels: np.ndarray, test_size: int, seed: int

@@ -31,18 +31,18 @@ step holds an ``observation`` dict, an ``action`` vector and optionally ``is_fir
   pixels: 138 MB).
 
 Reading needs no TensorFlow for ``array_record`` datasets (tfds data sources); tfrecord
-datasets need the ``tfrecord`` extra. ``write`` stores episodes as such a dataset
-(``experiments.import_episodes``, ``experiments.build_dataset``); nothing ever downloads.
+datasets need the ``tfrecord`` extra. ``recording_writer.write`` stores episodes as such a
+dataset (``experiments.import_episodes``, ``experiments.build_dataset``); nothing ever
+downloads.
 
 Shapes: C = cameras, S = steps of a split (its episodes end to end), E = episodes, T = steps
 of one episode, K = window starts, A = action size, B = batch, L = frames per sample.
 """
 
+from __future__ import annotations
+
 import dataclasses
-import functools
-import importlib.util
-import os
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
 from absl import logging
 from google.protobuf import message
@@ -50,15 +50,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
-import tensorflow_datasets as tfds
 
 from sjepa_jax import errors
-from sjepa_jax import images
-from sjepa_jax.world import views as views_lib
+from sjepa_jax import names as names_lib
+from sjepa_jax.tfds_local import tfds
+from sjepa_jax import tfds_local
 
-# Optional per-step fields of RLDS beside ``observation`` and ``action``.
-STEP_FIELDS = ("is_first", "is_last", "is_terminal", "reward", "discount",
-               "language_instruction")
+if TYPE_CHECKING:
+  import tensorflow_datasets
 FLIPS = ("none", "upside_down", "rotate180")
 
 
@@ -99,32 +98,19 @@ def _label_kind(feature) -> tuple[str | None, str]:
   return ("class" if integer and not shape else "value"), ""
 
 
-@functools.lru_cache(maxsize=16)
-def _builder_at(name: str, data_dir: str, stamp: int) -> tfds.core.DatasetBuilder:
-  del stamp  # part of the cache key only: a rewritten dataset is opened afresh
-  return images.builder(name, data_dir)
-
-
-def builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-  """The prepared dataset ``name`` in ``data_dir`` (``images.builder``), opened once."""
-  where = os.path.join(data_dir or "", name or "")
-  stamp = os.stat(where).st_mtime_ns if name and data_dir and os.path.isdir(where) else 0
-  return _builder_at(name, data_dir, stamp)
-
-
 def is_recording(name: str, data_dir: str) -> bool:
   """Whether ``name`` in ``data_dir`` is a prepared dataset of episodes (``steps``); a
   dataset that cannot be opened there raises, saying where it was looked for. Without a
   ``data_dir`` nothing is read (a dataset's images handed over in memory): False."""
   if not data_dir:
     return False
-  features = builder(name, data_dir).info.features
+  features = tfds_local.builder(name, data_dir).info.features
   return "steps" in features.keys() and isinstance(features["steps"], tfds.features.Dataset)
 
 
 def layout(name: str, data_dir: str) -> Layout:
   """The cameras, action size, labels and splits of the recording ``name``."""
-  b = builder(name, data_dir)
+  b = tfds_local.builder(name, data_dir)
   features = b.info.features
   steps = features["steps"] if "steps" in features.keys() else None
   if not isinstance(steps, tfds.features.Dataset):
@@ -173,7 +159,7 @@ def parse_cameras(names: str | Sequence[str], lay: Layout) -> list[str]:
     if name not in lay.cameras:
       raise errors.UserError(f"Unknown camera {name!r} in recording {lay.name!r}; cameras found: "
                              f"{', '.join(lay.cameras)}.")
-  return views_lib.parse_names(names, check, ", ".join(lay.cameras))
+  return names_lib.parse_names(names, check, ", ".join(lay.cameras))
 
 
 def select_labels(lay: Layout, names: str | Sequence[str]) -> list[str]:
@@ -276,23 +262,18 @@ class Recording:
     return out
 
 
-def _episodes(b: tfds.core.DatasetBuilder, part: Part) -> Iterator[tuple[int, Iterable]]:
+def _episodes(b: tensorflow_datasets.core.DatasetBuilder, part: Part) -> Iterator[tuple[int, Iterable]]:
   """(index in the split, its steps) of every episode of ``part``: array_record files read
   directly, without TensorFlow; tfrecord files (what `tfds build` writes by default)
   through tf.data."""
-  if b.info.file_format == tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+  if tfds_local.is_array_record(b):
     source = b.as_data_source(split=part.split)
     for i in range(part.start, part.stop):
       yield i, source[i]["steps"]
     return
-  if importlib.util.find_spec("tensorflow") is None:
-    raise images.MissingExtraError(
-        f"Recording {b.name!r} is stored as {b.info.file_format.value} files, which only "
-        "TensorFlow's tf.data reads: install the extra with `pip install -e .[tfrecord]`, or "
-        "convert it to array_record (`tfds build --file_format=array_record`, or arrays "
-        "through `python -m experiments.import_episodes`).")
-  dataset = b.as_dataset(split=f"{part.split}[{part.start}:{part.stop}]", shuffle_files=False)
-  for i, episode in enumerate(tfds.as_numpy(dataset), part.start):
+  episodes = tfds_local.as_numpy(b, f"{part.split}[{part.start}:{part.stop}]",
+                                 "experiments.import_episodes")
+  for i, episode in enumerate(episodes, part.start):
     yield i, episode["steps"]
 
 
@@ -404,7 +385,7 @@ def load(name: str, data_dir: str, role: str, cameras: Sequence[str], options: O
   label_names = select_labels(lay, options.labels)
   part = parts(lay, options.train_split, options.eval_split, options.holdout_fraction)[role]
   min_steps = options.frames if role == "train" else 1
-  kept, short = _read(builder(name, data_dir), lay, part, cameras, label_names, options,
+  kept, short = _read(tfds_local.builder(name, data_dir), lay, part, cameras, label_names, options,
                       min_steps)
   if not kept:
     raise errors.UserError(f"No episode of recording {name!r} ({part}) has {min_steps} steps or "
@@ -473,148 +454,3 @@ def paired_obs(recording: Recording, cameras: np.ndarray, steps: np.ndarray) -> 
   per agent, repeats allowed): (A, N, H, W, 3) float32 in [0, 1]."""
   pixels = recording.frames[np.asarray(cameras)[:, None], np.asarray(steps)[None, :]]
   return jnp.asarray(pixels).astype(jnp.float32) / 255.0
-
-
-# --- Writing -----------------------------------------------------------------------------
-# An episode to write is a dict of numpy arrays: ``observation`` {field: (T, ...)} (cameras
-# uint8 (T, H, W, 3)), ``action`` (T, A), optionally ``reward``, ``discount`` and
-# ``is_terminal`` (T,), ``language_instruction`` (one string) and ``source`` (where it came
-# from, kept as episode metadata).
-
-def is_camera_array(x: np.ndarray) -> bool:
-  return x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] == 3
-
-
-def normalise_episode(episode: dict, where: str) -> tuple[dict, dict[str, str]]:
-  """One episode checked and made ready to write: actions float32 (T, A) (T - 1 recorded
-  actions gain a zero last row: the last step's action is never used), floats float32.
-  Returns it and the observation fields left out, with why. Raises naming ``where`` on a
-  missing action or camera, cameras of different frame counts, or a NaN or inf."""
-  obs = dict(episode.get("observation") or {})
-  if episode.get("action") is None:
-    raise errors.UserError(f"{where}: no action field (`actions`); agents learn from the recorded "
-                           f"actions. Fields: {', '.join(obs) or 'none'}.")
-  action = np.asarray(episode["action"])
-  if not np.issubdtype(action.dtype, np.number) or action.ndim not in (1, 2):
-    raise errors.UserError(f"{where}: actions must be numbers, (T,) or (T, A); got {action.dtype} "
-                           f"{action.shape}.")
-  skipped = {k: f"{x.dtype}, {x.shape[1:]} per step" for k, x in obs.items()
-             if not is_camera_array(x) and (x.ndim > 2 or not (
-                 np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_))}
-  obs = {k: x for k, x in obs.items() if k not in skipped}
-  cameras = [k for k, x in obs.items() if is_camera_array(x)]
-  if not cameras:
-    fields = ", ".join(f"{k} {x.dtype} {x.shape}" for k, x in obs.items())
-    raise errors.UserError(f"{where}: no camera: no observation array is uint8 (T, H, W, 3) "
-                           f"(fields: {fields}).")
-  lengths = {k: len(x) for k, x in obs.items()}
-  steps = lengths[cameras[0]]
-  if len(set(lengths.values())) > 1 or len(action) not in (steps, steps - 1):
-    raise errors.UserError(f"{where}: fields have different numbers of steps ({lengths}, "
-                           f"actions {len(action)}); every camera and state needs one entry per "
-                           "step, and actions one per step (or one fewer).")
-  if steps < 1:
-    raise errors.UserError(f"{where}: the episode has no steps.")
-  action = action.reshape(len(action), -1).astype(np.float32)
-  if len(action) == steps - 1:
-    action = np.concatenate([action, np.zeros_like(action[:1])])
-  obs = {k: x if k in cameras else x.astype(np.float32) if np.issubdtype(x.dtype, np.floating)
-         else x for k, x in obs.items()}
-  check_finite({"action": action, **{k: x for k, x in obs.items() if k not in cameras}}, where)
-  out = {**episode, "observation": obs, "action": action}
-  for k in ("reward", "discount"):
-    if k in out:
-      out[k] = np.asarray(out[k], np.float32).reshape(steps)
-  return out, skipped
-
-
-def signature(episode: dict) -> dict[str, tuple]:
-  """What every episode of one dataset must share: each field's per-step shape and dtype."""
-  sig = {f"observation/{k}": (x.shape[1:], x.dtype.str)
-         for k, x in episode["observation"].items()}
-  sig["action"] = (episode["action"].shape[1:], "float32")
-  sig.update({k: () for k in ("reward", "discount", "is_terminal", "language_instruction")
-              if k in episode})
-  return sig
-
-
-def check_same_signature(first: dict, other: dict, where_first: str, where: str) -> None:
-  """Raises naming the first field that ``other`` lacks, adds or holds differently."""
-  for k in sorted(first.keys() | other.keys()):
-    if k not in other:
-      raise errors.UserError(f"{where} lacks {k!r}, which {where_first} has (a missing camera or "
-                             "field): every episode needs the same cameras and fields.")
-    if k not in first:
-      raise errors.UserError(f"{where} has {k!r}, which {where_first} lacks: every episode needs "
-                             "the same cameras and fields.")
-    if first[k] != other[k]:
-      raise errors.UserError(f"{where}: {k!r} is {other[k]} per step, but {first[k]} in "
-                             f"{where_first}; resize or convert so every episode matches.")
-
-
-def features(episode: dict) -> tfds.features.FeaturesDict:
-  """The RLDS features of episodes shaped like ``episode`` (a normalised one)."""
-  tensor = lambda x: tfds.features.Tensor(shape=x.shape[1:], dtype=x.dtype)
-  obs = {k: tfds.features.Image(shape=x.shape[1:], encoding_format="png")
-         if is_camera_array(x) else tensor(x) for k, x in episode["observation"].items()}
-  step = {"observation": tfds.features.FeaturesDict(obs), "action": tensor(episode["action"]),
-          "is_first": tfds.features.Scalar(np.bool_), "is_last": tfds.features.Scalar(np.bool_),
-          "is_terminal": tfds.features.Scalar(np.bool_)}
-  step.update({k: tfds.features.Scalar(np.float32) for k in ("reward", "discount")
-               if k in episode})
-  if "language_instruction" in episode:
-    step["language_instruction"] = tfds.features.Text()
-  return tfds.features.FeaturesDict({
-      "steps": tfds.features.Dataset(step),
-      "episode_metadata": tfds.features.FeaturesDict({"source": tfds.features.Text()})})
-
-
-def _example(episode: dict) -> dict:
-  """An episode as tfds encodes it: a list of step dicts (PIL images: tfds encodes numpy
-  images with TensorFlow)."""
-  obs, steps = episode["observation"], len(episode["action"])
-  terminal = np.asarray(episode.get("is_terminal", np.zeros(steps, bool)), bool).reshape(-1)
-  out = []
-  for t in range(steps):
-    step = {"observation": {k: PIL.Image.fromarray(x[t]) if is_camera_array(x) else x[t]
-                            for k, x in obs.items()},
-            "action": episode["action"][t], "is_first": t == 0, "is_last": t == steps - 1,
-            "is_terminal": bool(terminal[t])}
-    step.update({k: episode[k][t] for k in ("reward", "discount") if k in episode})
-    if "language_instruction" in episode:
-      step["language_instruction"] = str(episode["language_instruction"])
-    out.append(step)
-  return {"steps": out, "episode_metadata": {"source": str(episode.get("source", ""))}}
-
-
-def dataset_path(name: str, data_dir: str, version: str = "1.0.0") -> str:
-  return os.path.join(data_dir, name, version)
-
-
-def write(name: str, data_dir: str, splits: dict[str, Callable[[], Iterable[dict]]],
-          first: dict, exist_ok: bool = False, description: str = "",
-          version: str = "1.0.0") -> str:
-  """Writes episodes as a recording in ``data_dir`` (array_record, atomic); returns its path.
-
-  ``splits`` maps a split name to a function giving its episodes (normalised, shaped like
-  ``first``), so they are read once, while writing. An existing dataset of that name is an
-  error, or (``exist_ok``) is kept as it is.
-  """
-  images.check_new_name(name)
-  path = dataset_path(name, data_dir, version)
-  if os.path.exists(os.path.join(path, "dataset_info.json")):
-    if exist_ok:
-      return path
-    raise FileExistsError(f"Dataset {name!r} already exists at {path}: choose another name, "
-                          "or delete that directory to replace it.")
-  examples = lambda make: ((i, _example(e)) for i, e in enumerate(make()))
-  made = [d for d in (data_dir, os.path.join(data_dir, name)) if not os.path.exists(d)]
-  try:
-    return images.write_examples(name, data_dir, features(first),
-                                 {s: examples(make) for s, make in splits.items()}, version,
-                                 description)
-  except BaseException:
-    for d in reversed(made):  # tfds removed its temporary directory; nothing else is left
-      if os.path.isdir(d) and not os.listdir(d):
-        os.rmdir(d)
-    raise

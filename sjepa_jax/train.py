@@ -27,6 +27,7 @@ from sjepa_jax import checkpointing
 from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import errors
+from sjepa_jax import files
 from sjepa_jax import loading
 from sjepa_jax import losses
 from sjepa_jax import metrics_io
@@ -398,7 +399,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
   hparams = agents.stacked_hparams(roster.hparams)
   agent_sharding, batch_sharding = shardings(len(names), config.data.batch_size)
   if source.described is not None and jax.process_index() == 0:
-    checkpointing.write_json(source.described, os.path.join(workdir, data.SOURCE_FILE))
+    files.write_json(source.described, os.path.join(workdir, data.SOURCE_FILE))
 
   # State: resumed from the newest intact checkpoint, or fresh.
   initial = agents.init_agents(learner, roster.views, roster.seeds)
@@ -464,7 +465,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
       if main_process:
-        checkpointing.write_json(report, os.path.join(workdir, "probe.json"))
+        files.write_json(report, os.path.join(workdir, "probe.json"))
   mngr.close()
   return report
 

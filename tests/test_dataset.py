@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from sjepa_jax import recordings
-from sjepa_jax.world import dataset
+from sjepa_jax import world_dataset as dataset
 
 PARAMS = dict(episode_length=3, image_size=8, num_train=3, num_validation=0, num_test=2, seed=5)
 VIEWS = ("forest", "mountain")

@@ -15,9 +15,11 @@ import pytest
 from experiments import common
 from sjepa_jax import checkpointing
 from sjepa_jax import errors
+from sjepa_jax import files
 from sjepa_jax import images
 from sjepa_jax import loading
 from sjepa_jax import summaries
+from sjepa_jax import tfds_local
 from sjepa_jax import train
 from tests.conftest import tiny_config, init_agents
 from tests.test_train import _TINY_FLAGS  # the same tiny run, flag by flag
@@ -164,7 +166,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
   # Only UserError is bad input: a ValueError or OSError from deeper down is a bug.
   assert common.user_error_line(ValueError("math domain error")) is None
   assert common.user_error_line(OSError(errno.EIO, "Input/output error")) is None
-  for user_error in (checkpointing.WorkdirLockedError("in use"), images.MissingExtraError("x"),
+  for user_error in (checkpointing.WorkdirLockedError("in use"), tfds_local.MissingExtraError("x"),
                      train.NonFiniteError("NaN"), checkpointing.DamagedCheckpointError("bad")):
     assert common.user_error_line(user_error) is not None, user_error
   try:
@@ -290,9 +292,9 @@ def test_import_drops_test_images_identical_to_train_images_and_accepts_nx1_labe
 
 def test_write_json_never_leaves_half_a_file(tmp_path):
   path = str(tmp_path / "probe.json")
-  checkpointing.write_json({"a": 1}, path)
+  files.write_json({"a": 1}, path)
   with pytest.raises(TypeError):
-    checkpointing.write_json({"a": object()}, path)  # fails halfway through
+    files.write_json({"a": object()}, path)  # fails halfway through
   assert json.load(open(path)) == {"a": 1} and os.listdir(tmp_path) == ["probe.json"]
 
 

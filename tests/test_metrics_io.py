@@ -129,7 +129,7 @@ import numpy as np
 from tests.conftest import tiny_config
 import experiments.train  # the CLI imports (import_images only adds images.store, run below)
 from sjepa_jax import images, train
-from sjepa_jax.world import dataset
+from sjepa_jax import world_dataset as dataset
 c = tiny_config()
 c.num_train_steps = c.log_every = c.checkpoint_every = 2
 train.train_and_evaluate(c, {workdir!r} + "/run", ["mountain", "forest"])

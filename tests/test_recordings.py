@@ -18,10 +18,11 @@ from sjepa_jax import agents
 from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import episode_files
-from sjepa_jax import images
+from sjepa_jax import recording_writer
 from sjepa_jax import recordings
+from sjepa_jax import tfds_local
 from sjepa_jax import train
-from sjepa_jax.world import dataset
+from sjepa_jax import world_dataset as dataset
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def write_planted(data_dir: str, name: str, train_lengths, test_lengths=()) -> s
   splits = {"train": lambda: eps[:len(train_lengths)]}
   if test_lengths:
     splits["test"] = lambda: eps[len(train_lengths):]
-  return recordings.write(name, data_dir, splits, eps[0])
+  return recording_writer.write(name, data_dir, splits, eps[0])
 
 
 def decode(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,7 +251,7 @@ def test_camera_agents_trained_together_equal_agents_trained_alone(planted_confi
 
 def _bad(episode: dict, where: str = "episode 7") -> str:
   with pytest.raises(ValueError) as e:
-    recordings.normalise_episode(episode, where)
+    recording_writer.normalise_episode(episode, where)
   return str(e.value)
 
 
@@ -269,11 +270,11 @@ def test_each_bad_episode_is_named_before_anything_is_written():
   inf = {**good, "observation": {**good["observation"], "where": good["observation"]["where"] * 1}}
   inf["observation"]["where"][3] = np.inf
   assert "'where' holds a NaN or inf at step 3" in _bad(inf)
-  first = recordings.signature(recordings.normalise_episode(good, "a")[0])
+  first = recording_writer.signature(recording_writer.normalise_episode(good, "a")[0])
   lacking = {**good, "observation": {k: v for k, v in good["observation"].items() if k != "wrist"}}
   with pytest.raises(ValueError, match="episode 3 lacks 'observation/wrist', which episode 0 has"):
-    recordings.check_same_signature(
-        first, recordings.signature(recordings.normalise_episode(lacking, "b")[0]),
+    recording_writer.check_same_signature(
+        first, recording_writer.signature(recording_writer.normalise_episode(lacking, "b")[0]),
         "episode 0", "episode 3")
 
 
@@ -281,7 +282,7 @@ def test_the_reader_refuses_non_finite_values_and_damaged_files(tmp_path):
   data_dir = str(tmp_path / "tfds")
   episodes = [planted_episode(e, 4) for e in range(2)]
   episodes[1]["observation"]["where"][2, 0] = np.nan  # written by another tool, unchecked
-  recordings.write("dirty", data_dir, {"train": lambda: episodes}, episodes[0])
+  recording_writer.write("dirty", data_dir, {"train": lambda: episodes}, episodes[0])
   with pytest.raises(ValueError, match=r"episode 1 of split 'train'.*'where' holds a NaN or "
                                        "inf at step 2"):
     recordings.load("dirty", data_dir, "eval", ["front"],
@@ -299,7 +300,7 @@ def test_a_recording_without_actions_is_refused(tmp_path):
   features = tfds.features.FeaturesDict({"steps": tfds.features.Dataset({
       "observation": {"front": tfds.features.Tensor(shape=(2, 2, 3), dtype=np.uint8)}})})
   frames = np.zeros((2, 2, 3), np.uint8)
-  images.write_examples("actionless", str(tmp_path), features,
+  tfds_local.write_examples("actionless", str(tmp_path), features,
                         {"train": iter([(0, {"steps": [{"observation": {"front": frames}}]})])})
   with pytest.raises(ValueError, match="no `action` field in its steps"):
     recordings.layout("actionless", str(tmp_path))
@@ -316,7 +317,7 @@ def test_tfrecord_recordings_without_tensorflow_name_the_extra(tmp_path, monkeyp
   real = recordings.importlib.util.find_spec
   monkeypatch.setattr(recordings.importlib.util, "find_spec",
                       lambda name, *a: None if name == "tensorflow" else real(name, *a))
-  with pytest.raises(images.MissingExtraError, match=r"pip install -e \.\[tfrecord\]"):
+  with pytest.raises(tfds_local.MissingExtraError, match=r"pip install -e \.\[tfrecord\]"):
     recordings.load("stored_as_tfrecord", str(tmp_path / "a"), "train", ["front"],
                     OPTIONS._replace(frames=2, holdout_fraction=0.5))
 
@@ -379,7 +380,7 @@ def test_import_of_robomimic_hdf5_reads_demos_in_order(tmp_path):
   marked = planted_episode(0, 3)["observation"]["wrist"]
   marked[:, 0] = 255
   np.testing.assert_array_equal(part.frames[0][:3], marked)  # demo_0, the right way up
-  step = recordings.builder("libero_like", str(tmp_path / "tfds")).as_data_source()["train"][3]
+  step = tfds_local.builder("libero_like", str(tmp_path / "tfds")).as_data_source()["train"][3]
   last = step["steps"][len(step["steps"]) - 1]
   assert last["language_instruction"] == b"push the red block" and last["is_terminal"]
   assert last["reward"] == pytest.approx(0.3)

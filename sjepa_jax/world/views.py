@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sjepa_jax import errors
+from sjepa_jax import names as names_lib
 
 _UP = np.asarray([0.0, 0.0, 1.0], np.float32)
 
@@ -69,24 +70,9 @@ def get_view(name: str) -> View:
   return VIEWS[name]
 
 
-def parse_names(names: str | Sequence[str], check, valid: str) -> list[str]:
-  """A comma-separated string (or list) of view names, each passed to ``check`` (which
-  raises on an unknown one), non-empty and distinct. ``valid`` lists them for errors."""
-  if isinstance(names, str):
-    names = [n.strip() for n in names.split(",") if n.strip()]
-  if not names:
-    raise errors.UserError(f"No view given; valid views: {valid}.")
-  for name in names:
-    check(name)
-  duplicates = sorted({n for n in names if list(names).count(n) > 1})
-  if duplicates:
-    raise errors.UserError(f"Duplicate views {duplicates}: each agent needs its own view.")
-  return list(names)
-
-
 def parse_views(names: str | Sequence[str]) -> list[str]:
   """Checks a comma-separated string (or list) of world view names: known and distinct."""
-  return parse_names(names, get_view, ", ".join(sorted(VIEWS)))
+  return names_lib.parse_names(names, get_view, ", ".join(sorted(VIEWS)))
 
 
 def stack_views(names: str | Sequence[str]) -> View:

@@ -4,7 +4,7 @@ Each view is a camera, ``observation/<view>`` uint8 (T, H, W, 3); the focal obje
 that probes read (``scene.PROBED``: class, shape, size, position and the distractors'
 centroid) are the other observation fields; ``action`` is the push in world units (the last
 step's is zero: it leads nowhere). ``build`` writes fixed train/validation/test splits with
-``recordings.write`` (array_record, atomic, no download, no TensorFlow), and
+``recording_writer.write`` (array_record, atomic, no download, no TensorFlow), and
 ``sjepa_jax.recordings`` reads them like any other recording::
 
   path = build(data_dir, views=("mountain", "forest"), episode_length=8)
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from sjepa_jax import errors
-from sjepa_jax import recordings
+from sjepa_jax import recording_writer
 from sjepa_jax.world import episodes as episodes_lib
 from sjepa_jax.world import scene
 from sjepa_jax.world import views as views_lib
@@ -121,5 +121,5 @@ def build(data_dir: str, views: Sequence[str] | str = WorldConfig.views, **param
   config = WorldConfig(views=tuple(views_lib.parse_views(views)), **params)
   first = next(episodes(config, "train", 1))
   splits = {s: functools.partial(episodes, config, s) for s, n in config.sizes.items() if n}
-  return recordings.write(config.name, data_dir, splits, first, exist_ok=True,
+  return recording_writer.write(config.name, data_dir, splits, first, exist_ok=True,
                           description=f"The sjepa-jax world, {config}.")
