@@ -22,17 +22,15 @@ import ml_collections
 import numpy as np
 
 from sjepa_jax import agents
-from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import errors
+from sjepa_jax import evaluation
 from sjepa_jax import files
 from sjepa_jax import loading
 from sjepa_jax import losses
 from sjepa_jax import metrics_io
-from sjepa_jax import models
-from sjepa_jax import probes
 
 def _flatten(d: dict) -> dict:
   return traverse_util.flatten_dict(d, sep=".")
@@ -190,83 +188,6 @@ def step_function(learner: agents.Learner, how: str = "vmap", batch_sharding=Non
       lambda s, v, k, h: one(s, v, k, i, pixels=p, hparams=h))(s, v, k, h or {})
 
 
-# --- Evaluation --------------------------------------------------------------------------
-
-def make_encoder(model: models.WorldModel):
-  """``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes the
-  states as seen from view ``index[a]`` (``models.encode_chunked``)."""
-  return lambda params, obs, index: models.encode_chunked(model, params["encoder"], obs, index)
-
-
-# Rank metrics need many more states than dimensions: N = 8 D keeps isotropic Gaussian
-# latents' effective rank above 0.9 D (at N = D / 2 it is below D / 2).
-RANK_STATES_PER_DIM = 8
-
-
-def eval_set_size(config: ml_collections.ConfigDict) -> int:
-  """Paired states for the running evaluation: ``eval.alignment_pairs``, or 8 D if more."""
-  return max(config.eval.alignment_pairs, RANK_STATES_PER_DIM * config.model.dim)
-
-
-@jax.jit
-def _spectra(z_AxNxD):
-  return jax.vmap(losses.spectrum_stats)(z_AxNxD)
-
-
-def spectrum_scalars(z_AxNxD: jax.Array, names: Sequence[str],
-                     reference: dict[str, float]) -> dict[str, float]:
-  """Each agent's ``losses.spectrum_stats`` on the evaluation states, and beside them under
-  ``train/isotropic_reference/`` those of isotropic Gaussian latents of the same N and D."""
-  stats = jax.device_get(_spectra(z_AxNxD))
-  out = {f"train/agent_{v}/{k}": float(x[a]) for k, x in stats.items()
-         for a, v in enumerate(names)}
-  out.update({f"train/isotropic_reference/{k}": x for k, x in reference.items()})
-  return out
-
-
-def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, float]:
-  """Unbiased linear CKA between every pair of agents on the paired set."""
-  scores = {}
-  for a in range(len(names)):
-    for b in range(a + 1, len(names)):
-      cka = float(align.linear_cka_unbiased(z_AxNxD[a], z_AxNxD[b]))
-      scores[f"align/{names[a]}_to_{names[b]}/cka"] = cka
-  return scores
-
-
-# The labels the nonlinear (MLP) probe also reads: a diagnostic of what a linear probe misses.
-MLP_PROBED = ("class",)
-
-
-def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
-                 initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
-                 names: Sequence[str]) -> dict[str, dict[str, float]]:
-  """``probes.evaluate`` of every agent, trained vs random-init: each label's held-out score
-  (the world's class, shape, size, position and distractors; a dataset's class),
-  the class probe's final gradient norm and, for the trained agents, the MLP probe's class
-  accuracy (a diagnostic); agent ``a`` sees the probe states from view ``index[a]`` of
-  ``probe_set``."""
-  n_train = probe_train_size(config, probe_set.obs.shape[1])
-  report = {}
-  for name, s in (("trained", state), ("random_init", initial)):
-    z = encode_all(s.params, probe_set.obs, index)
-    for a, view in enumerate(names):
-      mlp = MLP_PROBED if name == "trained" else ()
-      _, scores = probes.evaluate(z[a], probe_set.labels, n_train, probe_set.num_classes,
-                                  config.eval.probe_steps, mlp=mlp)
-      report.setdefault(view, {}).update({f"{name}/{k}": v for k, v in scores.items()})
-  return report
-
-
-def probe_train_size(config: ml_collections.ConfigDict, available: int) -> int:
-  """Probe training states out of ``available``: ``eval.probe_train``, or the same share of
-  a dataset split smaller than ``eval.probe_train + eval.probe_test``."""
-  e = config.eval
-  if available >= e.probe_train + e.probe_test:
-    return e.probe_train
-  return int(available * e.probe_train / (e.probe_train + e.probe_test))
-
-
 def first_nonfinite(values: dict[str, np.ndarray]) -> tuple[str, int] | None:
   """The first (name, agent) whose value holds a NaN or inf; each value has a leading agent
   axis. None when all are finite."""
@@ -412,12 +333,12 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
     pixels = to_global(pixels, replicated(agent_sharding or batch_sharding))
   how = configs.agent_map(config, agent_sharding is not None)
   step_fn = make_step(learner, how, agent_sharding, batch_sharding, len(names))
-  encode_all = make_encoder(learner.model)
+  encode_all = evaluation.make_encoder(learner.model)
 
   # Evaluation: fixed paired states rendered once per view, on which the running
   # cross-agent CKA and every agent's latent spectrum are measured.
   view_index = np.asarray([views.index(v) for v in roster.views])
-  eval_set = _paired_states(config, views, source.eval_images, 0, eval_set_size(config))
+  eval_set = _paired_states(config, views, source.eval_images, 0, evaluation.eval_set_size(config))
   reference = losses.isotropic_reference(eval_set.obs.shape[1], config.model.dim)
 
   main_process = jax.process_index() == 0  # one writer of event files and log lines
@@ -446,9 +367,9 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
         if rate is not None:
           scalars["steps_per_sec"] = rate
         z = encode_all(host_local(state.params), eval_set.obs, view_index)
-        scalars.update(spectrum_scalars(z, names, reference))
+        scalars.update(evaluation.spectrum_scalars(z, names, reference))
         if len(names) > 1:
-          scalars.update(alignment_scores(z, names))
+          scalars.update(evaluation.alignment_scores(z, names))
         writer.write_scalars(done, scalars)
       if done % config.checkpoint_every == 0 or done == stop or done in kept:
         _save_if_finite(mngr, done, state, config, roster)
@@ -460,7 +381,7 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
       e = config.eval
       probe_set = _paired_states(config, views, source.eval_images, 1,
                                  e.probe_train + e.probe_test)
-      report = probe_report(config, encode_all, state._replace(params=host_local(state.params)),
+      report = evaluation.probe_report(config, encode_all, state._replace(params=host_local(state.params)),
                             initial, probe_set, view_index, names)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})

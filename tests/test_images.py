@@ -14,6 +14,7 @@ import pytest
 from sjepa_jax import agents
 from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import evaluation
 from sjepa_jax import images
 from sjepa_jax import train
 
@@ -185,8 +186,8 @@ def test_eval_split_must_differ_from_train_split(config):
 
 def test_probe_set_keeps_its_share_on_a_small_split(config):
   config.eval.probe_train, config.eval.probe_test = 4000, 1000
-  assert train.probe_train_size(config, 6000) == 4000
-  assert train.probe_train_size(config, 1500) == 1200  # 80%, as 4000 of 5000
+  assert evaluation.probe_train_size(config, 6000) == 4000
+  assert evaluation.probe_train_size(config, 1500) == 1200  # 80%, as 4000 of 5000
 
 
 def test_import_images_refuses_float_images(tmp_path):

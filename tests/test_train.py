@@ -20,6 +20,7 @@ from sjepa_jax import agents
 from sjepa_jax import checkpointing
 from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import evaluation
 from sjepa_jax import loading
 from sjepa_jax import losses
 from sjepa_jax import metrics_io
@@ -49,10 +50,10 @@ def test_training_rank_metrics_see_enough_states_for_isotropic_latents_to_score_
   batch's first frames (64 samples of 128 dimensions) capped the effective rank of Gaussian
   latents at about 49. Isotropic Gaussian latents of the same N and D are logged beside."""
   config = importlib.import_module(f"experiments.configs.{recipe}").get_config()
-  n, d = train.eval_set_size(config), config.model.dim
+  n, d = evaluation.eval_set_size(config), config.model.dim
   z = jax.random.normal(jax.random.key(0), (2, n, d))
   reference = {"effective_rank": 0.0}
-  scalars = train.spectrum_scalars(z, VIEWS, reference)
+  scalars = evaluation.spectrum_scalars(z, VIEWS, reference)
   assert scalars["train/isotropic_reference/effective_rank"] == 0.0
   for view in VIEWS:
     for k in ("effective_rank", "participation_ratio", "rankme"):
@@ -69,9 +70,9 @@ def test_training_logs_rank_metrics_of_the_evaluation_states(config, tmp_path, m
   train.train_and_evaluate(config, workdir, VIEWS)
   state, step = _final_state(config, workdir)
   eval_set = train._paired_states(  # pylint: disable=protected-access
-      config, VIEWS, None, 0, train.eval_set_size(config))
+      config, VIEWS, None, 0, evaluation.eval_set_size(config))
   assert eval_set.obs.shape[1] == 8 * config.model.dim > config.data.batch_size
-  z = train.make_encoder(configs.model_from_config(config))(state.params, eval_set.obs, [0, 1])
+  z = evaluation.make_encoder(configs.model_from_config(config))(state.params, eval_set.obs, [0, 1])
   for a, view in enumerate(VIEWS):
     expected = losses.spectrum_stats(z[a])
     for k in ("effective_rank", "participation_ratio", "rankme"):
@@ -110,7 +111,7 @@ def test_probe_report_scores_each_agent_on_its_own_latents(config):
       for a in index])
   probe_set = data.PairedSet(jnp.zeros((2, 64, 1)), labels, num_classes={"class": 3})
   state = lambda params: types.SimpleNamespace(params=params)
-  report = train.probe_report(config, encode_all, state("trained"), state("initial"),
+  report = evaluation.probe_report(config, encode_all, state("trained"), state("initial"),
                               probe_set, np.array([0, 1]), VIEWS)
   assert report["mountain"]["trained/class_acc"] == report["forest"]["trained/class_acc"] == 1
   assert report["mountain"]["trained/position_r2"] > 0.99

@@ -1,0 +1,94 @@
+"""What a training run measures of its agents as it trains and when it ends: the latents'
+spectra beside isotropic latents', CKA between agents, and linear (and MLP) probes of the
+trained and random-init agents on held-out paired states.
+
+Shapes: A = agents, N = paired states, D = latent size, U = views.
+"""
+
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from sjepa_jax import agents
+from sjepa_jax import align
+from sjepa_jax import data
+from sjepa_jax import losses
+from sjepa_jax import models
+from sjepa_jax import probes
+
+
+def make_encoder(model: models.WorldModel):
+  """``(params, obs (U, N, H, W, 3), index (A,)) -> (A, N, D)``: agent ``a`` encodes the
+  states as seen from view ``index[a]`` (``models.encode_chunked``)."""
+  return lambda params, obs, index: models.encode_chunked(model, params["encoder"], obs, index)
+
+
+# Rank metrics need many more states than dimensions: N = 8 D keeps isotropic Gaussian
+# latents' effective rank above 0.9 D (at N = D / 2 it is below D / 2).
+RANK_STATES_PER_DIM = 8
+
+
+def eval_set_size(config: ml_collections.ConfigDict) -> int:
+  """Paired states for the running evaluation: ``eval.alignment_pairs``, or 8 D if more."""
+  return max(config.eval.alignment_pairs, RANK_STATES_PER_DIM * config.model.dim)
+
+
+@jax.jit
+def _spectra(z_AxNxD):
+  return jax.vmap(losses.spectrum_stats)(z_AxNxD)
+
+
+def spectrum_scalars(z_AxNxD: jax.Array, names: Sequence[str],
+                     reference: dict[str, float]) -> dict[str, float]:
+  """Each agent's ``losses.spectrum_stats`` on the evaluation states, and beside them under
+  ``train/isotropic_reference/`` those of isotropic Gaussian latents of the same N and D."""
+  stats = jax.device_get(_spectra(z_AxNxD))
+  out = {f"train/agent_{v}/{k}": float(x[a]) for k, x in stats.items()
+         for a, v in enumerate(names)}
+  out.update({f"train/isotropic_reference/{k}": x for k, x in reference.items()})
+  return out
+
+
+def alignment_scores(z_AxNxD: jax.Array, names: Sequence[str]) -> dict[str, float]:
+  """Unbiased linear CKA between every pair of agents on the paired set."""
+  scores = {}
+  for a in range(len(names)):
+    for b in range(a + 1, len(names)):
+      cka = float(align.linear_cka_unbiased(z_AxNxD[a], z_AxNxD[b]))
+      scores[f"align/{names[a]}_to_{names[b]}/cka"] = cka
+  return scores
+
+
+# The labels the nonlinear (MLP) probe also reads: a diagnostic of what a linear probe misses.
+MLP_PROBED = ("class",)
+
+
+def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
+                 initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
+                 names: Sequence[str]) -> dict[str, dict[str, float]]:
+  """``probes.evaluate`` of every agent, trained vs random-init: each label's held-out score
+  (the world's class, shape, size, position and distractors; a dataset's class),
+  the class probe's final gradient norm and, for the trained agents, the MLP probe's class
+  accuracy (a diagnostic); agent ``a`` sees the probe states from view ``index[a]`` of
+  ``probe_set``."""
+  n_train = probe_train_size(config, probe_set.obs.shape[1])
+  report = {}
+  for name, s in (("trained", state), ("random_init", initial)):
+    z = encode_all(s.params, probe_set.obs, index)
+    for a, view in enumerate(names):
+      mlp = MLP_PROBED if name == "trained" else ()
+      _, scores = probes.evaluate(z[a], probe_set.labels, n_train, probe_set.num_classes,
+                                  config.eval.probe_steps, mlp=mlp)
+      report.setdefault(view, {}).update({f"{name}/{k}": v for k, v in scores.items()})
+  return report
+
+
+def probe_train_size(config: ml_collections.ConfigDict, available: int) -> int:
+  """Probe training states out of ``available``: ``eval.probe_train``, or the same share of
+  a dataset split smaller than ``eval.probe_train + eval.probe_test``."""
+  e = config.eval
+  if available >= e.probe_train + e.probe_test:
+    return e.probe_train
+  return int(available * e.probe_train / (e.probe_train + e.probe_test))
