@@ -12,12 +12,13 @@ Both scenes (``--scene``) are a walled 1 m x 1 m table and a flat round pusher t
 on it in x and y, driven by position actuators:
 
 - ``tabletop``: two small objects (``object_a``, ``object_b``: a box, a ball or a
-  cylinder each, 3 to 5 cm across, i.e. 0.03 to 0.05 of the table's width: 1 to 2 pixels
-  in a 32 x 32 overhead frame) on a checkered floor.
+  cylinder each, 3 to 5 cm across, i.e. 0.03 to 0.05 of the table's width: about 1 pixel
+  in a 32 x 32 overhead frame, 2 to 3 at 64 x 64) on a checkered floor.
 - ``distractors``: one larger object (``object``, 8 to 12 cm across) on a floor of random
   specks, and two distractors that move whatever the action: a ball set rolling with a
   random velocity (``distractor_ball``) and a block that an actuator outside the action
-  slides back and forth along a line, sinusoidally (``distractor_slider``).
+  slides back and forth along a line, sinusoidally (``distractor_slider``); both collide
+  with the rest.
 
 Objects' shapes, sizes, colours and places are random per episode (and the speck floor's
 tint). A scripted policy moves the pusher behind an object and pushes it in a random
@@ -31,15 +32,19 @@ Cameras (``--cameras``): ``overhead``, ``front`` (oblique, from the table's -y e
 
 Episodes are written as ``ep_<index>.npz`` (one file each, atomically: a killed run leaves
 whole files, and a rerun records only the missing ones); episode i depends only on
-(--seed, i). Speed, measured on 2 CPU cores shared with a training run (llvmpipe, one
-thread), 64 x 64, 3 cameras, 2400 frames:
+(--seed, i). Speed (2026-12-03, 2 CPU cores shared with a training run, load average
+about 3.7; llvmpipe on one thread): 20 episodes of 40 steps, 3 cameras at 64 x 64, 2400
+frames,
 
   time python -m experiments.record_mujoco --scene=tabletop --out=/tmp/mj_speed \
       --episodes=20 --steps=40
 
-takes SPEED_TBD.
+record in 6.4 to 7.2 s (0.32 to 0.36 s an episode: about 350 frames/s, 2.9 ms a frame
+with its physics and the writing; distractors the same), 10 to 12 s with the start-up.
+No shadows: a 512 x 512 shadow map would double the cost.
 """
 
+import logging
 import math
 import os
 import time
@@ -84,6 +89,7 @@ def _mujoco():
   machine with training."""
   os.environ.setdefault("MUJOCO_GL", "egl")
   os.environ.setdefault("LP_NUM_THREADS", "1")
+  logging.getLogger("OpenGL").setLevel(logging.WARNING)  # not "No OpenGL_accelerate module"
   try:
     import mujoco  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -181,6 +187,7 @@ def scene_xml(scene: str, size: int) -> str:
       <joint name="pusher_y" type="slide" axis="0 1 0" damping="35"/>
       <geom name="pusher" type="cylinder" size="{PUSHER_RADIUS} 0.015" mass="1"
             rgba=".15 .15 .2 1"/>
+      <!-- A yellow mark on top: which way the pusher's camera looks (+y). -->
       <geom type="box" pos="0 {PUSHER_RADIUS * 0.6} 0.017" size=".006 .012 .002" mass="0"
             rgba=".9 .9 .2 1" contype="0" conaffinity="0"/>
       <camera name="pusher" pos="{' '.join(map(str, eye_pusher))}" fovy="75"
@@ -224,8 +231,9 @@ class Slider:
 
 class Scene:
   """One MuJoCo world, compiled once with one Renderer (creating one takes about 0.3 s, as
-  long as 300 frames): each episode writes its objects' shapes, sizes, colours and places
-  into the model, then resets the simulation, so it depends on its own draws only."""
+  long as recording an episode): each episode writes its objects' shapes, sizes, colours
+  and places into the model, then resets the simulation, so it depends on its own draws
+  only."""
 
   def __init__(self, scene: str, size: int):
     self.mj = _mujoco()
@@ -273,7 +281,7 @@ class Scene:
 
   def _reset_distractors(self, rng: np.random.Generator, places: np.ndarray) -> None:
     """The ball rolling (no slip) at 0.25 to 0.45 m/s in a random direction; the slider on
-    a random line through its place, on its sinusoid; the floor's tint."""
+    a random line near its place, on its sinusoid; the floor's tint."""
     radius = float(rng.uniform(0.025, 0.035))
     self._shape("distractor_ball", 1, radius, rng.uniform(0.15, 1.0, 3))
     self._place("distractor_ball", places[0], radius)
@@ -282,7 +290,8 @@ class Scene:
     self.data.joint("distractor_ball").qvel[:] = [vx, vy, 0, -vy / radius, vx / radius, 0]
     self.slider = Slider(rng)
     heading = rng.uniform(0, math.pi)
-    self.model.body("distractor_slider").pos[:2] = places[1]
+    reach = HALF - 0.06 - self.slider.amplitude  # its ends stay off the walls
+    self.model.body("distractor_slider").pos[:2] = np.clip(places[1], -reach, reach)
     self.model.body("distractor_slider").quat[:] = [math.cos(heading / 2), 0, 0,
                                                    math.sin(heading / 2)]
     self.model.geom("distractor_slider").rgba[:] = [*rng.uniform(0.15, 1.0, 3), 1.0]
