@@ -55,7 +55,6 @@ import numpy as np
 
 from experiments import common
 from sjepa_jax import errors
-from sjepa_jax import tfds_local
 
 SCENES = ("tabletop", "distractors")
 CAMERAS = ("overhead", "front", "pusher")
@@ -93,7 +92,7 @@ def _mujoco():
   try:
     import mujoco  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise tfds_local.MissingExtraError(
+    raise errors.MissingExtraError(
         "Recording needs mujoco: install the extra with `pip install -e .[mujoco]` (or `pip "
         f"install mujoco`); offscreen rendering uses MUJOCO_GL={os.environ['MUJOCO_GL']} "
         f"({type(e).__name__}: {e}).") from e

@@ -33,7 +33,6 @@ import numpy as np
 
 from experiments import common
 from sjepa_jax import errors
-from sjepa_jax import tfds_local
 
 _OUT = flags.DEFINE_string("out", None, "Folder for the episodes' .npz files.", required=True)
 _EPISODES = flags.DEFINE_integer("episodes", 300, "Episodes to record.")
@@ -65,7 +64,7 @@ def _pybullet():
     import pybullet  # pylint: disable=g-import-not-at-top
     import pybullet_data  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise tfds_local.MissingExtraError(
+    raise errors.MissingExtraError(
         "Recording needs pybullet: install the extra with `pip install -e .[pybullet]` (or "
         "`pip install pybullet`).") from e
   return pybullet, pybullet_data

@@ -137,7 +137,7 @@ def _indexed_episode(path: str, rows: slice, total: int) -> dict:
 
 def _h5py():
   if importlib.util.find_spec("h5py") is None:
-    raise tfds_local.MissingExtraError(
+    raise errors.MissingExtraError(
         "Reading HDF5 recordings (robomimic, LIBERO) needs h5py, which requirements.txt "
         "lists: `pip install -r requirements.txt` (or `pip install h5py`).")
   import h5py  # pylint: disable=g-import-not-at-top

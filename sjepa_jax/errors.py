@@ -12,3 +12,7 @@ class UserError(ValueError):
   is a bug and keeps its traceback. A ``ValueError``, so code that catches those still
   catches it.
   """
+
+
+class MissingExtraError(UserError, ImportError):
+  """An optional dependency is not installed; the message names the extra that adds it."""

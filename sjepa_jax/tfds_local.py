@@ -36,10 +36,6 @@ class _Lazy:
 tfds: tensorflow_datasets = _Lazy()  # type: ignore[assignment]
 
 
-class MissingExtraError(errors.UserError, ImportError):
-  """An optional dependency is not installed; the message names the extra that adds it."""
-
-
 def missing_message(name: str, data_dir: str) -> str:
   return (f"Dataset {name!r} is not in the data directory {data_dir!r}, and nothing is ever "
           "downloaded. Prepare it offline: on a machine with internet run "
@@ -92,7 +88,7 @@ def as_numpy(b: tensorflow_datasets.core.DatasetBuilder, split: str, importer: s
   or a clear error naming the extra that installs TensorFlow and how to convert the
   dataset instead (``importer``: the command that imports such arrays)."""
   if importlib.util.find_spec("tensorflow") is None:
-    raise MissingExtraError(
+    raise errors.MissingExtraError(
         f"Dataset {b.name!r} is stored as {b.info.file_format.value} files, which only "
         "TensorFlow's tf.data reads: install the extra with `pip install -e .[tfrecord]`, or "
         "convert it to array_record (`tfds build --file_format=array_record`, or arrays "

@@ -19,7 +19,6 @@ from sjepa_jax import files
 from sjepa_jax import images
 from sjepa_jax import loading
 from sjepa_jax import summaries
-from sjepa_jax import tfds_local
 from sjepa_jax import train
 from tests.conftest import tiny_config, init_agents
 from tests.test_train import _TINY_FLAGS  # the same tiny run, flag by flag
@@ -166,7 +165,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback():
   # Only UserError is bad input: a ValueError or OSError from deeper down is a bug.
   assert common.user_error_line(ValueError("math domain error")) is None
   assert common.user_error_line(OSError(errno.EIO, "Input/output error")) is None
-  for user_error in (checkpointing.WorkdirLockedError("in use"), tfds_local.MissingExtraError("x"),
+  for user_error in (checkpointing.WorkdirLockedError("in use"), errors.MissingExtraError("x"),
                      train.NonFiniteError("NaN"), checkpointing.DamagedCheckpointError("bad")):
     assert common.user_error_line(user_error) is not None, user_error
   try:

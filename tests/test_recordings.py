@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from sjepa_jax import errors
 from sjepa_jax import agents
 from sjepa_jax import configs
 from sjepa_jax import data
@@ -317,7 +318,7 @@ def test_tfrecord_recordings_without_tensorflow_name_the_extra(tmp_path, monkeyp
   real = recordings.importlib.util.find_spec
   monkeypatch.setattr(recordings.importlib.util, "find_spec",
                       lambda name, *a: None if name == "tensorflow" else real(name, *a))
-  with pytest.raises(tfds_local.MissingExtraError, match=r"pip install -e \.\[tfrecord\]"):
+  with pytest.raises(errors.MissingExtraError, match=r"pip install -e \.\[tfrecord\]"):
     recordings.load("stored_as_tfrecord", str(tmp_path / "a"), "train", ["front"],
                     OPTIONS._replace(frames=2, holdout_fraction=0.5))
 
