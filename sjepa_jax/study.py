@@ -129,16 +129,17 @@ def paired_states(config, roles: Roles, used: Sequence[Agent], n: int, k_states,
   sizes = sorted({a.image_size for a in used})
   obs, paired, eval_images = {}, None, None
   for size in sizes:
-    config.data.image_size = size
-    if size == sizes[0] or data.is_recording(config):  # a recording's frames load resized
-      eval_images = data.load_images(config, config.data.eval_split, all_views)
-    paired = data.paired_set(config, k_states, stacked, n, eval_images)
+    sized = ml_collections.ConfigDict(config.to_dict())
+    sized.data.image_size = size
+    if size == sizes[0] or data.is_recording(sized):  # a recording's frames load resized
+      eval_images = data.load_images(sized, sized.data.eval_split, all_views)
+    paired = data.paired_set(sized, k_states, stacked, n, eval_images)
     obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
   views = sorted({v for group in roles.main.values() for v in group}, key=order.index)
   overlap = data.overlap_matrix(config, views, eval_images, k_overlap)
   # The labels are those of the same states at every size.
   return PairedStates(obs, paired.labels, paired.num_classes, views, overlap, eval_images,
-                 paired.state)
+                      paired.state)
 
 
 class _Spaces(NamedTuple):
