@@ -31,6 +31,7 @@ PROBED = ("class", "position")
 # Figures of each pair followed along training, as ``summaries.shared_figures`` names them.
 FOLLOWED = ("k_null", "k_iso", "r2_ridge", "gap", "gap_k_iso", "gap_k_null",
             "r2_procrustes_k_null", "gap_unshared_rotation", "gap_shared_not_rotation")
+CURVE_K = 32
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -46,7 +47,10 @@ def _figures(d: dict) -> dict[str, Any]:
           "gap_k_iso": at_iso.get("gap"), "gap_k_null": at_null.get("gap"),
           "r2_procrustes_k_null": at_null.get("r2_procrustes"),
           **{f"gap_{k}": v for k, v in d["gap_terms"].items()},
-          "canonical_correlations": d["canonical_correlations"][:16]}
+          "canonical_correlations": d["canonical_correlations"][:16],
+          # The isometry against k on the spans' first CURVE_K directions (k = 1 ..).
+          "gap_curve": d["curve"]["gap"][:CURVE_K],
+          "r2_procrustes_curve": d["curve"]["r2_procrustes"][:CURVE_K]}
 
 
 def at_step(all_agents: Sequence[loading.Agent], initial: bool, paired: Any, n_fit: int,

@@ -45,6 +45,10 @@ def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_pat
                if (p["source"], p["target"]) == ("mountain", "forest"))
   assert first["k_null"] == d["k_null"]
   np.testing.assert_allclose(first["r2_ridge"], d["r2_ridge"], atol=1e-5)
+  np.testing.assert_allclose(first["gap_curve"], d["curve"]["gap"][:emergence.CURVE_K],
+                             atol=1e-5)
+  if first["k_iso"]:
+    assert first["gap_curve"][first["k_iso"] - 1] == pytest.approx(first["gap_k_iso"])
   trained = next(p for p in report["by_step"][2]["pairs"]
                  if (p["source"], p["target"]) == ("mountain", "forest"))
   assert trained["r2_ridge"] != pytest.approx(first["r2_ridge"], abs=1e-4)
