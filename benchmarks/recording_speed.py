@@ -57,15 +57,16 @@ class _Run:
 
   def __init__(self, config, views, fixed: bool = False):
     self.learner = configs.learner_from_config(config)
+    src = data.source(config)
     start = time.perf_counter()
-    self.pixels = data.on_device(data.load_images(config, config.data.train_split, views))
+    self.pixels = data.on_device(data.load_images(src, src.train_split, views))
     jax.block_until_ready(self.pixels)
     self.load_s = time.perf_counter() - start
     if fixed:  # the floor: one batch made once, handed to the step as its "pixels"
-      first = jax.tree.map(lambda x: x[0], data.stack_views(config, views))
+      first = jax.tree.map(lambda x: x[0], data.stack_views(src, views))
       self.pixels = self.learner.sample(jax.random.key(0), first, self.pixels)
       self.learner = dataclasses.replace(self.learner, sample=lambda key, view, batch: batch)
-    self.views = data.stack_views(config, views)
+    self.views = data.stack_views(src, views)
     self.keys = agents.agent_keys(0, views)
     how = configs.agent_map(config)
     self.step = train.make_step(self.learner, how, num_agents=len(views))

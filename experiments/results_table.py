@@ -142,7 +142,8 @@ def emergence_rows(report: dict, path: str) -> list[str]:
     rows.append(_row(f"Shared isometric part, {where.get(kind, kind)}, step {last['step']}: "
                      f"k_iso >= {G['k_iso_min']} on every pair",
                      f"k_iso {_pm(seed_mean('k_iso'))} (worst pair {worst:.1f}) of k_null "
-                     f"{_pm(seed_mean('k_null'))} shared directions", worst >= G["k_iso_min"], path))
+                     f"{_pm(seed_mean('k_null'))} shared directions",
+                     worst >= G["k_iso_min"], path))
     rows.append(_row(f"The shared span accounts for the gap, {where.get(kind, kind)}: "
                      f"within {G['gap_accounted_max']}",
                      f"gap {_pm(seed_mean('gap'))} = beyond span "

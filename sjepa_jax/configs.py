@@ -67,8 +67,13 @@ def optimizer_from_config(config: ml_collections.ConfigDict) -> optax.GradientTr
 def learner_from_config(config: ml_collections.ConfigDict) -> agents.Learner:
   """Networks, optimiser, objective and sampler of the run ``config`` describes."""
   return agents.Learner(model_from_config(config), optimizer_from_config(config),
-                 objectives.Objective(**config.objective.to_dict()), data.sampler(config),
+                 objectives.Objective(**config.objective.to_dict()), _sampler(config),
                  config.data.image_size, data.action_dim(config), config.optim.lr)
+
+
+def _sampler(config: ml_collections.ConfigDict):
+  d = config.data
+  return data.sampler(d.dataset, d.batch_size, d.frames, d.image_size, d.min_crop)
 
 
 def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -> str:
@@ -141,7 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= config.data.holdout_fraction < 1:
     raise errors.UserError(f"data.holdout_fraction must be in [0, 1), got "
                            f"{config.data.holdout_fraction}.")
-  if not data.is_world(config):
+  if config.data.dataset:
     if not 0 < config.data.region_size <= 1:
       raise errors.UserError(f"data.region_size must be in (0, 1], got {config.data.region_size}.")
     if not 0 < config.data.min_crop <= 1:
@@ -150,7 +155,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise errors.UserError(f"data.train_split and data.eval_split are both "
                              f"{config.data.train_split!r}: probes and alignment must be scored on "
                              "images the agents never trained on.")
-  if o.kind == "supervised" and not data.is_world(config):
+  if o.kind == "supervised" and config.data.dataset:
     raise errors.UserError(f"objective.kind 'supervised' reads the world's focal labels; "
                            f"dataset {config.data.dataset!r} has none. Valid for datasets: "
                            "jepa, autoencoder.")

@@ -99,20 +99,25 @@ def state_of(labels: dict[str, jax.Array], num_classes: dict[str, int]) -> jax.A
 _regions_obs = jax.jit(jax.vmap(images.region_obs, in_axes=(None, 0, None)), static_argnums=2)
 
 
-# --- The source a config names -----------------------------------------------------------
+# --- The source, decided once at the boundary --------------------------------------------
 
-def is_world(config: ml_collections.ConfigDict) -> bool:
-  return not config.data.dataset
-
-
-def is_recording(config: ml_collections.ConfigDict) -> bool:
-  """Whether the config's dataset is a prepared recording (episodes with ``steps``)."""
-  return bool(config.data.dataset) and recordings.is_recording(config.data.dataset,
-                                                                config.data.data_dir)
+WORLD, IMAGES, RECORDING = "world", "images", "recording"
 
 
-def _layout(config: ml_collections.ConfigDict) -> recordings.Layout:
-  return recordings.layout(config.data.dataset, config.data.data_dir)
+class Source(NamedTuple):
+  """What a run's agents see and how it is read, decided once from a config (``source``):
+  the functions below take it, never the config. ``kind`` is ``WORLD``, ``IMAGES`` (a
+  labelled image dataset seen through regions) or ``RECORDING`` (a dataset of episodes,
+  whose ``layout`` and read ``options`` it carries)."""
+  kind: str
+  image_size: int
+  dataset: str = ""
+  data_dir: str = ""
+  train_split: str = "train"
+  eval_split: str = "test"
+  region_size: float = 0.6
+  layout: recordings.Layout | None = None
+  options: recordings.Options | None = None
 
 
 def recording_options(config: ml_collections.ConfigDict) -> recordings.Options:
@@ -122,67 +127,49 @@ def recording_options(config: ml_collections.ConfigDict) -> recordings.Options:
                             d.eval_split, d.holdout_fraction)
 
 
+def source(config: ml_collections.ConfigDict) -> Source:
+  """The config's source; a dataset is opened here, once (its features only)."""
+  d = config.data
+  if not d.dataset:
+    return Source(WORLD, d.image_size)
+  # Without a data_dir nothing is read: a dataset's images handed over in memory.
+  recording = bool(d.data_dir) and recordings.is_recording(d.dataset, d.data_dir)
+  return Source(RECORDING if recording else IMAGES, d.image_size, d.dataset, d.data_dir,
+                d.train_split, d.eval_split, d.region_size,
+                recordings.layout(d.dataset, d.data_dir) if recording else None,
+                recording_options(config) if recording else None)
+
+
 def parse_views(config: ml_collections.ConfigDict, names: str | Sequence[str]) -> list[str]:
   """Checks view names against the config's source: world views, dataset regions, or a
   recording's cameras."""
   try:
-    recording = is_recording(config)
+    src = source(config)
   except (OSError, errors.UserError):  # the dataset cannot be opened: say why...
     listed = names.split(",") if isinstance(names, str) else names
     if not any(n.strip() in world.VIEWS for n in listed):
       raise
-    recording = False  # ...unless world views say the dataset itself is the mistake (below)
-  if recording:
-    return recordings.parse_cameras(names, _layout(config))
+    src = Source(IMAGES, config.data.image_size)  # ...unless world views say the dataset
+    # itself is the mistake (below)
+  if src.kind == RECORDING:
+    return recordings.parse_cameras(names, src.layout)
   try:
-    return world.parse_views(names) if is_world(config) else images.parse_regions(names)
+    return world.parse_views(names) if src.kind == WORLD else images.parse_regions(names)
   except ValueError as e:
     hint = (" Region views need a dataset (--dataset); camera views a recording." if
-            is_world(config) else " World views need no dataset: leave --dataset out." + (
+            src.kind == WORLD else " World views need no dataset: leave --dataset out." + (
                 "" if config.data.data_dir else " A recording's cameras need its --data_dir."))
     raise errors.UserError(str(e) + hint) from e
-
-
-def stack_views(config: ml_collections.ConfigDict, names: Sequence[str]) -> Any:
-  """The views stacked along a leading agent axis: ``world.View``, ``images.Region``, or a
-  recording's camera indices (A,) int32 into a split loaded with the same ``names``
-  (``load_images``). A name may repeat (the same view for agents of several seeds)."""
-  unique = list(dict.fromkeys(names))
-  if is_world(config):
-    stacked = world.stack_views(unique)
-  elif is_recording(config):
-    stacked = np.arange(len(unique), dtype=np.int32)
-  else:
-    stacked = images.stack_regions(unique, config.data.region_size)
-  index = np.asarray([unique.index(n) for n in names])
-  return jax.tree.map(lambda x: x[index], stacked)
-
-
-def view_order(config: ml_collections.ConfigDict) -> list[str]:
-  """Every view name of the source in its canonical order (reports list views so)."""
-  if is_world(config):
-    return list(world.VIEWS)
-  return list(_layout(config).cameras) if is_recording(config) else list(images.REGIONS)
-
-
-def action_dim(config: ml_collections.ConfigDict) -> int:
-  """The action size: the world's push (2), a crop's move (3), or a recording's, saved in
-  ``data.action_dim`` by ``resolve`` (read from the recording when 0)."""
-  if is_world(config):
-    return 2
-  if config.data.get("action_dim", 0) > 0:  # runs on a recording save it: no data needed
-    return config.data.action_dim
-  return _layout(config).action_dim if is_recording(config) else images.ACTION_DIM
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config with what a recording decides filled in (its action size, so trained agents
   load without the data), after checking it against the recording (labels, splits); other
   sources' configs unchanged."""
-  if not is_recording(config):
+  src = source(config)
+  if src.kind != RECORDING:
     return config
-  lay = _layout(config)
-  o = recording_options(config)
+  lay, o = src.layout, src.options
   recordings.select_labels(lay, o.labels)
   recordings.parts(lay, o.train_split, o.eval_split, o.holdout_fraction)
   if config.data.action_dim not in (0, lay.action_dim):
@@ -193,120 +180,146 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return resolved
 
 
-def load_images(config: ml_collections.ConfigDict, split: str,
-                views: Sequence[str] | None = None
+def action_dim(config: ml_collections.ConfigDict) -> int:
+  """The action size: the world's push (2), a crop's move (3), or a recording's, saved in
+  ``data.action_dim`` by ``resolve`` (read from the recording when 0)."""
+  if not config.data.dataset:
+    return 2
+  if config.data.get("action_dim", 0) > 0:  # runs on a recording save it: no data needed
+    return config.data.action_dim
+  src = source(config)
+  return src.layout.action_dim if src.kind == RECORDING else images.ACTION_DIM
+
+
+def stack_views(src: Source, names: Sequence[str]) -> Any:
+  """The views stacked along a leading agent axis: ``world.View``, ``images.Region``, or a
+  recording's camera indices (A,) int32 into a split loaded with the same ``names``
+  (``load_images``). A name may repeat (the same view for agents of several seeds)."""
+  unique = list(dict.fromkeys(names))
+  if src.kind == WORLD:
+    stacked = world.stack_views(unique)
+  elif src.kind == RECORDING:
+    stacked = np.arange(len(unique), dtype=np.int32)
+  else:
+    stacked = images.stack_regions(unique, src.region_size)
+  index = np.asarray([unique.index(n) for n in names])
+  return jax.tree.map(lambda x: x[index], stacked)
+
+
+def view_order(src: Source) -> list[str]:
+  """Every view name of the source in its canonical order (reports list views so)."""
+  if src.kind == WORLD:
+    return list(world.VIEWS)
+  return list(src.layout.cameras) if src.kind == RECORDING else list(images.REGIONS)
+
+
+def load_images(src: Source, split: str, views: Sequence[str] | None = None
                 ) -> images.Images | recordings.Recording | None:
-  """One split of the config's dataset in memory: labelled images, or a recording's part
-  (``train_split``: the episodes that train; any other: those that evaluate) with the
+  """One split of the source's dataset in memory: labelled images, or a recording's part
+  (its ``train_split``: the episodes that train; any other: those that evaluate) with the
   frames of ``views`` (default: every camera), in that order. None for the world."""
-  if is_world(config):
+  if src.kind == WORLD:
     return None
-  if is_recording(config):
-    role = "train" if split == config.data.train_split else "eval"
-    cameras = list(dict.fromkeys(views)) if views else list(_layout(config).cameras)
-    return recordings.load(config.data.dataset, config.data.data_dir, role, cameras,
-                           recording_options(config))
-  return images.load(config.data.dataset, config.data.data_dir, split)
+  if src.kind == RECORDING:
+    role = "train" if split == src.train_split else "eval"
+    cameras = list(dict.fromkeys(views)) if views else list(src.layout.cameras)
+    return recordings.load(src.dataset, src.data_dir, role, cameras, src.options)
+  return images.load(src.dataset, src.data_dir, split)
 
 
-def on_device(source: images.Images | recordings.Recording | None) -> Any:
+def on_device(loaded: images.Images | recordings.Recording | None) -> Any:
   """What the jitted step indexes, on the device: a dataset's images, a recording's
   ``recordings.OnDevice``; None for the world."""
-  if source is None:
+  if loaded is None:
     return None
-  if isinstance(source, recordings.Recording):
-    return recordings.on_device(source)
-  return jnp.asarray(source.pixels)
+  if isinstance(loaded, recordings.Recording):
+    return recordings.on_device(loaded)
+  return jnp.asarray(loaded.pixels)
 
 
-def num_states(source: images.Images | recordings.Recording) -> int:
+def num_states(loaded: images.Images | recordings.Recording) -> int:
   """How many paired states a loaded split can give: its images, or its steps."""
-  if isinstance(source, recordings.Recording):
-    return source.num_steps
-  return len(source.labels)
+  if isinstance(loaded, recordings.Recording):
+    return loaded.num_steps
+  return len(loaded.labels)
 
 
-def sampler(config: ml_collections.ConfigDict):
-  """``sample(key, view, pixels) -> Batch``, one agent's training batch from the config's
-  source: world rollouts (``pixels`` unused); sub-crops of its region of ``pixels``, the
+def sampler(dataset: str, batch_size: int, frames: int, size: int, min_crop: float):
+  """``sample(key, view, pixels) -> Batch``, one agent's training batch: world rollouts
+  without a ``dataset`` (``pixels`` unused); sub-crops of its region of ``pixels``, the
   train split's (N, H, W, 3) uint8 images; or windows of its camera's steps when ``pixels``
   is a recording's ``recordings.OnDevice``. Reads no data: agents load without it."""
-  d = config.data
-  size, batch_size, frames, min_crop = d.image_size, d.batch_size, d.frames, d.min_crop
-  if is_world(config):
+  if not dataset:
     return lambda key, view, pixels=None: world_batch(key, view, batch_size, frames, size)
-  dataset = d.dataset
 
   def sample(key, view, pixels=None):
     if pixels is None:
       raise errors.UserError(f"Config names dataset {dataset!r}, but no data was passed: give the "
-                             "train split on the device (data.on_device(data.load_images(config, "
-                             "'train', views))).")
+                             "train split on the device (data.on_device(data.load_images("
+                             "data.source(config), 'train', views))).")
     if isinstance(pixels, recordings.OnDevice):
       return Batch(*recordings.batch(key, pixels, view, batch_size, frames))
     return Batch(*images.region_batch(key, pixels, view, batch_size, frames, size, min_crop))
   return sample
 
 
-def paired_set(config: ml_collections.ConfigDict, key: jax.Array, views: Any, num: int,
-               source: images.Images | recordings.Recording | None = None) -> PairedSet:
+def paired_set(src: Source, key: jax.Array, views: Any, num: int,
+               loaded: images.Images | recordings.Recording | None = None) -> PairedSet:
   """``num`` states seen from every stacked view: random world states; for a dataset,
-  ``num`` images drawn without replacement from ``source``, each agent seeing its region;
-  for a recording, ``num`` steps of whole episodes of ``source`` (``recordings.paired_steps``)
+  ``num`` images drawn without replacement from ``loaded``, each agent seeing its region;
+  for a recording, ``num`` steps of whole episodes of ``loaded`` (``recordings.paired_steps``)
   seen by each agent's camera, with their labels."""
-  if source is None:
-    return world_paired_set(key, views, num, config.data.image_size)
-  if num > num_states(source):
-    where = (f"the {source.part} episodes of {source.name!r} hold only {source.num_steps} "
-             "steps" if isinstance(source, recordings.Recording) else
-             f"split {config.data.eval_split!r} of {config.data.dataset!r} holds only "
-             f"{len(source.labels)}")
+  if loaded is None:
+    return world_paired_set(key, views, num, src.image_size)
+  if num > num_states(loaded):
+    where = (f"the {loaded.part} episodes of {loaded.name!r} hold only {loaded.num_steps} "
+             "steps" if isinstance(loaded, recordings.Recording) else
+             f"split {src.eval_split!r} of {src.dataset!r} holds only {len(loaded.labels)}")
     raise errors.UserError(f"Asked for {num} paired states, but {where}: lower --pairs and "
                            "--test_pairs (or the eval sizes).")
-  if isinstance(source, recordings.Recording):
-    steps = recordings.paired_steps(source, key, num)
-    labels = {k: jnp.asarray(v[steps]) for k, v in source.labels.items()}
-    return PairedSet(recordings.paired_obs(source, np.asarray(views), steps), labels,
-                     dict(source.num_classes), state_of(labels, source.num_classes))
-  index = np.asarray(jax.random.permutation(key, len(source.labels))[:num])
-  pixels = jnp.asarray(source.pixels[index])
-  obs = _regions_obs(pixels, views, config.data.image_size)
-  return PairedSet(obs, {"class": jnp.asarray(source.labels[index])},
-                   {"class": source.num_classes})
+  if isinstance(loaded, recordings.Recording):
+    steps = recordings.paired_steps(loaded, key, num)
+    labels = {k: jnp.asarray(v[steps]) for k, v in loaded.labels.items()}
+    return PairedSet(recordings.paired_obs(loaded, np.asarray(views), steps), labels,
+                     dict(loaded.num_classes), state_of(labels, loaded.num_classes))
+  index = np.asarray(jax.random.permutation(key, len(loaded.labels))[:num])
+  pixels = jnp.asarray(loaded.pixels[index])
+  obs = _regions_obs(pixels, views, src.image_size)
+  return PairedSet(obs, {"class": jnp.asarray(loaded.labels[index])},
+                   {"class": loaded.num_classes})
 
 
-def overlap_matrix(config: ml_collections.ConfigDict, views: Sequence[str], source: Any,
-                   key: jax.Array) -> np.ndarray | None:
+def overlap_matrix(src: Source, views: Sequence[str], loaded: Any, key: jax.Array
+                   ) -> np.ndarray | None:
   """(V, V) pixel overlap of the views (row a: the fraction of a's pixels b also sees):
   measured on 256 random world states, or the regions' geometry. None for a recording:
   its cameras' poses and depth are not recorded, so which pixels two cameras share is
   undefined."""
-  if is_world(config):
+  if src.kind == WORLD:
     states = jax.vmap(world.random_state)(jax.random.split(key, 256))
     return np.asarray(world.overlap_matrix(states, world.stack_views(views)))
-  if isinstance(source, recordings.Recording):
+  if src.kind == RECORDING:
     return None
-  return images.overlap_matrix(views, config.data.region_size, *source.pixels.shape[1:3])
+  return images.overlap_matrix(views, src.region_size, *loaded.pixels.shape[1:3])
 
 
 SOURCE_FILE = "source.json"  # a run on a recording states its splits here (train.py)
 
 
-def describe(config: ml_collections.ConfigDict, source: Any, workdir: str | None = None
-             ) -> Any:
+def describe(src: Source, loaded: Any, workdir: str | None = None) -> Any:
   """What a report says about the source: ``world``; a dataset's split and image shape; a
   recording's cameras, frame handling and the evaluated part's episodes and steps, beside
   the training part's as the run in ``workdir`` stated them (``SOURCE_FILE``)."""
-  if source is None:
+  if src.kind == WORLD:
     return "world"
-  if not isinstance(source, recordings.Recording):
-    return {"dataset": config.data.dataset, "split": config.data.eval_split,
-            "region_size": config.data.region_size, "image_shape": list(source.pixels.shape[1:])}
-  out = {"dataset": source.name, "kind": "recording", "cameras": list(source.cameras),
-         "image_size": config.data.image_size, "flip": config.data.flip,
+  if src.kind == IMAGES:
+    return {"dataset": src.dataset, "split": src.eval_split, "region_size": src.region_size,
+            "image_shape": list(loaded.pixels.shape[1:])}
+  out = {"dataset": loaded.name, "kind": "recording", "cameras": list(loaded.cameras),
+         "image_size": src.image_size, "flip": src.options.flip,
          "resize": "stretched to the square (PIL bilinear, antialiased)",
-         "labels": {k: ("class" if k in source.num_classes else "value")
-                    for k in source.labels}, "eval": source.summary()}
+         "labels": {k: ("class" if k in loaded.num_classes else "value")
+                    for k in loaded.labels}, "eval": loaded.summary()}
   stated = os.path.join(workdir or "", SOURCE_FILE)
   if workdir and os.path.exists(stated):
     with open(stated) as f:

@@ -255,7 +255,7 @@ def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
                            f"{student_view!r}.")
   teacher = loading.load_agent(teacher_workdir, teacher_view, seed=teacher_seed)
   teacher_config = teacher.config
-  if not data.is_world(teacher_config):
+  if teacher_config.data.dataset:
     raise errors.UserError(f"Migration runs on the embedded world; the teacher run "
                            f"{teacher_workdir!r} was trained on dataset "
                            f"{teacher_config.data.dataset!r}.")

@@ -63,7 +63,8 @@ def normalise_episode(episode: dict, where: str) -> tuple[dict, dict[str, str]]:
     action = np.concatenate([action, np.zeros_like(action[:1])])
   obs = {k: x if k in cameras else x.astype(np.float32) if np.issubdtype(x.dtype, np.floating)
          else x for k, x in obs.items()}
-  recordings.check_finite({"action": action, **{k: x for k, x in obs.items() if k not in cameras}}, where)
+  states = {k: x for k, x in obs.items() if k not in cameras}
+  recordings.check_finite({"action": action, **states}, where)
   out = {**episode, "observation": obs, "action": action}
   for k in ("reward", "discount"):
     if k in out:

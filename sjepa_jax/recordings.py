@@ -262,7 +262,8 @@ class Recording:
     return out
 
 
-def _episodes(b: tensorflow_datasets.core.DatasetBuilder, part: Part) -> Iterator[tuple[int, Iterable]]:
+def _episodes(b: tensorflow_datasets.core.DatasetBuilder, part: Part
+              ) -> Iterator[tuple[int, Iterable]]:
   """(index in the split, its steps) of every episode of ``part``: array_record files read
   directly, without TensorFlow; tfrecord files (what `tfds build` writes by default)
   through tf.data."""

@@ -119,27 +119,29 @@ class PairedStates(NamedTuple):
   overlap: np.ndarray | None  # (V, V) pixel overlap of the studied views (None: undefined)
   eval_images: Any  # a dataset's evaluation split or a recording's part; None for the world
   state: jax.Array | None  # (N, S) everything known of each state (None: images)
+  source: data.Source
 
 
 def paired_states(config, roles: Roles, used: Sequence[Agent], n: int, k_states, k_overlap
                   ) -> PairedStates:
-  order = data.view_order(config)
+  src = data.source(config)
+  order = data.view_order(src)
   all_views = sorted({a.view for a in used}, key=order.index)
-  stacked = data.stack_views(config, all_views)
+  stacked = data.stack_views(src, all_views)
   sizes = sorted({a.image_size for a in used})
   obs, paired, eval_images = {}, None, None
   for size in sizes:
-    sized = ml_collections.ConfigDict(config.to_dict())
-    sized.data.image_size = size
-    if size == sizes[0] or data.is_recording(sized):  # a recording's frames load resized
-      eval_images = data.load_images(sized, sized.data.eval_split, all_views)
+    sized = src._replace(image_size=size,
+                         options=src.options and src.options._replace(image_size=size))
+    if size == sizes[0] or src.kind == data.RECORDING:  # a recording's frames load resized
+      eval_images = data.load_images(sized, src.eval_split, all_views)
     paired = data.paired_set(sized, k_states, stacked, n, eval_images)
     obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
   views = sorted({v for group in roles.main.values() for v in group}, key=order.index)
-  overlap = data.overlap_matrix(config, views, eval_images, k_overlap)
+  overlap = data.overlap_matrix(src, views, eval_images, k_overlap)
   # The labels are those of the same states at every size.
   return PairedStates(obs, paired.labels, paired.num_classes, views, overlap, eval_images,
-                      paired.state)
+                      paired.state, src)
 
 
 class _Spaces(NamedTuple):
@@ -305,7 +307,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                                             if k != "class_probe_grad_norm"}
   report = {
       "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
-      "source": data.describe(config, paired.eval_images, used[0].workdir),
+      "source": data.describe(paired.source, paired.eval_images, used[0].workdir),
       "chance_acc": chance,
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           **({"hparams": a.hparams} if a.hparams else {}),

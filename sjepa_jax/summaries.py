@@ -12,10 +12,10 @@ from sjepa_jax import agents
 # whole latent: R^2, the isometry gap, transfer (a fraction of native, and in absolute
 # accuracy), and every null control at least a margin below the agents in transfer
 # accuracy; R^2 kept under scant overlap; the world readable (the supervised ceiling) and
-# read (the JEPA agents' probes). On the shared part (docs/alignment.md, written before the runs): an isometric
-# dimension k_iso of at least 16 on surface pairs, whose directions carry 90% of the
-# source's native class accuracy and transfer 95% of the target's own; the decomposition
-# accounting for the whole gap within 0.02.
+# read (the JEPA agents' probes). On the shared part (docs/alignment.md, written before the
+# runs): an isometric dimension k_iso of at least 16 on surface pairs, whose directions
+# carry 90% of the source's native class accuracy and transfer 95% of the target's own; the
+# decomposition accounting for the whole gap within 0.02.
 GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
          "transfer_acc_min": 0.85, "control_margin_min": 0.1, "scant_r2_min": 0.8,
          "ceiling_class_min": 0.9, "ceiling_position_r2_min": 0.95, "jepa_class_min": 0.85,

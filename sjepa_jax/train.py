@@ -259,8 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 class _Source(NamedTuple):
-  """What the agents see: their stacked views and keys, and a dataset's train split on the
-  device (None for the world)."""
+  """What the agents see: the source, their stacked views and keys, and a dataset's train
+  split on the device (None for the world)."""
+  source: data.Source
   views: Any
   keys: jax.Array
   pixels: Any  # images (N, H, W, 3), or a recording's recordings.OnDevice; every agent's
@@ -269,12 +270,13 @@ class _Source(NamedTuple):
 
 
 def _source(config, roster: agents.Roster) -> _Source:
-  train = data.load_images(config, config.data.train_split, roster.views)
-  evaluation = data.load_images(config, config.data.eval_split, roster.views)
+  src = data.source(config)
+  train = data.load_images(src, src.train_split, roster.views)
+  evaluation = data.load_images(src, src.eval_split, roster.views)
   described = None
-  if data.is_recording(config):
+  if src.kind == data.RECORDING:
     described = {"train": train.summary(), "eval": evaluation.summary()}
-  return _Source(data.stack_views(config, roster.views),
+  return _Source(src, data.stack_views(src, roster.views),
                  agents.agent_keys(roster.seeds, roster.views), data.on_device(train),
                  evaluation, described)
 
@@ -301,14 +303,14 @@ def _restore_or_init(config, workdir: str, roster: agents.Roster,
   return mngr, state, start
 
 
-def _paired_states(config, views: Sequence[str], eval_images, which: int, num: int
-                   ) -> data.PairedSet:
+def _paired_states(src: data.Source, seed: int, views: Sequence[str], eval_images, which: int,
+                   num: int) -> data.PairedSet:
   """Fixed paired states, the same for every run (``eval.seed``): ``which`` 0 for the
   running evaluation, 1 for the end-of-run probes; a dataset's at most its whole split."""
   if eval_images is not None:
     num = min(num, data.num_states(eval_images))
-  key = jax.random.fold_in(jax.random.key(config.eval.seed), which)
-  return data.paired_set(config, key, data.stack_views(config, views), num, eval_images)
+  key = jax.random.fold_in(jax.random.key(seed), which)
+  return data.paired_set(src, key, data.stack_views(src, views), num, eval_images)
 
 
 def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _Source
@@ -338,7 +340,8 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
   # Evaluation: fixed paired states rendered once per view, on which the running
   # cross-agent CKA and every agent's latent spectrum are measured.
   view_index = np.asarray([views.index(v) for v in roster.views])
-  eval_set = _paired_states(config, views, source.eval_images, 0, evaluation.eval_set_size(config))
+  eval_set = _paired_states(source.source, config.eval.seed, views, source.eval_images, 0,
+                            evaluation.eval_set_size(config))
   reference = losses.isotropic_reference(eval_set.obs.shape[1], config.model.dim)
 
   main_process = jax.process_index() == 0  # one writer of event files and log lines
@@ -379,10 +382,11 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
     report = {}
     if stop == total:
       e = config.eval
-      probe_set = _paired_states(config, views, source.eval_images, 1,
+      probe_set = _paired_states(source.source, config.eval.seed, views, source.eval_images, 1,
                                  e.probe_train + e.probe_test)
-      report = evaluation.probe_report(config, encode_all, state._replace(params=host_local(state.params)),
-                            initial, probe_set, view_index, names)
+      report = evaluation.probe_report(
+          config, encode_all, state._replace(params=host_local(state.params)), initial,
+          probe_set, view_index, names)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
       if main_process:

@@ -11,7 +11,6 @@ import pytest
 
 from sjepa_jax import agents
 from sjepa_jax import configs
-from sjepa_jax import data
 from sjepa_jax import models
 from sjepa_jax import objectives
 from sjepa_jax import world
@@ -264,7 +263,7 @@ def test_seq_jepa_predicts_the_last_target_latent_from_the_earlier_frames_alone(
   np.testing.assert_allclose(seq(z, target.at[:, -1].add(1.0)), 1.0, rtol=1e-5)
   assert seq(z.at[:, -1].set(0.0), target.at[:, :-1].set(0.0)) < 1e-10
   assert seq(z.at[:, 0].set(z[:, 1]), target) > 1e-4  # (a shift: layer-normalised away)
-  batch = data.sampler(config)(jax.random.key(1), world.get_view("forest"), None)
+  batch = learner.sample(jax.random.key(1), world.get_view("forest"), None)
   loss = lambda weight: objectives.jepa_loss(
       learner.model, learner.objective, params, params["encoder"], batch, jax.random.key(2),
       hparams={"objective.seq_weight": weight})

@@ -82,7 +82,8 @@ def test_the_training_step_costs_the_same_under_vmap_and_lax_map(config):
   twice one agent's (XLA's cost analysis counts the lax.map body once: one agent's)."""
   def args(views):
     state = jax.eval_shape(lambda: init_agents(config, views, 0))
-    return state, data.stack_views(config, views), agents.agent_keys(0, views), 0, None
+    stacked = data.stack_views(data.source(config), views)
+    return state, stacked, agents.agent_keys(0, views), 0, None
 
   learner = configs.learner_from_config(config)
   counts = {}

@@ -116,7 +116,7 @@ def test_vmapped_region_agents_equal_agents_trained_alone(config, dataset_dir):
     learner = configs.learner_from_config(config)
     step = train.make_step(learner, "lax_map", num_agents=len(views))
     state = agents.init_agents(learner, views, 0)
-    stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
+    stacked, keys = data.stack_views(data.source(config), views), agents.agent_keys(0, views)
     for i in range(2):
       state, metrics = step(state, stacked, keys, i, pixels)
     return state, metrics

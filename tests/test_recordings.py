@@ -163,9 +163,9 @@ def test_splits_are_by_episode_never_by_step(planted_dir):
 
 def test_the_paired_set_pairs_the_same_step_of_whole_episodes_across_cameras(planted_config):
   views = data.parse_views(planted_config, "front,wrist")
-  evaluation = data.load_images(planted_config, "test", views)
-  paired = data.paired_set(planted_config, jax.random.key(1), data.stack_views(
-      planted_config, views), 7, evaluation)
+  src = data.source(planted_config)
+  evaluation = data.load_images(src, "test", views)
+  paired = data.paired_set(src, jax.random.key(1), data.stack_views(src, views), 7, evaluation)
   chex.assert_shape(paired.obs, (2, 7, 16, 16, 3))
   episode, step = decode(paired.obs[0])
   np.testing.assert_allclose(np.asarray(paired.obs[1]) * 255, 200 - np.asarray(paired.obs[0]) * 255,
@@ -175,8 +175,7 @@ def test_the_paired_set_pairs_the_same_step_of_whole_episodes_across_cameras(pla
   assert paired.num_classes == {"step": 4} and "same" not in paired.labels  # constant: dropped
   with pytest.raises(ValueError, match=r"Asked for 8 paired states, but the test\[0:2\] "
                                        "episodes of 'planted' hold only 7 steps"):
-    data.paired_set(planted_config, jax.random.key(1), data.stack_views(planted_config, views),
-                    8, evaluation)
+    data.paired_set(src, jax.random.key(1), data.stack_views(src, views), 8, evaluation)
 
 
 def test_frames_are_resized_by_stretching_and_flipped():
@@ -224,7 +223,7 @@ def test_views_labels_and_actions_come_from_the_recording(planted_config):
   planted_config.data.labels = "where"
   resolved = data.resolve(planted_config)
   assert resolved.data.action_dim == 2 and planted_config.data.action_dim == 0
-  part = data.load_images(resolved, "test", ["front"])
+  part = data.load_images(data.source(resolved), "test", ["front"])
   assert list(part.labels) == ["where"] and part.num_classes == {}
 
 
@@ -236,8 +235,8 @@ def test_camera_agents_trained_together_equal_agents_trained_alone(planted_confi
     learner = configs.learner_from_config(config)
     step = train.make_step(learner, "lax_map", num_agents=len(views))
     state = agents.init_agents(learner, views, 0)
-    source = data.on_device(data.load_images(config, "train", views))
-    stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
+    source = data.on_device(data.load_images(data.source(config), "train", views))
+    stacked, keys = data.stack_views(data.source(config), views), agents.agent_keys(0, views)
     for i in range(2):
       state, metrics = step(state, stacked, keys, i, source)
     return state, metrics
@@ -302,7 +301,7 @@ def test_a_recording_without_actions_is_refused(tmp_path):
       "observation": {"front": tfds.features.Tensor(shape=(2, 2, 3), dtype=np.uint8)}})})
   frames = np.zeros((2, 2, 3), np.uint8)
   tfds_local.write_examples("actionless", str(tmp_path), features,
-                        {"train": iter([(0, {"steps": [{"observation": {"front": frames}}]})])})
+                            {"train": iter([(0, {"steps": [{"observation": {"front": frames}}]})])})
   with pytest.raises(ValueError, match="no `action` field in its steps"):
     recordings.layout("actionless", str(tmp_path))
 
@@ -315,8 +314,8 @@ def test_tfrecord_recordings_without_tensorflow_name_the_extra(tmp_path, monkeyp
   info["fileFormat"] = "tfrecord"
   with open(info_path, "w") as f:
     json.dump(info, f)
-  real = recordings.importlib.util.find_spec
-  monkeypatch.setattr(recordings.importlib.util, "find_spec",
+  real = tfds_local.importlib.util.find_spec
+  monkeypatch.setattr(tfds_local.importlib.util, "find_spec",
                       lambda name, *a: None if name == "tensorflow" else real(name, *a))
   with pytest.raises(errors.MissingExtraError, match=r"pip install -e \.\[tfrecord\]"):
     recordings.load("stored_as_tfrecord", str(tmp_path / "a"), "train", ["front"],

@@ -21,7 +21,7 @@ assert jax.device_count() == 4, jax.devices()
 def run(views, config, sharded, pixels=None):
   learner = configs.learner_from_config(config)
   state = agents.init_agents(learner, views, 0)
-  stacked, keys = data.stack_views(config, views), agents.agent_keys(0, views)
+  stacked, keys = data.stack_views(data.source(config), views), agents.agent_keys(0, views)
   if sharded:
     agent_sh, batch_sh = train.shardings(len(views), config.data.batch_size)
     if agent_sh is not None:
