@@ -26,6 +26,7 @@ import jax
 from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import data
+from sjepa_jax import probes
 from sjepa_jax import train
 
 _CONFIG = common.define_config_flag("experiments/configs/default.py",
@@ -82,9 +83,7 @@ flags.register_validator("seeds", _check_seeds)
 
 
 # The probe table's columns: (score in probe.json, heading).
-_COLUMNS = (("class_acc", "class"), ("shape_acc", "shape"), ("size_acc", "size"),
-            ("position_r2", "pos R2"),
-            ("distractor_centroid_r2", "pucks R2"), ("class_mlp_acc", "class MLP"))
+_COLUMNS = tuple(probes.SCORE_HEADINGS.items())
 
 
 def print_probes(report: dict, path: str) -> None:

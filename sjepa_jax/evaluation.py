@@ -40,10 +40,21 @@ def _spectra(z_AxNxD):
   return jax.vmap(losses.spectrum_stats)(z_AxNxD)
 
 
+def spectrum(z_NxD: jax.Array) -> dict[str, float]:
+  """Effective rank, participation ratio and RankMe of held-out latents, and under
+  ``isotropic_<name>`` those of isotropic Gaussian latents of the same N and D: what fully
+  used latents score on so many states."""
+  out = {k: float(v) for k, v in losses.spectrum_stats(z_NxD).items()}
+  reference = losses.isotropic_reference(*z_NxD.shape)
+  return {**out, **{f"isotropic_{k}": v for k, v in reference.items()}}
+
+
 def spectrum_scalars(z_AxNxD: jax.Array, names: Sequence[str],
                      reference: dict[str, float]) -> dict[str, float]:
   """Each agent's ``losses.spectrum_stats`` on the evaluation states, and beside them under
-  ``train/isotropic_reference/`` those of isotropic Gaussian latents of the same N and D."""
+  ``train/isotropic_reference/`` ``reference``: those of isotropic Gaussian latents of the
+  same N and D (``losses.isotropic_reference``, computed once per run), as ``spectrum``
+  gives one latent's."""
   stats = jax.device_get(_spectra(z_AxNxD))
   out = {f"train/agent_{v}/{k}": float(x[a]) for k, x in stats.items()
          for a, v in enumerate(names)}

@@ -184,6 +184,12 @@ def fit(z_NxD: jax.Array, labels: Mapping[str, jax.Array], num_classes: Mapping[
           for name, y in labels.items()}
 
 
+# The world's probe scores in the order tables show them, with their short headings.
+SCORE_HEADINGS = {"class_acc": "class", "shape_acc": "shape", "size_acc": "size",
+                  "position_r2": "pos R2", "distractor_centroid_r2": "pucks R2",
+                  "class_mlp_acc": "class MLP"}
+
+
 def score_name(name: str, probe: Probe) -> str:
   """``<label>_acc`` for a classifier, ``<label>_r2`` for a regressor."""
   return f"{name}_{'acc' if probe.classes else 'r2'}"

@@ -36,9 +36,9 @@ from sjepa_jax import align
 from sjepa_jax import compare
 from sjepa_jax import data
 from sjepa_jax import errors
+from sjepa_jax import evaluation
 from sjepa_jax import exchange
 from sjepa_jax import loading
-from sjepa_jax import losses
 from sjepa_jax import models
 from sjepa_jax import probes
 from sjepa_jax import shared
@@ -312,7 +312,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,
                           **({"hparams": a.hparams} if a.hparams else {}),
                           "workdir": a.workdir, "step": a.step, **trained[a.name].scores,
-                          **spectrum(trained[a.name].z[n_fit:]),
+                          **evaluation.spectrum(trained[a.name].z[n_fit:]),
                           **(without_grad(initial[a.name].scores, "random_init_")
                              if a.name in initial else {})}
                  for a in used},
@@ -367,15 +367,6 @@ def export(report: dict[str, Any], extras: dict[str, Any], folder: str) -> dict[
                                   n_fit=n_fit, score=score,
                                   held_out=report["agents"][name][score])
   return sizes
-
-
-def spectrum(z_NxD: jax.Array) -> dict[str, float]:
-  """Effective rank, participation ratio and RankMe of held-out latents, and under
-  ``isotropic_<name>`` those of isotropic Gaussian latents of the same N and D: what fully
-  used latents score on so many states."""
-  out = {k: float(v) for k, v in losses.spectrum_stats(z_NxD).items()}
-  reference = losses.isotropic_reference(*z_NxD.shape)
-  return {**out, **{f"isotropic_{k}": v for k, v in reference.items()}}
 
 
 def source_config(used: Sequence[Agent], data_dir: str | None) -> ml_collections.ConfigDict:

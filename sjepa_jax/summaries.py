@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sjepa_jax import agents
+from sjepa_jax import probes
 
 # DESIGN.md's goals: what "an approximate linear isometry that transfers" must mean. On the
 # whole latent: R^2, the isometry gap, transfer (a fraction of native, and in absolute
@@ -25,8 +26,7 @@ GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
 SCANT_OVERLAP = 0.1
 
 
-PROBE_SCORES = ("class_acc", "shape_acc", "size_acc", "position_r2",
-                "distractor_centroid_r2", "class_mlp_acc")
+PROBE_SCORES = tuple(probes.SCORE_HEADINGS)
 
 
 def probes_by_view(report: dict[str, Any]) -> dict[str, dict[str, dict[str, list[float]]]]:
