@@ -109,12 +109,12 @@ def shared_rows(report: dict, path: str) -> list[str]:
     rows.append(_row(f"Shared isometric part, {where}: k_iso >= {G['k_iso_min']} on every pair",
                      f"k_iso {pm('k_iso')} (worst pair {worst['k_iso_pair_mean']:.1f}) of "
                      f"k_null {pm('k_null')} shared directions", met["k_iso"], path))
-    rows.append(_row(f"It carries the object, {where}: class on the k_iso span >= "
-                     f"{G['shared_native_fraction_min']:.0%} of native; through it >= "
-                     f"{G['shared_transfer_fraction_min']:.0%} of the target's native",
-                     f"{pm('native_fraction_k_iso')} / {pm('transfer_fraction_k_iso')}",
-                     met["shared_native"] and met["shared_transfer"]
-                     if met["shared_native"] is not None else None, path))
+    if met["shared_native"] is not None:  # a class label to read (not a recording's)
+      rows.append(_row(f"It carries the object, {where}: class on the k_iso span >= "
+                       f"{G['shared_native_fraction_min']:.0%} of native; through it >= "
+                       f"{G['shared_transfer_fraction_min']:.0%} of the target's native",
+                       f"{pm('native_fraction_k_iso')} / {pm('transfer_fraction_k_iso')}",
+                       met["shared_native"] and met["shared_transfer"], path))
     rows.append(_row(f"The decomposition accounts for the gap, {where}: within "
                      f"{G['gap_accounted_max']}",
                      f"gap {pm('gap')} = beyond span {pm('gap_beyond_span')} + shared part "
@@ -194,7 +194,8 @@ def table(docs: str) -> str:
     report, path = _load(study_path), os.path.relpath(study_path, ROOT)
     rows += world_rows(report, path)
     commands[path] = report.get("command")
-  for decomposed in (study_path, os.path.join(docs, "recordings", "pushing", "report.json")):
+  recorded = sorted(glob.glob(os.path.join(docs, "recordings", "*", "report.json")))
+  for decomposed in (study_path, *recorded):
     if os.path.exists(decomposed) and "shared_summary" in (report := _load(decomposed)):
       path = os.path.relpath(decomposed, ROOT)
       rows += shared_rows(report, path)
