@@ -35,7 +35,8 @@ _TARGET = flags.DEFINE_float("target_acc", None, "Focal-class probe accuracy to 
 _TARGET_FROM = flags.DEFINE_string("target_from", None, "A pilot report.json of a separate seed: "
                                    "the target is declared from its scratch curve.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the reports and figures go.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Student seeds, all in one program.")
+_SEEDS = flags.DEFINE_list("seeds", None, "Student seeds, all in one program (default: 0).")
+_SEED = flags.DEFINE_integer("seed", None, "One student seed: the same as --seeds=<seed>.")
 _TEACHER_SEED = flags.DEFINE_integer("teacher_seed", None, "The teacher's seed, where its run "
                                      "trained its view with several (--seeds).")
 _SAME_VIEW_SEED = flags.DEFINE_integer("same_view_seed", None, "A control: the teacher run's "
@@ -46,6 +47,17 @@ _SUPERVISED_VIEW = flags.DEFINE_string("supervised_view", None, "The supervised 
                                        "(default: the teacher's).")
 flags.mark_flag_as_required("student_view")
 flags.adopt_module_key_flags(common)  # --student_view and --traceback show in --help
+
+
+def _seeds() -> list[int]:
+  if _SEED.value is not None and _SEEDS.value is not None:
+    raise errors.UserError("Give --seed or --seeds, not both.")
+  if _SEED.value is not None:
+    return [_SEED.value]
+  try:
+    return [int(s) for s in _SEEDS.value or ["0"]]
+  except ValueError as e:
+    raise errors.UserError(f"--seeds must be integers, comma-separated; got {_SEEDS.value}.") from e
 
 
 def _target(config, seeds) -> tuple[float, str]:
@@ -64,10 +76,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   common.quiet_library_logs()
-  try:
-    seeds = [int(s) for s in _SEEDS.value]
-  except ValueError as e:
-    raise errors.UserError(f"--seeds must be integers, comma-separated; got {_SEEDS.value}.") from e
+  seeds = _seeds()
   plan = migrate.Plan(_TEACHER.value, _STUDENT.value, seeds, _TEACHER_VIEW.value,
                       _TEACHER_SEED.value, _SAME_VIEW_SEED.value, _SUPERVISED.value,
                       _SUPERVISED_VIEW.value)

@@ -558,6 +558,10 @@ def report_for_seed(shared: dict, seed: int, curves: dict[str, list[dict]]) -> d
                   "flops_per_step": cost(r), "curve": c} for r, c in curves.items()}
   for r, cmp in compare(curves, shared["target_acc"], teacher_flops).items():
     students[r].update(cmp)
-  return {**shared, "seed": seed, "scratch_final_acc": curves["scratch"][-1]["class_acc"],
+  # The headline, where a table of goals reads it: the migrating student's ratio.
+  headline = {"ratio": students["migrate"]["ratio"],
+              "teacher_kind": shared["teachers"]["trained"]["kind"]}
+  return {**shared, **headline, "seed": seed,
+          "scratch_final_acc": curves["scratch"][-1]["class_acc"],
           "flops_to_target": "linear interpolation between the probes bracketing the "
                              "first crossing", "students": students}
