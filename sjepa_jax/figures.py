@@ -141,22 +141,25 @@ def write_all(report: dict, extras: dict[str, Any], out_dir: str) -> list[str]:
 
 
 def accuracy_against_flops(report: dict, path: str) -> str:
-  """Probe accuracy (class) and position R^2 against cumulative training FLOPs, scratch vs
-  migrating student, with the target accuracy."""
-  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-  for mode, style in (("scratch", "-o"), ("migrate", "-s")):
-    curve = report["curves"][mode]
+  """Probe accuracy (class) and position R^2 against each student's cumulative training
+  FLOPs: the scratch student, the migrating one and every control, with the target."""
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for i, (role, student) in enumerate(report["students"].items()):
+    curve = student["curve"]
     f = [p["flops"] for p in curve]
-    axes[0].plot(f, [p["class_acc"] for p in curve], style, ms=3, label=mode)
-    axes[1].plot(f, [p["position_r2"] for p in curve], style, ms=3, label=mode)
+    style = "k-o" if role == "scratch" else ("-s" if role == "migrate" else ":.")
+    kw = {} if role == "scratch" else {"color": f"C{i}"}
+    axes[0].plot(f, [p["class_acc"] for p in curve], style, ms=3, label=role, **kw)
+    axes[1].plot(f, [p.get("position_r2", np.nan) for p in curve], style, ms=3, label=role,
+                 **kw)
   axes[0].axhline(report["target_acc"], color="k", ls="--", lw=0.8, label="target")
   axes[0].set_ylabel("focal class accuracy (held out)")
   axes[1].set_ylabel("focal position R^2 (held out)")
   for ax in axes:
-    ax.set_xlabel("cumulative training FLOPs")
-    ax.legend(fontsize=7)
-  fig.suptitle(f"{report['teacher_view']} teacher -> {report['student_view']} student",
-               fontsize=9)
+    ax.set_xlabel("cumulative training FLOPs (this student's)")
+    ax.legend(fontsize=6)
+  fig.suptitle(f"{report['teachers']['trained']['view']} teacher -> {report['student_view']} "
+               f"student, seed {report['seed']}", fontsize=9)
   return _save(fig, path)
 
 

@@ -1,30 +1,40 @@
 """Migration: a new (student) agent learns faster by pulling toward a trained teacher.
 
-The student trains on its own view with its usual JEPA loss plus a distillation term:
-``weight * mean ||map(z_student) - z_teacher||^2 / D`` on the same world states seen from
-the teacher's view, where the teacher is frozen (a forward pass per step).
+A migrating student trains on its own view with its usual JEPA loss plus a distillation
+term, ``weight * mean ||map(z_student) - z_teacher||^2 / E``, on the same world states seen
+from the teacher's view; the teacher is frozen (a forward pass per step).
 
-**The map** is a scaled orthogonal (Procrustes) map from the student's latent space to
-the teacher's, recomputed in closed form at every step from running estimates (EMA with
+**The map** is a scaled orthogonal (Procrustes) map from the student's latent space to the
+teacher's, recomputed in closed form at every step from running estimates (EMA with
 ``migrate.map_decay``) of the two agents' latent means, the student's latent variance and
 the student-teacher cross-covariance; the first step's batch initialises the estimates.
-Gradients do not flow through it, so the student is pulled toward the teacher's geometry
-up to a rotation and a scale, never forced into the teacher's coordinates. Refitting it
-(one D x D SVD) is inside the compiled step, so its cost is counted with the step's.
+Gradients do not flow through it, so the student is pulled toward the teacher's geometry up
+to a rotation and a scale, never forced into the teacher's coordinates.
 
-**Compute** is counted in FLOPs on each step's traced program (``flops.count_flops``:
-loops times their trip count, the SVD from its analytic count): the student's forward and
-backward passes, its batch's rendering, the teacher's forward passes and the map fit for
-the migrating student; the same step without teacher or map for the scratch student.
-Evaluation probes are measurement, not training, and are counted for neither. Both
-students start from the same initial parameters and see the same batches of their own
-view.
+**The protocol** is one program over a leading student axis (S): a scratch student (weight
+0), the migrating student, and controls whose saving, if any, is the extra loss term and
+not the teacher's knowledge (``ROLES``): a random-init teacher, a map fitted on shuffled
+pairs, a learned linear projector in place of the refitted map, and optionally a same-view
+teacher and a supervised one. Every student of one seed starts from the same parameters
+and sees the same batches. What differs between students enters as arrays (``Setting``,
+the teacher's encoder parameters and view, stacked per student), so one jitted step serves
+them all, under ``jax.vmap`` or ``lax.map`` as agents do in ``train``.
 
-Shapes: B = batch, L = frames, D = student latent size, E = teacher latent size.
+**Compute** is counted in FLOPs (``flops.count_flops``) per student as its step would cost
+alone: the scratch student's is ``agents.train_step``'s; a migrating one's adds its
+teacher's batch and forward pass and its map (the refitted map's statistics and SVD, or the
+projector's pass and update). The program computes both maps for every student so that one
+program serves all; that waste is the program's, reported beside (``program``). Probes are
+measurement and count for no one.
+
+Shapes: S = students, B = batch, L = frames, N = B * L, D = student latent size, E =
+teacher latent size.
 """
 
+import functools
+import math
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from absl import logging
 import jax
@@ -49,6 +59,7 @@ from sjepa_jax import train
 from sjepa_jax import world
 
 PyTree = Any
+BOTH_MAPS = ("procrustes", "learned")
 
 
 class MapStats(NamedTuple):
@@ -61,8 +72,36 @@ class MapStats(NamedTuple):
 
 
 class Student(NamedTuple):
+  """Everything one student learns: the agent, its map's statistics, and the learned
+  projector with its own optimiser state (trained only by a ``learned`` student)."""
   agent: agents.AgentState
   stats: MapStats
+  projector: PyTree  # {"w": (D, E), "b": (E,)}
+  projector_opt: optax.OptState
+
+
+class Setting(NamedTuple):
+  """One student's part in the protocol, as arrays ((S,) stacked on the student axis):
+  values, not Python branches, so that one program serves every student."""
+  weight: jax.Array  # () distillation weight; 0: trains exactly as the scratch student
+  learned: jax.Array  # () bool: the learned projector instead of the refitted Procrustes map
+  shuffle: jax.Array  # () bool: the map's statistics from pairs shuffled within the batch
+
+
+# Every student of the protocol: (its teacher, distils?, learned projector?, shuffled
+# pairs?). Teachers: ``trained`` (the teacher), ``random`` (its initial parameters),
+# ``same_view`` (another seed of the student's view), ``supervised`` (a run trained on the
+# labels). The last two are optional.
+ROLES = {
+    "scratch": ("trained", False, False, False),
+    "migrate": ("trained", True, False, False),
+    "random_teacher": ("random", True, False, False),
+    "shuffled_pairs": ("trained", True, False, True),
+    "learned_projector": ("trained", True, True, False),
+    "same_view": ("same_view", True, False, False),
+    "supervised": ("supervised", True, False, False),
+}
+OPTIONAL_ROLES = ("same_view", "supervised")
 
 
 def init_stats(dim_s: int, dim_t: int) -> MapStats:
@@ -88,36 +127,154 @@ def procrustes_map(stats: MapStats) -> align.LinearMap:
   return align.procrustes_from_moments(stats.cross, stats.var_s, stats.mean_s, stats.mean_t)
 
 
-def migrate_step(learner: agents.Learner, teacher_model: models.WorldModel, weight: float,
-                 map_decay: float, student: Student, student_view: world.View,
-                 teacher_view: world.View, key: jax.Array, step: jax.Array, teacher: PyTree
-                 ) -> tuple[Student, dict]:
-  """One step of the migrating student (``teacher``: the teacher's encoder parameters).
+def init_student(learner: agents.Learner, key: jax.Array, dim_t: int) -> Student:
+  """A fresh student from its seed's key: the agent is exactly ``agents.init_agent``'s (so
+  students of one seed share it); the projector a random linear map, variance-preserving."""
+  agent = agents.init_agent(learner, key)
+  dim_s = learner.model.encoder.dim
+  projector = {"w": jax.random.normal(jax.random.fold_in(key, 1), (dim_s, dim_t))
+                    / math.sqrt(dim_s), "b": jnp.zeros(dim_t)}
+  return Student(agent, init_stats(dim_s, dim_t), projector, learner.optimizer.init(projector))
+
+
+def _mapped(maps: tuple[str, ...], learned: jax.Array, stats: MapStats, projector: PyTree,
+            z_s: jax.Array) -> jax.Array:
+  """The student's latents in the teacher's space, by the map its setting picks. ``maps``
+  is static: both in the program; one alone only to count what one kind of student costs."""
+  refitted = lambda: jax.lax.stop_gradient(procrustes_map(stats)).apply(z_s)
+  linear = lambda: z_s @ projector["w"] + projector["b"]
+  if maps == ("procrustes",):
+    return refitted()
+  if maps == ("learned",):
+    return linear()
+  return jnp.where(learned, linear(), refitted())
+
+
+def student_step(learner: agents.Learner, teacher_model: models.WorldModel, map_decay: float,
+                 student: Student, setting: Setting, student_view: world.View,
+                 teacher_view: world.View, teacher: PyTree, key: jax.Array, step: jax.Array,
+                 maps: tuple[str, ...] = BOTH_MAPS) -> tuple[Student, dict]:
+  """One step of one student (``teacher``: its teacher's encoder parameters).
 
   Keys are those of ``agents.train_step``: the student's batch is exactly the one a scratch
-  student with the same key would train on, and the teacher sees the same episodes from
-  its own view. With ``weight = 0`` the step equals ``agents.train_step``.
+  student with the same key would train on, and the teacher sees the same episodes from its
+  own view. With ``setting.weight = 0`` the agent's update is ``agents.train_step``'s.
   """
   data_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
   batch = learner.sample(data_key, student_view, None)
   seen = learner.sample(data_key, teacher_view, None)
   z_t = models.encode(teacher_model, teacher, seen.obs)  # frozen: no gradient
   z_t = z_t.reshape(-1, z_t.shape[-1])
+  # The control's shuffle breaks the pairing the map is fitted on, not the loss's pairs.
+  perm = jax.random.permutation(jax.random.fold_in(data_key, 1), z_t.shape[0])
+  z_t_fit = jnp.where(setting.shuffle, z_t[perm], z_t)
 
-  def loss(params):
+  def loss(params, projector):
     z_BxLxD = models.encode(learner.model, params["encoder"], batch.obs)
     jepa, metrics = objectives.jepa_loss(learner.model, learner.objective, params,
                                          student.agent.target, batch, loss_key, z_BxLxD)
     z_s = z_BxLxD.reshape(z_t.shape[0], -1)
-    stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t, map_decay)
-    linear_map = jax.lax.stop_gradient(procrustes_map(stats))
-    distill = jnp.mean(jnp.sum((linear_map.apply(z_s) - z_t) ** 2, -1))
-    metrics["distill"] = distill / z_t.shape[-1]
-    return jepa + weight * metrics["distill"], (metrics, stats)
+    stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t_fit, map_decay)
+    mapped = _mapped(maps, setting.learned, stats, projector, z_s)
+    metrics["distill"] = jnp.mean(jnp.sum((mapped - z_t) ** 2, -1)) / z_t.shape[-1]
+    return jepa + setting.weight * metrics["distill"], (metrics, stats)
 
-  grads, (metrics, stats) = jax.grad(loss, has_aux=True)(student.agent.params)
-  metrics["grad_norm"] = optax.tree.norm(grads)
-  return Student(agents.apply_gradients(learner, student.agent, grads), stats), metrics
+  (g_agent, g_proj), (metrics, stats) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+      student.agent.params, student.projector)
+  metrics["grad_norm"] = optax.tree.norm(g_agent)
+  updates, projector_opt = learner.optimizer.update(g_proj, student.projector_opt,
+                                                    student.projector)
+  return Student(agents.apply_gradients(learner, student.agent, g_agent), stats,
+                 optax.apply_updates(student.projector, updates), projector_opt), metrics
+
+
+def program(learner: agents.Learner, teacher_model: models.WorldModel, map_decay: float,
+            student_view: world.View, how: str = "vmap") -> Callable:
+  """Every student's step as one function ``(students, settings, teacher_views, teachers,
+  keys, step) -> (students, metrics)``; every argument but ``step`` has a leading student
+  axis. ``how``: ``vmap`` (batched) or ``lax_map`` (one student after another)."""
+  one = functools.partial(student_step, learner, teacher_model, map_decay)
+
+  def step(students, settings, teacher_views, teachers, keys, i):
+    body = lambda a: one(a[0], a[1], student_view, a[2], a[3], a[4], i)
+    args = (students, settings, teacher_views, teachers, keys)
+    return jax.lax.map(body, args) if how == "lax_map" else jax.vmap(body)(args)
+
+  return step
+
+
+# --- Reading the curves ------------------------------------------------------------------
+
+def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"
+                   ) -> float | None:
+  """Cumulative FLOPs at which the curve first reaches ``target``, interpolated linearly
+  between the two probes that bracket the crossing (probes are sparse; accuracy between
+  them is assumed to rise linearly in FLOPs). A curve that starts at the target reaches it
+  at its first point; None if no probe does."""
+  for i, point in enumerate(curve):
+    if point[metric] >= target:
+      if i == 0:
+        return point["flops"]
+      prev = curve[i - 1]
+      frac = (target - prev[metric]) / (point[metric] - prev[metric])
+      return prev["flops"] + frac * (point["flops"] - prev["flops"])
+  return None
+
+
+def declare_target(pilot_curve: list[dict], fraction: float = 0.5) -> float:
+  """The declared target from a separate seed's scratch curve: ``fraction`` of the way from
+  its accuracy at the first probe after initialisation to its final accuracy, so it lies
+  between what a scratch student knows early and what it ends with."""
+  early, final = pilot_curve[1]["class_acc"], pilot_curve[-1]["class_acc"]
+  return early + fraction * (final - early)
+
+
+def target_from_pilot(pilot: dict, seeds: Sequence[int], fraction: float
+                      ) -> tuple[float, str]:
+  """The target declared from a pilot run's report (a scratch student of a seed the
+  students do not use), and the rule that declared it, for the report."""
+  seed = pilot.get("seed")
+  curve = pilot.get("students", {}).get("scratch", {}).get("curve")
+  if curve is None or len(curve) < 2:
+    raise errors.UserError("The pilot report holds no scratch curve with a probe after step 0 "
+                           "(give a report.json that experiments.migrate wrote).")
+  if seed in seeds:
+    raise errors.UserError(f"The pilot's seed {seed} is one of the student seeds {list(seeds)}: "
+                           "the target must come from a separate seed.")
+  target = declare_target(curve, fraction)
+  return target, (f"{fraction:g} of the way from the seed-{seed} scratch curve's class "
+                  f"accuracy at step {curve[1]['step']} ({curve[1]['class_acc']:.3f}) to its "
+                  f"final ({curve[-1]['class_acc']:.3f}, step {curve[-1]['step']})")
+
+
+def pays_after(student_flops: float | None, scratch_flops: float | None,
+               teacher_flops: float) -> int | None:
+  """The fewest students n over which the teacher's training, shared, still leaves
+  migration cheaper than scratch: the least n with ``student + teacher / n < scratch``;
+  None if no n does (the student alone costs as much as scratch, or a run never reaches
+  the target)."""
+  if student_flops is None or scratch_flops is None or student_flops >= scratch_flops:
+    return None
+  return math.floor(teacher_flops / (scratch_flops - student_flops)) + 1
+
+
+def compare(curves: dict[str, list[dict]], target: float,
+            teacher_flops: dict[str, float]) -> dict[str, dict]:
+  """Per student: its FLOPs to ``target``; its ratio against scratch with the teacher's
+  training excluded, and counted once; and the n at which that training, amortised over n
+  students, pays. ``teacher_flops``: each student's teacher's training FLOPs."""
+  scratch = flops_to_reach(curves["scratch"], target)
+  out = {}
+  for role, curve in curves.items():
+    f = flops_to_reach(curve, target)
+    t = teacher_flops.get(role, 0.0)
+    ok = f is not None and scratch
+    out[role] = {"flops_to_target": f, "ratio": f / scratch if ok else None,
+                 "teacher_training_flops": t,
+                 "ratio_with_teacher_training": (f + t) / scratch if ok else None,
+                 "pays_after_n_students": pays_after(f, scratch, t) if role != "scratch"
+                                          else None}
+  return out
 
 
 # --- The experiment ----------------------------------------------------------------------
@@ -126,8 +283,7 @@ def student_config(teacher_config: ml_collections.ConfigDict,
                    config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The teacher's architecture and training settings, with the migration run's budget,
   evaluation and migration settings: the student differs from the teacher only in view.
-  The student is always a JEPA agent; the teacher may be of any kind (a supervised teacher
-  bounds what migration can pass on)."""
+  The student is always a JEPA agent; the teacher may be of any kind."""
   c = ml_collections.ConfigDict(teacher_config.to_dict())
   c.objective.kind = "jepa"
   c.num_train_steps = config.num_train_steps
@@ -135,88 +291,60 @@ def student_config(teacher_config: ml_collections.ConfigDict,
   c.eval_every = config.eval_every
   c.eval = config.eval
   c.migrate = config.migrate
+  c.time_scratch_steps = config.get("time_scratch_steps", 0)
   return c
 
 
 # The migration config's numbers and the values that mean something (configs.check_ranges).
 RANGES = {"num_train_steps": (1, None, True), "eval_every": (1, None, True),
           "migrate.weight": (0, None, True), "migrate.map_decay": (0, 1, True),
+          "migrate.target_fraction": (0, 1, True), "time_scratch_steps": (0, None, True),
           "eval.probe_train": (1, None, True), "eval.probe_test": (1, None, True),
           "eval.probe_steps": (1, None, True)}
 
 
-def validate(config: ml_collections.ConfigDict, target_acc: float) -> None:
-  """Rejects settings that cannot mean anything, naming the valid range."""
-  if not 0.0 < target_acc <= 1.0:
+class Plan(NamedTuple):
+  """Who teaches whom: the teachers' runs and the students' seeds (from the flags)."""
+  teacher_workdir: str
+  student_view: str
+  seeds: Sequence[int]
+  teacher_view: str | None = None
+  teacher_seed: int | None = None
+  same_view_seed: int | None = None  # a seed of the student's view in the teacher's run
+  supervised_workdir: str | None = None  # a run trained with objective.kind=supervised
+  supervised_view: str | None = None  # default: the teacher's view
+
+
+def validate(config: ml_collections.ConfigDict, target_acc: float | None,
+             plan: Plan | None = None) -> None:
+  """Rejects settings that cannot mean anything, naming the valid range; before anything
+  loads or compiles."""
+  if target_acc is not None and not 0.0 < target_acc <= 1.0:
     raise errors.UserError(f"target_acc must be in (0, 1], got {target_acc}.")
   configs.check_ranges(config, RANGES)
   if config.migrate.map_decay == 1.0:  # the map would never leave its first batch's estimate
     raise errors.UserError("config.migrate.map_decay must be below 1, got 1.0.")
+  if plan is None:
+    return
+  if not plan.seeds or len(set(plan.seeds)) != len(plan.seeds):
+    raise errors.UserError(f"Student seeds must be distinct and at least one, got "
+                           f"{list(plan.seeds)}.")
+  if plan.same_view_seed is not None and plan.same_view_seed in plan.seeds:
+    raise errors.UserError(f"same_view_seed {plan.same_view_seed} is also a student seed: that "
+                           "teacher started from the student's own initial parameters. Pick a "
+                           f"seed outside {list(plan.seeds)}.")
+  if plan.supervised_view is not None and plan.supervised_workdir is None:
+    raise errors.UserError("supervised_view needs supervised_workdir (the supervised run).")
 
 
-def evaluate(learner: agents.Learner, params: PyTree, probe_set: data.PairedSet, n_fit: int,
-             probe_steps: int) -> dict[str, float]:
-  """Held-out probe scores of the student's frozen latents (``probes.evaluate``)."""
-  z = models.encode_chunked(learner.model, params["encoder"], probe_set.obs[0])
-  return probes.evaluate(z, probe_set.labels, n_fit, probe_set.num_classes, probe_steps)[1]
-
-
-def flops_to_reach(curve: list[dict], target: float, metric: str = "class_acc"
-                   ) -> float | None:
-  """Cumulative FLOPs at the first evaluation reaching ``target``; None if none does."""
-  for point in curve:
-    if point[metric] >= target:
-      return point["flops"]
-  return None
-
-
-def train_student(config: ml_collections.ConfigDict, teacher: loading.Agent | None,
-                  student_view: str, seed: int, probe_set: data.PairedSet,
-                  writer: metrics_io.MetricWriter) -> tuple[list[dict], float]:
-  """Trains one student (scratch when ``teacher`` is None) and returns its curve of probe
-  scores against cumulative FLOPs and training wall time, and its FLOPs per step. The
-  curve also goes to ``writer`` as ``migrate/<scratch|migrate>/<score>``."""
-  mode = "scratch" if teacher is None else "migrate"
-  learner = configs.learner_from_config(config)
-  key = agents.agent_keys(seed, [student_view])[0]
-  agent = agents.init_agent(learner, key)
-  sv = world.get_view(student_view)
-  if teacher is None:
-    fn = lambda s, k, i: agents.train_step(learner, s, sv, k, i)
-    state = agent
-  else:
-    tv = world.get_view(teacher.view)
-    m = config.migrate
-    fn = lambda s, k, i, t: migrate_step(learner, teacher.model, m.weight, m.map_decay, s, sv,
-                                         tv, k, i, t)
-    state = Student(agent, init_stats(config.model.dim, teacher.config.model.dim))
-  extra = () if teacher is None else (teacher.params["encoder"],)
-  step_fn, step_flops = flops.compile_and_count(fn, state, key, jnp.int32(0), *extra,
-                                                donate_argnums=0)
-  evaluate_now = lambda p: evaluate(learner, p, probe_set, config.eval.probe_train,
-                                    config.eval.probe_steps)
-  params = lambda s: s.params if teacher is None else s.agent.params
-  curve = [{"step": 0, "flops": 0.0, "wall_s": 0.0, **evaluate_now(params(state))}]
-  wall, checked = 0.0, 0
-  for step in range(config.num_train_steps):
-    start = time.perf_counter()
-    state, metrics = step_fn(state, key, jnp.int32(step), *extra)
-    if (step + 1) % config.eval_every == 0 or step + 1 == config.num_train_steps:
-      metrics = jax.device_get(metrics)
-      wall += time.perf_counter() - start
-      train.check_finite({k: np.reshape(v, (1, -1)) for k, v in metrics.items()},
-                         [f"{mode} student on {student_view}"], checked, step + 1, None)
-      checked = step + 1
-      point = {"step": step + 1, "flops": step_flops * (step + 1), "wall_s": wall,
-               **evaluate_now(params(state))}
-      curve.append(point)
-      writer.write_scalars(step + 1, {f"migrate/{mode}/{k}": v for k, v in point.items()
-                                      if k != "step"})
-      logging.info("%s student, step %d: class %.3f, position %.3f", mode, step + 1,
-                   point["class_acc"], point.get("position_r2", float("nan")))
-    else:
-      wall += time.perf_counter() - start
-  return curve, step_flops
+def evaluate(learner: agents.Learner, params: PyTree, obs: jax.Array,
+             probe_set: data.PairedSet, n_fit: int, probe_steps: int) -> list[dict]:
+  """Held-out probe scores of every student's frozen latents (``probes.evaluate``);
+  ``params``: stacked (S,) student parameters, ``obs`` the probe states from their view."""
+  s = jax.tree.leaves(params)[0].shape[0]
+  z = models.encode_chunked(learner.model, params["encoder"], obs[None], index=[0] * s)
+  return [probes.evaluate(z[i], probe_set.labels, n_fit, probe_set.num_classes,
+                          probe_steps)[1] for i in range(s)]
 
 
 def teacher_training_flops(teacher: loading.Agent) -> float:
@@ -230,66 +358,210 @@ def teacher_training_flops(teacher: loading.Agent) -> float:
   return per_step * teacher.config.num_train_steps
 
 
-def run(teacher_workdir: str, teacher_view: str | None, student_view: str,
-        config: ml_collections.ConfigDict, target_acc: float, seed: int = 0,
-        teacher_seed: int | None = None, logdir: str | None = None) -> dict[str, Any]:
-  """Scratch and migrating students on ``student_view``, same budget; the report.
-  ``teacher_seed`` picks the teacher where its run trained the view with several seeds.
-  With ``logdir``, both curves also go to TensorBoard event files there.
+_ARCHITECTURE = ("encoder", "dim", "patch", "width", "depth", "pool", "compute_dtype")
 
-  ``ratio`` counts what the student's training costs (its steps, the teacher's forward
-  passes and the map fits), not the teacher's own training: the teacher already exists and
-  serves any number of students. ``ratio_with_teacher_training`` adds that cost once.
-  """
-  validate(config, target_acc)
-  student_view = world.parse_views(student_view)[0]
-  meta_views = checkpointing.read_meta(teacher_workdir)[0]["views"]
+
+def load_teachers(plan: Plan) -> dict[str, dict]:
+  """Every teacher the plan names: {kind: {"agent", "params" (encoder), "view"}}. They
+  must share an encoder architecture (one program runs them all)."""
+  student_view = plan.student_view
+  meta_views = checkpointing.read_meta(plan.teacher_workdir)[0]["views"]
+  teacher_view = plan.teacher_view
   if teacher_view is None:
     others = [v for v in meta_views if v != student_view]
     if not others:
-      raise errors.UserError(f"The teacher run {teacher_workdir!r} has no agent on a view other "
-                             f"than the student's ({student_view}); it holds {meta_views}.")
+      raise errors.UserError(f"The teacher run {plan.teacher_workdir!r} has no agent on a view "
+                             f"other than the student's ({student_view}); it holds {meta_views}.")
     teacher_view = others[0]
   if teacher_view == student_view:
     raise errors.UserError(f"The teacher's view must differ from the student's; both are "
-                           f"{student_view!r}.")
-  teacher = loading.load_agent(teacher_workdir, teacher_view, seed=teacher_seed)
-  teacher_config = teacher.config
-  if teacher_config.data.dataset:
+                           f"{student_view!r} (a same-view teacher is --same_view_seed).")
+  trained = loading.load_agent(plan.teacher_workdir, teacher_view, seed=plan.teacher_seed)
+  if trained.config.data.dataset:
     raise errors.UserError(f"Migration runs on the embedded world; the teacher run "
-                           f"{teacher_workdir!r} was trained on dataset "
-                           f"{teacher_config.data.dataset!r}.")
-  config = student_config(teacher_config, config)
+                           f"{plan.teacher_workdir!r} was trained on dataset "
+                           f"{trained.config.data.dataset!r}.")
+  teachers = {"trained": {"agent": trained, "params": trained.params["encoder"],
+                          "view": teacher_view},
+              "random": {"agent": trained, "params": trained.initial_params()["encoder"],
+                         "view": teacher_view}}
+  if plan.same_view_seed is not None:
+    a = loading.load_agent(plan.teacher_workdir, student_view, seed=plan.same_view_seed)
+    teachers["same_view"] = {"agent": a, "params": a.params["encoder"], "view": student_view}
+  if plan.supervised_workdir is not None:
+    a = loading.load_agent(plan.supervised_workdir, plan.supervised_view or teacher_view,
+                           seed=plan.teacher_seed)
+    if a.kind != "supervised":
+      raise errors.UserError(f"The supervised teacher in {plan.supervised_workdir!r} was trained "
+                             f"with objective.kind={a.kind!r}; valid: supervised.")
+    teachers["supervised"] = {"agent": a, "params": a.params["encoder"], "view": a.view}
+  for kind, t in teachers.items():
+    mine, theirs = (t["agent"].config.model, trained.config.model)
+    bad = [f for f in _ARCHITECTURE if mine[f] != theirs[f]]
+    if bad or t["agent"].image_size != trained.image_size:
+      raise errors.UserError(f"The {kind} teacher's encoder differs from the teacher's in "
+                             f"{bad or ['image_size']}; one program runs teachers of one "
+                             "encoder architecture.")
+  return teachers
+
+
+def roles(teachers: dict[str, dict]) -> list[str]:
+  """The students the available teachers allow, in ``ROLES`` order."""
+  return [r for r, (t, *_) in ROLES.items() if t in teachers]
+
+
+def stack_students(learner: agents.Learner, teachers: dict[str, dict], names: list[str],
+                   seeds: Sequence[int], student_view: str, weight: float, dim_t: int):
+  """The student axis, seed-major over (seed, role): initial states, settings, teacher
+  views and encoder parameters, and keys, each stacked (S,)."""
+  entries = [(s, r) for s in seeds for r in names]
+  keys = jnp.stack([agents.agent_keys(s, [student_view])[0] for s, _ in entries])
+  students = jax.jit(jax.vmap(lambda k: init_student(learner, k, dim_t)))(keys)
+  spec = [ROLES[r] for _, r in entries]
+  settings = Setting(jnp.asarray([weight if d else 0.0 for _, d, _, _ in spec], jnp.float32),
+                     jnp.asarray([l for *_, l, _ in spec]), jnp.asarray([sh for *_, sh in spec]))
+  chosen = [teachers[t] for t, *_ in spec]
+  views = jax.tree.map(lambda *x: np.stack(x), *[world.get_view(t["view"]) for t in chosen])
+  params = jax.tree.map(lambda *x: jnp.stack(x), *[t["params"] for t in chosen])
+  return entries, students, settings, views, params, keys
+
+
+def _step_flops(learner, teacher_model, map_decay, students, settings, views, params, keys,
+                student_view) -> dict[str, float]:
+  """FLOPs per step of a scratch student, of a student of each map kind run alone, and of
+  the whole program (one student's step, both maps, times S)."""
+  one = lambda t: jax.eval_shape(lambda u: jax.tree.map(lambda x: x[0], u), t)  # counts only
+  student, setting, view, teacher, key = map(one, (students, settings, views, params, keys))
+  sv = world.get_view(student_view)
+  count = lambda maps: flops.count_flops(
+      lambda s, st, v, t, k, i: student_step(learner, teacher_model, map_decay, s, st, sv, v,
+                                             t, k, i, maps=maps),
+      student, setting, view, teacher, key, jnp.int32(0))
+  return {"scratch": flops.count_flops(
+              lambda s, k, i: agents.train_step(learner, s, sv, k, i), student.agent, key,
+              jnp.int32(0)),
+          "procrustes": count(("procrustes",)), "learned": count(("learned",)),
+          "program": count(BOTH_MAPS) * keys.shape[0]}
+
+
+def _time_scratch(learner, student_view: str, key: jax.Array, steps: int) -> float | None:
+  """Seconds per step of one scratch student trained alone (``agents.train_step``), for
+  the program's overhead; None when ``steps`` is 0."""
+  if not steps:
+    return None
+  sv = world.get_view(student_view)
+  fn = jax.jit(lambda s, i: agents.train_step(learner, s, sv, key, i), donate_argnums=0)
+  state = agents.init_agent(learner, key)
+  state, m = fn(state, jnp.int32(0))  # compiles
+  jax.block_until_ready(m)
+  start = time.perf_counter()
+  for i in range(1, steps + 1):
+    state, m = fn(state, jnp.int32(i))
+  jax.block_until_ready(m)
+  return (time.perf_counter() - start) / steps
+
+
+def train_students(config: ml_collections.ConfigDict, learner: agents.Learner,
+                   teacher_model: models.WorldModel, student_view: str, stacked: tuple,
+                   names: list[str], probe: Callable[[PyTree], list[dict]],
+                   writer: metrics_io.MetricWriter) -> tuple[list[list[dict]], dict]:
+  """Trains every student in one program; returns each one's curve (probe scores at step
+  0 and every ``eval_every`` steps, with cumulative FLOPs and the program's wall time) and
+  the timing. ``stacked``: ``stack_students``' (students, settings, views, params, keys);
+  ``names`` label the student axis in errors and TensorBoard."""
+  students, settings, views, params, keys = stacked
+  how = configs.agent_map(config)
+  step_fn = jax.jit(program(learner, teacher_model, config.migrate.map_decay,
+                            world.get_view(student_view), how), donate_argnums=0)
+  start = time.perf_counter()
+  step_fn = step_fn.lower(students, settings, views, params, keys, jnp.int32(0)).compile()
+  compile_s = time.perf_counter() - start
+  curves = [[{"step": 0, "wall_s": 0.0, **p}] for p in probe(students.agent.params)]
+  wall, checked = 0.0, 0
+  for step in range(config.num_train_steps):
+    start = time.perf_counter()
+    students, metrics = step_fn(students, settings, views, params, keys, jnp.int32(step))
+    if (step + 1) % config.eval_every and step + 1 != config.num_train_steps:
+      wall += time.perf_counter() - start
+      continue
+    metrics = jax.device_get(metrics)
+    wall += time.perf_counter() - start
+    train.check_finite(metrics, names, checked, step + 1, None)
+    checked = step + 1
+    for name, curve, p in zip(names, curves, probe(students.agent.params)):
+      curve.append({"step": step + 1, "wall_s": wall, **p})
+      writer.write_scalars(step + 1, {f"migrate/{name}/{k}": v for k, v in p.items()})
+    logging.info("step %d: class %s", step + 1,
+                 " ".join(f"{n}={c[-1]['class_acc']:.3f}" for n, c in zip(names, curves)))
+  return curves, {"compile_s": compile_s, "train_wall_s": wall,
+                  "program_s_per_step": wall / config.num_train_steps, "student_map": how}
+
+
+def run(plan: Plan, config: ml_collections.ConfigDict, target_acc: float,
+        logdir: str | None = None) -> list[dict[str, Any]]:
+  """Every student of ``ROLES`` the plan's teachers allow, for every seed, in one program;
+  one report per seed (``report_for_seed``). With ``logdir``, the curves also go to
+  TensorBoard event files there."""
+  validate(config, target_acc, plan)
+  plan = plan._replace(student_view=world.parse_views(plan.student_view)[0])
+  teachers = load_teachers(plan)
+  trained = teachers["trained"]["agent"]
+  config = student_config(trained.config, config)
+  learner = configs.learner_from_config(config)
+  names = roles(teachers)
+  dim_t = trained.config.model.dim
+  entries, *stacked = stack_students(learner, teachers, names, plan.seeds, plan.student_view,
+                                     config.migrate.weight, dim_t)
+  labels = [f"s{s}/{r}" for s, r in entries]
   e = config.eval
-  probe_set = data.world_paired_set(jax.random.key(e.seed), world.stack_views([student_view]),
-                                    e.probe_train + e.probe_test, config.data.image_size)
-  curves, per_step = {}, {}
+  probe_set = data.world_paired_set(
+      jax.random.key(e.seed), world.stack_views([plan.student_view, teachers["trained"]["view"]]),
+      e.probe_train + e.probe_test, config.data.image_size)
+  probe = lambda p: evaluate(learner, p, probe_set.obs[0], probe_set, e.probe_train,
+                             e.probe_steps)
+  per_step = _step_flops(learner, trained.model, config.migrate.map_decay, *stacked,
+                         plan.student_view)
   with metrics_io.MetricWriter(logdir, enabled=logdir is not None) as writer:
-    for mode, t in (("scratch", None), ("migrate", teacher)):
-      curves[mode], per_step[mode] = train_student(config, t, student_view, seed, probe_set,
-                                                   writer)
-  report = {"target_acc": target_acc, "teacher_workdir": teacher_workdir,
-            "teacher_view": teacher_view, "teacher_seed": teacher_seed,
-            "teacher_kind": teacher_config.objective.kind, "student_view": student_view,
-            "seed": seed,
-            "steps": config.num_train_steps, "flops_per_step": per_step,
-            "migrate": config.migrate.to_dict(), "curves": curves}
-  report.update(_ratio(curves, target_acc))
-  report["teacher_training_counted_in_ratio"] = False
-  report["teacher_training_flops"] = teacher_training_flops(teacher)
-  if report["ratio"] is not None:
-    report["ratio_with_teacher_training"] = ((report["flops_migrate"]
-                                              + report["teacher_training_flops"])
-                                             / report["flops_scratch"])
-  # Where the requested target is out of reach, the scratch student's own final accuracy
-  # is the highest target both runs can be compared at (chosen after the fact: say so).
-  final = curves["scratch"][-1]["class_acc"]
-  report["at_scratch_final_acc"] = {"target_acc": final, **_ratio(curves, final)}
-  return report
+    curves, timing = train_students(config, learner, trained.model, plan.student_view,
+                                    tuple(stacked), labels, probe, writer)
+  timing["scratch_alone_s_per_step"] = _time_scratch(
+      learner, plan.student_view, stacked[-1][0], config.time_scratch_steps)
+  native = probes.evaluate(trained.encode(probe_set.obs[1]), probe_set.labels, e.probe_train,
+                           probe_set.num_classes, e.probe_steps)[1]
+  shared = {"target_acc": target_acc, "teacher_native_acc": native["class_acc"],
+            "teacher_native_position_r2": native.get("position_r2"),
+            "teachers": {k: {"workdir": t["agent"].workdir, "view": t["view"],
+                             "seed": t["agent"].seed, "kind": t["agent"].kind,
+                             "initial_params": k == "random",
+                             "training_flops": 0.0 if k == "random"
+                             else teacher_training_flops(t["agent"])}
+                         for k, t in teachers.items()},
+            "student_view": plan.student_view, "steps": config.num_train_steps,
+            "eval_every": config.eval_every, "migrate": config.migrate.to_dict(),
+            "flops_per_step": per_step, "timing": timing}
+  return [report_for_seed(shared, seed, {r: c for (s, r), c in zip(entries, curves)
+                                         if s == seed})
+          for seed in plan.seeds]
 
 
-def _ratio(curves: dict, target: float) -> dict[str, float | None]:
-  scratch = flops_to_reach(curves["scratch"], target)
-  migrate = flops_to_reach(curves["migrate"], target)
-  ratio = None if scratch is None or migrate is None or scratch == 0 else migrate / scratch
-  return {"flops_scratch": scratch, "flops_migrate": migrate, "ratio": ratio}
+def report_for_seed(shared: dict, seed: int, curves: dict[str, list[dict]]) -> dict:
+  """One student seed's report: every student's curve against its own FLOPs, final scores,
+  and its FLOPs to the target against scratch (``compare``)."""
+  per_step = shared["flops_per_step"]
+  cost = lambda r: per_step["scratch"] if r == "scratch" else per_step[
+      "learned" if ROLES[r][2] else "procrustes"]
+  curves = {r: [{**p, "flops": cost(r) * p["step"]} for p in c] for r, c in curves.items()}
+  teacher_flops = {r: shared["teachers"][ROLES[r][0]]["training_flops"] for r in curves
+                   if r != "scratch"}
+  students = {r: {"final_acc": c[-1]["class_acc"],
+                  "final_position_r2": c[-1].get("position_r2"),
+                  "flops_per_step": cost(r), "curve": c} for r, c in curves.items()}
+  for r, cmp in compare(curves, shared["target_acc"], teacher_flops).items():
+    students[r].update(cmp)
+  # The headline, where a table of goals reads it: the migrating student's ratio.
+  headline = {"ratio": students["migrate"]["ratio"],
+              "teacher_kind": shared["teachers"]["trained"]["kind"]}
+  return {**shared, **headline, "seed": seed,
+          "scratch_final_acc": curves["scratch"][-1]["class_acc"],
+          "flops_to_target": "linear interpolation between the probes bracketing the "
+                             "first crossing", "students": students}
