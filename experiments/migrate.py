@@ -101,8 +101,9 @@ def _print(report: dict) -> None:
   t = report["timing"]
   print(f"\nseed {report['seed']}: {report['teachers']['trained']['view']} teacher (native class "
         f"{report['teacher_native_acc']:.3f}) -> {report['student_view']}; target "
-        f"{report['target_acc']:.3f} ({report['target_rule']}); program {t['program_s_per_step']:.3g}"
-        f" s/step, scratch alone {fmt(t['scratch_alone_s_per_step'])} s/step")
+        f"{report['target_acc']:.3f} ({report['target_rule']}); program "
+        f"{t['program_s_per_step']:.3g} s/step, scratch alone "
+        f"{fmt(t['scratch_alone_s_per_step'])} s/step")
   print(f"{'student':>18}{'final acc':>10}{'pos R2':>8}{'GFLOP/step':>11}{'to target':>11}"
         f"{'ratio':>7}{'+teacher':>9}{'pays at n':>10}")
   for role, s in report["students"].items():

@@ -178,10 +178,11 @@ def migration_row(reports: list[tuple[str, dict]]) -> str:
   reached = [x for x in ratios if x is not None]
   measured = (f"{_pm(reached)}x over {len(reached)} of {len(ratios)} seeds"
               if reached else f"target {target} not reached")
-  met = bool(reached) and len(reached) == len(ratios) and float(np.mean(reached)) <= 0.25
+  met = bool(reached) and len(reached) == len(ratios) and (
+      float(np.mean(reached)) <= G["migration_flops_ratio_max"])
   folder = os.path.dirname(reports[0][0])
   return _row(f"Migration from a {first['teacher_kind']} teacher: FLOPs to class accuracy "
-              f"{target} <= 0.25x scratch", measured, met, folder)
+              f"{target} <= {G['migration_flops_ratio_max']}x scratch", measured, met, folder)
 
 
 def table(docs: str) -> str:

@@ -31,7 +31,6 @@ Shapes: S = students, B = batch, L = frames, N = B * L, D = student latent size,
 teacher latent size.
 """
 
-import functools
 import math
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -41,53 +40,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from sjepa_jax import agents
-from sjepa_jax import align
 from sjepa_jax import checkpointing
 from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import distill
 from sjepa_jax import errors
 from sjepa_jax import flops
 from sjepa_jax import loading
 from sjepa_jax import metrics_io
 from sjepa_jax import models
-from sjepa_jax import objectives
 from sjepa_jax import probes
 from sjepa_jax import train
 from sjepa_jax import world
 
 PyTree = Any
-BOTH_MAPS = ("procrustes", "learned")
-
-
-class MapStats(NamedTuple):
-  """Running (EMA) statistics of paired student and teacher latents."""
-  mean_s: jax.Array  # (D,)
-  mean_t: jax.Array  # (E,)
-  var_s: jax.Array  # () mean squared norm of centred student latents
-  cross: jax.Array  # (D, E) cross-covariance of centred latents
-  count: jax.Array  # () batches seen
-
-
-class Student(NamedTuple):
-  """Everything one student learns: the agent, its map's statistics, and the learned
-  projector with its own optimiser state (trained only by a ``learned`` student)."""
-  agent: agents.AgentState
-  stats: MapStats
-  projector: PyTree  # {"w": (D, E), "b": (E,)}
-  projector_opt: optax.OptState
-
-
-class Setting(NamedTuple):
-  """One student's part in the protocol, as arrays ((S,) stacked on the student axis):
-  values, not Python branches, so that one program serves every student."""
-  weight: jax.Array  # () distillation weight; 0: trains exactly as the scratch student
-  learned: jax.Array  # () bool: the learned projector instead of the refitted Procrustes map
-  shuffle: jax.Array  # () bool: the map's statistics from pairs shuffled within the batch
-
-
 # Every student of the protocol: (its teacher, distils?, learned projector?, shuffled
 # pairs?). Teachers: ``trained`` (the teacher), ``random`` (its initial parameters),
 # ``same_view`` (another seed of the student's view), ``supervised`` (a run trained on the
@@ -102,105 +70,6 @@ ROLES = {
     "supervised": ("supervised", True, False, False),
 }
 OPTIONAL_ROLES = ("same_view", "supervised")
-
-
-def init_stats(dim_s: int, dim_t: int) -> MapStats:
-  return MapStats(jnp.zeros(dim_s), jnp.zeros(dim_t), jnp.zeros(()), jnp.zeros((dim_s, dim_t)),
-                  jnp.zeros((), jnp.int32))
-
-
-def update_stats(stats: MapStats, z_s: jax.Array, z_t: jax.Array, decay: float) -> MapStats:
-  """Folds a batch of paired latents (N, D), (N, E) into the running estimates."""
-  mean_s, mean_t = z_s.mean(0), z_t.mean(0)
-  zs, zt = z_s - mean_s, z_t - mean_t
-  batch = MapStats(mean_s, mean_t, jnp.mean(jnp.sum(zs ** 2, -1)), zs.T @ zt / zs.shape[0],
-                   stats.count)
-  d = jnp.where(stats.count == 0, 0.0, decay)  # the first batch replaces the empty estimate
-  mix = lambda old, new: d * old + (1 - d) * new
-  return MapStats(mix(stats.mean_s, batch.mean_s), mix(stats.mean_t, batch.mean_t),
-                  mix(stats.var_s, batch.var_s), mix(stats.cross, batch.cross),
-                  stats.count + 1)
-
-
-def procrustes_map(stats: MapStats) -> align.LinearMap:
-  """The scaled orthogonal map student -> teacher from the running statistics."""
-  return align.procrustes_from_moments(stats.cross, stats.var_s, stats.mean_s, stats.mean_t)
-
-
-def init_student(learner: agents.Learner, key: jax.Array, dim_t: int) -> Student:
-  """A fresh student from its seed's key: the agent is exactly ``agents.init_agent``'s (so
-  students of one seed share it); the projector a random linear map, variance-preserving."""
-  agent = agents.init_agent(learner, key)
-  dim_s = learner.model.encoder.dim
-  projector = {"w": jax.random.normal(jax.random.fold_in(key, 1), (dim_s, dim_t))
-                    / math.sqrt(dim_s), "b": jnp.zeros(dim_t)}
-  return Student(agent, init_stats(dim_s, dim_t), projector, learner.optimizer.init(projector))
-
-
-def _mapped(maps: tuple[str, ...], learned: jax.Array, stats: MapStats, projector: PyTree,
-            z_s: jax.Array) -> jax.Array:
-  """The student's latents in the teacher's space, by the map its setting picks. ``maps``
-  is static: both in the program; one alone only to count what one kind of student costs."""
-  refitted = lambda: jax.lax.stop_gradient(procrustes_map(stats)).apply(z_s)
-  linear = lambda: z_s @ projector["w"] + projector["b"]
-  if maps == ("procrustes",):
-    return refitted()
-  if maps == ("learned",):
-    return linear()
-  return jnp.where(learned, linear(), refitted())
-
-
-def student_step(learner: agents.Learner, teacher_model: models.WorldModel, map_decay: float,
-                 student: Student, setting: Setting, student_view: world.View,
-                 teacher_view: world.View, teacher: PyTree, key: jax.Array, step: jax.Array,
-                 maps: tuple[str, ...] = BOTH_MAPS) -> tuple[Student, dict]:
-  """One step of one student (``teacher``: its teacher's encoder parameters).
-
-  Keys are those of ``agents.train_step``: the student's batch is exactly the one a scratch
-  student with the same key would train on, and the teacher sees the same episodes from its
-  own view. With ``setting.weight = 0`` the agent's update is ``agents.train_step``'s.
-  """
-  data_key, loss_key = jax.random.split(jax.random.fold_in(key, step))
-  batch = learner.sample(data_key, student_view, None)
-  seen = learner.sample(data_key, teacher_view, None)
-  z_t = models.encode(teacher_model, teacher, seen.obs)  # frozen: no gradient
-  z_t = z_t.reshape(-1, z_t.shape[-1])
-  # The control's shuffle breaks the pairing the map is fitted on, not the loss's pairs.
-  perm = jax.random.permutation(jax.random.fold_in(data_key, 1), z_t.shape[0])
-  z_t_fit = jnp.where(setting.shuffle, z_t[perm], z_t)
-
-  def loss(params, projector):
-    z_BxLxD = models.encode(learner.model, params["encoder"], batch.obs)
-    jepa, metrics = objectives.jepa_loss(learner.model, learner.objective, params,
-                                         student.agent.target, batch, loss_key, z_BxLxD)
-    z_s = z_BxLxD.reshape(z_t.shape[0], -1)
-    stats = update_stats(student.stats, jax.lax.stop_gradient(z_s), z_t_fit, map_decay)
-    mapped = _mapped(maps, setting.learned, stats, projector, z_s)
-    metrics["distill"] = jnp.mean(jnp.sum((mapped - z_t) ** 2, -1)) / z_t.shape[-1]
-    return jepa + setting.weight * metrics["distill"], (metrics, stats)
-
-  (g_agent, g_proj), (metrics, stats) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
-      student.agent.params, student.projector)
-  metrics["grad_norm"] = optax.tree.norm(g_agent)
-  updates, projector_opt = learner.optimizer.update(g_proj, student.projector_opt,
-                                                    student.projector)
-  return Student(agents.apply_gradients(learner, student.agent, g_agent), stats,
-                 optax.apply_updates(student.projector, updates), projector_opt), metrics
-
-
-def program(learner: agents.Learner, teacher_model: models.WorldModel, map_decay: float,
-            student_view: world.View, how: str = "vmap") -> Callable:
-  """Every student's step as one function ``(students, settings, teacher_views, teachers,
-  keys, step) -> (students, metrics)``; every argument but ``step`` has a leading student
-  axis. ``how``: ``vmap`` (batched) or ``lax_map`` (one student after another)."""
-  one = functools.partial(student_step, learner, teacher_model, map_decay)
-
-  def step(students, settings, teacher_views, teachers, keys, i):
-    body = lambda a: one(a[0], a[1], student_view, a[2], a[3], a[4], i)
-    args = (students, settings, teacher_views, teachers, keys)
-    return jax.lax.map(body, args) if how == "lax_map" else jax.vmap(body)(args)
-
-  return step
 
 
 # --- Reading the curves ------------------------------------------------------------------
@@ -416,10 +285,11 @@ def stack_students(learner: agents.Learner, teachers: dict[str, dict], names: li
   views and encoder parameters, and keys, each stacked (S,)."""
   entries = [(s, r) for s in seeds for r in names]
   keys = jnp.stack([agents.agent_keys(s, [student_view])[0] for s, _ in entries])
-  students = jax.jit(jax.vmap(lambda k: init_student(learner, k, dim_t)))(keys)
+  students = jax.jit(jax.vmap(lambda k: distill.init_student(learner, k, dim_t)))(keys)
   spec = [ROLES[r] for _, r in entries]
-  settings = Setting(jnp.asarray([weight if d else 0.0 for _, d, _, _ in spec], jnp.float32),
-                     jnp.asarray([l for *_, l, _ in spec]), jnp.asarray([sh for *_, sh in spec]))
+  settings = distill.Setting(
+      jnp.asarray([weight if d else 0.0 for _, d, _, _ in spec], jnp.float32),
+      jnp.asarray([l for *_, l, _ in spec]), jnp.asarray([sh for *_, sh in spec]))
   chosen = [teachers[t] for t, *_ in spec]
   views = jax.tree.map(lambda *x: np.stack(x), *[world.get_view(t["view"]) for t in chosen])
   params = jax.tree.map(lambda *x: jnp.stack(x), *[t["params"] for t in chosen])
@@ -434,14 +304,14 @@ def _step_flops(learner, teacher_model, map_decay, students, settings, views, pa
   student, setting, view, teacher, key = map(one, (students, settings, views, params, keys))
   sv = world.get_view(student_view)
   count = lambda maps: flops.count_flops(
-      lambda s, st, v, t, k, i: student_step(learner, teacher_model, map_decay, s, st, sv, v,
-                                             t, k, i, maps=maps),
+      lambda s, st, v, t, k, i: distill.student_step(
+          learner, teacher_model, map_decay, s, st, sv, v, t, k, i, maps=maps),
       student, setting, view, teacher, key, jnp.int32(0))
   return {"scratch": flops.count_flops(
               lambda s, k, i: agents.train_step(learner, s, sv, k, i), student.agent, key,
               jnp.int32(0)),
           "procrustes": count(("procrustes",)), "learned": count(("learned",)),
-          "program": count(BOTH_MAPS) * keys.shape[0]}
+          "program": count(distill.BOTH_MAPS) * keys.shape[0]}
 
 
 def _time_scratch(learner, student_view: str, key: jax.Array, steps: int) -> float | None:
@@ -471,7 +341,7 @@ def train_students(config: ml_collections.ConfigDict, learner: agents.Learner,
   ``names`` label the student axis in errors and TensorBoard."""
   students, settings, views, params, keys = stacked
   how = configs.agent_map(config)
-  step_fn = jax.jit(program(learner, teacher_model, config.migrate.map_decay,
+  step_fn = jax.jit(distill.program(learner, teacher_model, config.migrate.map_decay,
                             world.get_view(student_view), how), donate_argnums=0)
   start = time.perf_counter()
   step_fn = step_fn.lower(students, settings, views, params, keys, jnp.int32(0)).compile()

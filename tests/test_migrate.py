@@ -19,6 +19,7 @@ from sjepa_jax import agents
 from sjepa_jax import align
 from sjepa_jax import configs
 from sjepa_jax import data
+from sjepa_jax import distill
 from sjepa_jax import flops
 from sjepa_jax import migrate
 from sjepa_jax import models
@@ -31,11 +32,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_map_from_running_statistics_recovers_a_planted_rotation_and_scale():
   k1, k2 = jax.random.split(jax.random.key(0))
   r, _ = jnp.linalg.qr(jax.random.normal(k1, (8, 8)))
-  stats = migrate.init_stats(8, 8)
+  stats = distill.init_stats(8, 8)
   for i in range(5):  # batches of 16 < 2 x dims: one batch alone would not pin the map
     z_s = jax.random.normal(jax.random.fold_in(k2, i), (16, 8)) * jnp.linspace(0.5, 2, 8)
-    stats = migrate.update_stats(stats, z_s, 0.4 * z_s @ r + 3.0, decay=0.8)
-  m = migrate.procrustes_map(stats)
+    stats = distill.update_stats(stats, z_s, 0.4 * z_s @ r + 3.0, decay=0.8)
+  m = distill.procrustes_map(stats)
   np.testing.assert_allclose(m.w, 0.4 * r, atol=1e-4)
   z = jax.random.normal(k1, (10, 8))
   np.testing.assert_allclose(m.apply(z), 0.4 * z @ r + 3.0, atol=1e-3)
@@ -45,8 +46,8 @@ def test_the_running_map_of_one_batch_is_the_procrustes_fit_of_that_batch():
   """One Procrustes (``align.procrustes_from_moments``) for the study and the migration."""
   k1, k2 = jax.random.split(jax.random.key(3))
   z_s, z_t = jax.random.normal(k1, (40, 6)), jax.random.normal(k2, (40, 5))
-  stats = migrate.update_stats(migrate.init_stats(6, 5), z_s, z_t, decay=0.9)
-  chex.assert_trees_all_close(migrate.procrustes_map(stats), align.fit_procrustes(z_s, z_t),
+  stats = distill.update_stats(distill.init_stats(6, 5), z_s, z_t, decay=0.9)
+  chex.assert_trees_all_close(distill.procrustes_map(stats), align.fit_procrustes(z_s, z_t),
                               atol=1e-5)
 
 
@@ -122,7 +123,7 @@ class _Protocol:
                      "random": {"params": initial, "view": "mountain"}}
     self.names = migrate.roles(self.teachers)
     self.sv = world.get_view("forest")
-    self.step = jax.jit(migrate.program(self.learner, self.teacher_model, 0.9, self.sv, how))
+    self.step = jax.jit(distill.program(self.learner, self.teacher_model, 0.9, self.sv, how))
 
   def stacked(self, weight):
     return migrate.stack_students(self.learner, self.teachers, self.names, [0], "forest",
@@ -139,7 +140,7 @@ class _Protocol:
   def alone(self, weight, steps=2):
     """The same students, each trained alone by ``student_step``, restacked."""
     _, students, settings, views, params, keys = self.stacked(weight)
-    one = jax.jit(lambda s, st, v, t, k, i: migrate.student_step(
+    one = jax.jit(lambda s, st, v, t, k, i: distill.student_step(
         self.learner, self.teacher_model, 0.9, s, st, self.sv, v, t, k, i))
     out = []
     for a in range(len(self.names)):
@@ -253,10 +254,10 @@ def _step_flops_by_parts(student_view: str, teacher_view: str) -> dict[str, floa
   learner = configs.learner_from_config(config)
   teacher_learner = configs.learner_from_config(teacher_config)
   one = lambda x: jax.tree.map(lambda y: y[None], x)
-  student = jax.eval_shape(lambda: one(migrate.init_student(learner, key, dim_t)))
+  student = jax.eval_shape(lambda: one(distill.init_student(learner, key, dim_t)))
   teacher = jax.eval_shape(lambda: one(agents.init_agent(teacher_learner, key)
                                        .params["encoder"]))
-  setting = one(migrate.Setting(jnp.float32(1), jnp.bool_(False), jnp.bool_(False)))
+  setting = one(distill.Setting(jnp.float32(1), jnp.bool_(False), jnp.bool_(False)))
   views = one(world.get_view(teacher_view))
   counted = migrate._step_flops(learner, teacher_learner.model, 0.9, student, setting, views,
                                 teacher, key[None], student_view)
