@@ -216,7 +216,8 @@ def test_entry_points_print_one_clean_line_and_exit_nonzero(tmp_path):
   assert out.returncode == 1 and "Traceback" in out.stderr
   missing = tmp_path / "nonexistent"
   for args in (["experiments.align_and_probe", f"--workdir={missing}"],
-               ["experiments.migrate", f"--teacher_workdir={missing}", "--student_view=forest"]):
+               ["experiments.migrate", f"--teacher_workdir={missing}", "--student_view=forest",
+                "--target_acc=0.6"]):
     out = _cli(*args)
     assert out.returncode == 1
     assert out.stderr == (f"error: No training run in {str(missing)!r}: it has no checkpoints/ "

@@ -70,7 +70,7 @@ def test_training_logs_rank_metrics_of_the_evaluation_states(config, tmp_path, m
   train.train_and_evaluate(config, workdir, VIEWS)
   state, step = _final_state(config, workdir)
   eval_set = train._paired_states(  # pylint: disable=protected-access
-      config, VIEWS, None, 0, evaluation.eval_set_size(config))
+      data.source(config), config.eval.seed, VIEWS, None, 0, evaluation.eval_set_size(config))
   assert eval_set.obs.shape[1] == 8 * config.model.dim > config.data.batch_size
   z = evaluation.make_encoder(configs.model_from_config(config))(state.params, eval_set.obs, [0, 1])
   for a, view in enumerate(VIEWS):
@@ -197,7 +197,7 @@ def test_a_killed_run_resumes_to_the_same_parameters(config, tmp_path):
 
 def test_nan_stops_training_naming_step_and_agent_and_saves_nothing(config, tmp_path,
                                                                     monkeypatch):
-  monkeypatch.setattr(agents, "RANGES", {})  # a NaN learning rate is refused up front
+  monkeypatch.setattr(configs, "RANGES", {})  # a NaN learning rate is refused up front
   config.optim.lr = float("nan")
   config.log_every = config.checkpoint_every = 1
   # The loss at step 1 is computed before the NaN update, so the save-time check catches it.
