@@ -55,6 +55,7 @@ import numpy as np
 
 from experiments import common
 from sjepa_jax import errors
+from sjepa_jax import files
 
 SCENES = ("tabletop", "distractors")
 CAMERAS = ("overhead", "front", "pusher")
@@ -388,12 +389,9 @@ def record_episode(scene: Scene, seed: int, index: int, steps: int,
   return arrays
 
 
-def write_episode(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """np.savez into a temporary file, then a rename: a file is whole or absent."""
-  temporary = path + ".partial"  # a file object: np.savez adds no suffix, no glob matches it
-  with open(temporary, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(temporary, path)
+def _write_episode(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """A file whole or absent (``files.write_atomically``); a killed run leaves no half episode."""
+  files.write_atomically(path, lambda f: np.savez(f, **arrays), "wb")
 
 
 def main(argv):
@@ -416,7 +414,7 @@ def main(argv):
     path = os.path.join(_OUT.value, f"ep_{i:05d}.npz")
     if os.path.exists(path):
       continue
-    write_episode(path, record_episode(scene, _SEED.value, i, _STEPS.value, cameras))
+    _write_episode(path, record_episode(scene, _SEED.value, i, _STEPS.value, cameras))
     recorded += 1
     if recorded % 20 == 0:
       print(f"  {i + 1}/{_EPISODES.value} episodes, "

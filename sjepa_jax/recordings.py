@@ -12,28 +12,22 @@ step holds an ``observation`` dict, an ``action`` vector and optionally ``is_fir
   actions between them: step t's action leads to step t + 1, and the last step's action
   is never used. Actions are normalised per dimension with the mean and standard deviation
   of the train split's used actions (a constant dimension is only centred).
-- **Labels.** The other observation fields are what probes read: integer or bool scalars
-  are classes (logistic probe, accuracy), other numeric scalars and vectors are values
-  (ridge, R^2); text and arrays of higher rank are not probed.
-- **Splits are by episode, never by step.** ``train`` trains; the eval split (``test`` by
-  default) is used when the dataset has it, else the last ``holdout_fraction`` of train's
-  episodes are held out. Paired states for probes and maps are whole episodes in a random
-  order, so the fitting and held-out rows share at most the one episode at the boundary.
+- **Labels:** other observation fields; integer or bool scalars are classes, other numeric
+  scalars and vectors values (ridge, R^2); text and higher-rank arrays are not probed.
+- **Splits are by episode, never by step:** the eval split (``test``) when the dataset has
+  it, else the last ``holdout_fraction`` of train's episodes. Paired states are whole
+  episodes in a random order (fitting and held-out rows share at most one episode).
 - **Frames** of another size are resized to ``image_size`` x ``image_size`` when loaded
-  (PIL bilinear, antialiased when shrinking): a non-square frame is stretched to the square,
-  keeping the camera's whole field of view but not its aspect ratio. ``flip`` turns frames
+  (PIL bilinear, antialiased), a non-square one stretched (whole field of view, not its
+  aspect ratio). ``flip`` turns frames
   stored upside down (``upside_down``: rows reversed, as robosuite renders; ``rotate180``:
   rows and columns, as LIBERO's OpenVLA-era copies are read) the right way up.
-- **On the device** a split is its frames of every camera the run uses,
-  (C, S, size, size, 3) uint8, its actions and the steps where windows start
-  (``OnDevice``); the jitted step gathers a batch by index (``batch``), so no Python runs
-  per sample. Memory: S x C x size^2 x 3 bytes (300 episodes of 50 steps, 3 cameras, 32 x 32
-  pixels: 138 MB).
+- **On the device** (``OnDevice``) a split is its frames (C, S, size, size, 3) uint8, its
+  actions and window starts; the jitted step gathers a batch by index (``batch``). Memory:
+  S x C x size^2 x 3 bytes (300 episodes of 50 steps, 3 cameras, 32 x 32: 138 MB).
 
-Reading needs no TensorFlow for ``array_record`` datasets (tfds data sources); tfrecord
-datasets need the ``tfrecord`` extra. ``recording_writer.write`` stores episodes as such a
-dataset (``experiments.import_episodes``, ``experiments.build_dataset``); nothing ever
-downloads.
+Reading and writing: ``tfds_local`` (no TensorFlow for array_record) and
+``recording_writer``; nothing ever downloads.
 
 Shapes: C = cameras, S = steps of a split (its episodes end to end), E = episodes, T = steps
 of one episode, K = window starts, A = action size, B = batch, L = frames per sample.
