@@ -26,8 +26,7 @@ step holds an ``observation`` dict, an ``action`` vector and optionally ``is_fir
   actions and window starts; the jitted step gathers a batch by index (``batch``). Memory:
   S x C x size^2 x 3 bytes (300 episodes of 50 steps, 3 cameras, 32 x 32: 138 MB).
 
-Reading and writing: ``tfds_local`` (no TensorFlow for array_record) and
-``recording_writer``; nothing ever downloads.
+Read through ``tfds_local``, written by ``recording_writer``; nothing ever downloads.
 
 Shapes: C = cameras, S = steps of a split (its episodes end to end), E = episodes, T = steps
 of one episode, K = window starts, A = action size, B = batch, L = frames per sample.
