@@ -13,7 +13,8 @@ cameras of a recording (a dataset of multi-camera episodes, docs/recordings.md).
 
 Rerunning the same command resumes from the latest checkpoint in the workdir. Metrics go
 to TensorBoard event files and the log; the run ends with a linear-probe table (trained
-vs random-init encoders) that is also written to ``<workdir>/probe.json``.
+vs random-init encoders vs pixel PCA) that is also written to ``<workdir>/probe.json``, and
+one line of warning if an agent reads a label no better than its pixels.
 """
 
 import json
@@ -26,6 +27,7 @@ import jax
 from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import data
+from sjepa_jax import evaluation
 from sjepa_jax import probes
 from sjepa_jax import train
 
@@ -87,7 +89,9 @@ _COLUMNS = tuple(probes.SCORE_HEADINGS.items())
 
 
 def print_probes(report: dict, path: str) -> None:
-  """The end-of-run probes, one row per agent and one for its random-init encoder."""
+  """The end-of-run probes, one row per agent and one each for its random-init encoder and
+  its view's pixel PCA; then one line naming every label an agent reads no better than
+  pixels."""
   columns = [(k, h) for k, h in _COLUMNS if any(f"trained/{k}" in r for r in report.values())]
   others = sorted({k[len("trained/"):] for r in report.values() for k in r
                    if k.startswith("trained/") and k.endswith(("_acc", "_r2"))}
@@ -96,11 +100,15 @@ def print_probes(report: dict, path: str) -> None:
   print(f"\nProbes on frozen latents, held-out states ({path}; accuracy or R^2):")
   width = max([10] + [len(h) + 2 for _, h in columns])
   print(f"{'agent':<16}" + "".join(f"{h:>{width}}" for _, h in columns))
+  rows = (("trained", None), ("random_init", "  random init"), ("pixel_pca", "  pixel PCA"))
   for agent, r in report.items():
-    for kind, label in (("trained", agent), ("random_init", "  random init")):
-      print(f"{label:<16}" + "".join(
+    for kind, label in rows:
+      print(f"{label or agent:<16}" + "".join(
           f"{r[f'{kind}/{k}']:>{width}.3f}" if f"{kind}/{k}" in r else f"{'-':>{width}}"
           for k, _ in columns))
+  warning = evaluation.below_pixels_warning(report)
+  if warning:
+    print(warning)
 
 
 def print_source(workdir: str) -> None:

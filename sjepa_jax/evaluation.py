@@ -1,6 +1,7 @@
 """What a training run measures of its agents as it trains and when it ends: the latents'
 spectra beside isotropic latents', CKA between agents, and linear (and MLP) probes of the
-trained and random-init agents on held-out paired states.
+trained and random-init agents and of pixel PCA on held-out paired states, with the labels
+the agents read no better than pixels.
 
 Shapes: A = agents, N = paired states, D = latent size, U = views.
 """
@@ -13,10 +14,12 @@ import numpy as np
 
 from sjepa_jax import agents
 from sjepa_jax import align
+from sjepa_jax import compare
 from sjepa_jax import data
 from sjepa_jax import losses
 from sjepa_jax import models
 from sjepa_jax import probes
+from sjepa_jax import summaries
 
 
 def make_encoder(model: models.WorldModel):
@@ -79,21 +82,61 @@ MLP_PROBED = ("class",)
 def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
                  initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
                  names: Sequence[str]) -> dict[str, dict[str, float]]:
-  """``probes.evaluate`` of every agent, trained vs random-init: each label's held-out score
-  (the world's class, shape, size, position and distractors; a dataset's class),
-  the class probe's final gradient norm and, for the trained agents, the MLP probe's class
-  accuracy (a diagnostic); agent ``a`` sees the probe states from view ``index[a]`` of
-  ``probe_set``."""
+  """``probes.evaluate`` of every agent, trained vs random-init vs its view's pixels on their
+  top D principal directions (``pixel_pca``, the no-learning floor): each label's held-out
+  score (the world's class, shape, size, position and distractors; a recording's labels; a
+  dataset's class), the class probe's final gradient norm and, for the trained agents, the
+  MLP probe's class accuracy (a diagnostic); agent ``a`` sees the probe states from view
+  ``index[a]`` of ``probe_set``."""
   n_train = probe_train_size(config, probe_set.obs.shape[1])
+  fit = lambda z, mlp=(): probes.evaluate(z, probe_set.labels, n_train, probe_set.num_classes,
+                                          config.eval.probe_steps, mlp=mlp)[1]
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
     z = encode_all(s.params, probe_set.obs, index)
     for a, view in enumerate(names):
-      mlp = MLP_PROBED if name == "trained" else ()
-      _, scores = probes.evaluate(z[a], probe_set.labels, n_train, probe_set.num_classes,
-                                  config.eval.probe_steps, mlp=mlp)
+      scores = fit(z[a], MLP_PROBED if name == "trained" else ())
       report.setdefault(view, {}).update({f"{name}/{k}": v for k, v in scores.items()})
+  key = jax.random.key(config.eval.seed)
+  for a, view in enumerate(names):
+    pixels = compare.pixel_pca(probe_set.obs[index[a]], n_train, config.model.dim, key)
+    report[view].update({f"pixel_pca/{k}": v for k, v in fit(pixels).items()})
   return report
+
+
+# A score at or above this has nothing left to learn: ties with pixels up here are not a
+# warning.
+READ_FULLY = 0.99
+
+
+def below_pixels(report: dict[str, dict[str, float]]) -> list[tuple[str, str, float, float]]:
+  """(agent, score, trained, pixel PCA) for every label pixel PCA reads (R^2 above
+  ``GOALS['pixels_read_r2_min']``, or accuracy ``GOALS['pixels_read_acc_margin']`` above the
+  random-init encoder's) that the trained agent reads no better: where it learned less
+  than its pixels hold."""
+  goals, found = summaries.GOALS, []
+  for agent, r in report.items():
+    for key, pca in r.items():
+      kind, _, score = key.partition("/")
+      if kind != "pixel_pca" or not score.endswith(("_acc", "_r2")) or "_mlp_" in score:
+        continue
+      reads = (pca > goals["pixels_read_r2_min"] if score.endswith("_r2") else
+               pca >= r[f"random_init/{score}"] + goals["pixels_read_acc_margin"])
+      jepa = r[f"trained/{score}"]
+      if reads and jepa <= pca and jepa < READ_FULLY:
+        found.append((agent, score, jepa, pca))
+  return found
+
+
+def below_pixels_warning(report: dict[str, dict[str, float]]) -> str | None:
+  """One line naming every label ``below_pixels`` finds, and where the levers are; None if
+  there is none."""
+  below = below_pixels(report)
+  if not below:
+    return None
+  return ("Warning: learned less than pixels: " + ", ".join(
+      f"{agent} {score} {jepa:.2f} (pixel PCA {pca:.2f})" for agent, score, jepa, pca in below)
+      + "; docs/recordings.md, 'When the agents learn less than pixels', says what to try.")
 
 
 def probe_train_size(config: ml_collections.ConfigDict, available: int) -> int:

@@ -23,7 +23,9 @@ GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
          "ceiling_class_min": 0.9, "ceiling_position_r2_min": 0.95, "jepa_class_min": 0.85,
          "jepa_position_r2_min": 0.9, "k_iso_min": 16, "shared_native_fraction_min": 0.9,
          "shared_transfer_fraction_min": 0.95, "gap_accounted_max": 0.02,
-         "migration_flops_ratio_max": 0.28}
+         "migration_flops_ratio_max": 0.28,
+         # A label pixel PCA reads: R^2 above this, or accuracy this far above random init.
+         "pixels_read_r2_min": 0.2, "pixels_read_acc_margin": 0.05}
 # Pairs where either view sees under this fraction of the other's pixels.
 SCANT_OVERLAP = 0.1
 

@@ -19,6 +19,7 @@ from sjepa_jax import agents
 from sjepa_jax import configs
 from sjepa_jax import data
 from sjepa_jax import episode_files
+from sjepa_jax import evaluation
 from sjepa_jax import recording_writer
 from sjepa_jax import recordings
 from sjepa_jax import tfds_local
@@ -245,6 +246,31 @@ def test_camera_agents_trained_together_equal_agents_trained_alone(planted_confi
   alone, _ = run(["wrist"])
   chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], together),
                               jax.tree.map(lambda x: x[0], alone), atol=1e-5, rtol=1e-5)
+
+
+def test_a_run_on_frames_of_pure_noise_warns_that_it_learned_less_than_pixels(tmp_path):
+  """Frames of uniform noise, and a label that is one of their pixels: pixel PCA keeps every
+  pixel (48 of them, D = 48) and reads it; an agent that learns no structure (there is
+  none) reads it worse. The run's probe report and its warning line say so."""
+  rng = np.random.default_rng(0)
+  def episode(e):
+    frames = rng.integers(0, 256, (8, 4, 4, 3), dtype=np.uint8)
+    return {"observation": {"front": frames, "pixel": frames[:, 1, 2, :1] / 255.0},
+            "action": rng.normal(size=(8, 2)).astype(np.float32), "source": f"noise {e}"}
+  eps = [episode(e) for e in range(40)]
+  data_dir = str(tmp_path / "tfds")
+  recording_writer.write("noise", data_dir, {"train": lambda: eps[:10],
+                                             "test": lambda: eps[10:]}, eps[0])
+  c = tiny_config()
+  c.data.dataset, c.data.data_dir = "noise", data_dir
+  c.data.image_size, c.model.patch, c.model.dim = 4, 2, 48
+  c.eval.probe_train, c.eval.probe_test = 160, 80  # of the test split's 240 states
+  report = train.train_and_evaluate(c, str(tmp_path / "run"), ["front"])
+  scores = report["front"]
+  assert scores["pixel_pca/pixel_r2"] > 0.95 > scores["trained/pixel_r2"]
+  warning = evaluation.below_pixels_warning(report)
+  assert warning.startswith("Warning: learned less than pixels: front pixel_r2 ")
+  assert "\n" not in warning and "docs/recordings.md" in warning
 
 
 # --- Bad input ---------------------------------------------------------------------------

@@ -109,7 +109,10 @@ def test_probe_report_scores_each_agent_on_its_own_latents(config):
   encode_all = lambda params, obs, index: jnp.stack([
       jnp.concatenate([readable[k] for k in latents[params][a]] + [jnp.zeros((64, 1))], 1)
       for a in index])
-  probe_set = data.PairedSet(jnp.zeros((2, 64, 1)), labels, num_classes={"class": 3})
+  # Pixels: view 0's show the position, view 1's are noise (pixel PCA reads it from 0 only).
+  pixels = jnp.stack([labels["position"], jax.random.normal(jax.random.key(5), (64, 2))])
+  obs = jnp.broadcast_to(pixels[:, :, None, :, None], (2, 64, 3, 2, 3))
+  probe_set = data.PairedSet(obs, labels, num_classes={"class": 3})
   state = lambda params: types.SimpleNamespace(params=params)
   report = evaluation.probe_report(config, encode_all, state("trained"), state("initial"),
                               probe_set, np.array([0, 1]), VIEWS)
@@ -119,6 +122,32 @@ def test_probe_report_scores_each_agent_on_its_own_latents(config):
   for view in VIEWS:
     assert report[view]["random_init/class_acc"] < 0.7
     assert report[view]["random_init/position_r2"] < 0.2
+  assert report["mountain"]["pixel_pca/position_r2"] > 0.99
+  assert report["forest"]["pixel_pca/position_r2"] < 0.2
+  # Forest's agent reads no position and its pixels hold none: nothing to warn of.
+  assert evaluation.below_pixels(report) == []
+
+
+def _scores(trained: float, random_init: float, pca: float, score: str) -> dict:
+  return {f"trained/{score}": trained, f"random_init/{score}": random_init,
+          f"pixel_pca/{score}": pca}
+
+
+@pytest.mark.parametrize("score,trained,random_init,pca,warns", [
+    ("position_r2", 0.30, 0.10, 0.60, True),  # pixels read it better
+    ("position_r2", 0.60, 0.10, 0.60, True),  # no better
+    ("position_r2", 0.70, 0.10, 0.60, False),
+    ("position_r2", 0.05, 0.00, 0.15, False),  # pixels do not read it (R^2 <= 0.2)
+    ("class_acc", 0.45, 0.40, 0.46, True),  # pixels 0.06 above random init: they read it
+    ("class_acc", 0.40, 0.40, 0.44, False),  # pixels under 0.05 above random init
+    ("class_acc", 0.995, 0.90, 1.00, False),  # read fully: nothing more to learn
+    ("class_mlp_acc", 0.50, 0.40, 0.90, False),  # a diagnostic, not a label
+])
+def test_below_pixels_names_labels_pixels_read_and_the_agent_reads_no_better(
+    score, trained, random_init, pca, warns):
+  report = {"front": {**_scores(0.9, 0.1, 0.5, "size_r2"),
+                      **_scores(trained, random_init, pca, score)}}
+  assert evaluation.below_pixels(report) == ([("front", score, trained, pca)] if warns else [])
 
 
 def test_interrupted_and_resumed_run_equals_a_straight_run(config, tmp_path):
