@@ -303,11 +303,10 @@ def prepare_frames(frames: Sequence[np.ndarray], size: int, flip: str = "none") 
 
 def check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
   """Raises naming the field and step of the first NaN or inf in float ``arrays`` (T, ...)."""
-  for key, x in arrays.items():
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-      step = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0])
-      raise errors.UserError(f"{where}: {key!r} holds a NaN or inf at step {step}; agents and "
-                             "probes need finite actions and states: fix or drop that episode.")
+  bad = errors.first_nonfinite(arrays)
+  if bad is not None:
+    raise errors.UserError(f"{where}: {bad[0]!r} holds a NaN or inf at step {bad[1]}; agents "
+                           "and probes need finite actions and states: fix or drop that episode.")
 
 
 # What a damaged file raises from deep inside tfds, array_record and protobuf.

@@ -188,17 +188,6 @@ def step_function(learner: agents.Learner, how: str = "vmap", batch_sharding=Non
       lambda s, v, k, h: one(s, v, k, i, pixels=p, hparams=h))(s, v, k, h or {})
 
 
-def first_nonfinite(values: dict[str, np.ndarray]) -> tuple[str, int] | None:
-  """The first (name, agent) whose value holds a NaN or inf; each value has a leading agent
-  axis. None when all are finite."""
-  for name, v in values.items():
-    v = np.asarray(v).reshape(len(v), -1)
-    bad = np.flatnonzero(~np.all(np.isfinite(v), axis=1))
-    if bad.size:
-      return name, int(bad[0])
-  return None
-
-
 class NonFiniteError(errors.UserError, FloatingPointError):
   """A run whose losses or parameters became NaN or inf: a setting to change (a learning
   rate, a loss weight), not a bug, so a ``UserError``; a ``FloatingPointError`` too."""
@@ -207,7 +196,7 @@ class NonFiniteError(errors.UserError, FloatingPointError):
 def check_finite(metrics: dict[str, np.ndarray], names: Sequence[str], first: int,
                  last: int, latest_checkpoint: int | None) -> None:
   """Raises if any agent's metric is NaN or inf, naming the steps, agent and checkpoint."""
-  bad = first_nonfinite(metrics)
+  bad = errors.first_nonfinite(metrics)
   if bad is not None:
     name, a = bad
     raise NonFiniteError(
@@ -399,7 +388,7 @@ def _save_if_finite(mngr, step, state, config, roster: agents.Roster) -> None:
   """Saves a checkpoint only if every agent's parameters are finite."""
   finite = jax.vmap(lambda p: jnp.all(jnp.asarray(
       [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))(state.params)
-  bad = first_nonfinite({"parameters": np.where(np.asarray(host_local(finite)), 0.0, np.nan)})
+  bad = errors.first_nonfinite({"parameters": np.where(np.asarray(host_local(finite)), 0.0, np.nan)})
   if bad is not None:
     raise NonFiniteError(
         f"Non-finite parameters for agent {bad[1]} ({roster.names[bad[1]]}) at step {step}; "
