@@ -101,7 +101,9 @@ def world_rows(report: dict, path: str) -> list[str]:
 def shared_rows(report: dict, path: str) -> list[str]:
   """Rows of the shared-part decomposition (docs/alignment.md), per pair type."""
   rows = []
-  for kind, g in report.get("shared_summary", {}).items():
+  summary = report.get("shared_summary", {})
+  for kind in sorted(summary, key=lambda k: k != "surface"):  # the claim's own pairs first
+    g = summary[kind]
     f, met, worst = g["figures"], g["goals_met"], g["worst"]
     pm = lambda k: "-" if k not in f else f"{f[k][0]:.2f} +- {f[k][1]:.2f}"
     where = {"surface": "surface view pairs", "scant_overlap": "pairs under 10% overlap",
@@ -215,15 +217,19 @@ def table(docs: str) -> str:
     rows += world_rows(report, path)
     commands[path] = report.get("command")
   recorded = sorted(glob.glob(os.path.join(docs, "recordings", "*", "report.json")))
+  world_decomposed = False
   for decomposed in (study_path, *recorded):
     if os.path.exists(decomposed) and "shared_summary" in (report := _load(decomposed)):
       path = os.path.relpath(decomposed, ROOT)
       rows += shared_rows(report, path)
       commands[path] = report.get("command")
+      world_decomposed |= decomposed == study_path
   emergence = os.path.join(docs, "align", "emergence.json")
   if os.path.exists(emergence):
     report, path = _load(emergence), os.path.relpath(emergence, ROOT)
-    rows += emergence_rows(report, path)
+    # Where the study itself is decomposed, its rows are the final step's; the emergence
+    # report adds only whether the isometric part grew.
+    rows += [emergence_row(report, path)] if world_decomposed else emergence_rows(report, path)
     commands[path] = report.get("command")
   for folder in sorted(glob.glob(os.path.join(docs, "migrate*"))):
     seeds = sorted(glob.glob(os.path.join(folder, "seed*", "report.json")))
