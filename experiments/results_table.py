@@ -212,30 +212,32 @@ def table(docs: str) -> str:
   rows = ["| goal | measured | verdict | report |", "|---|---|---|---|"]
   commands = {}
   study_path = os.path.join(docs, "align", "report.json")
-  if os.path.exists(study_path):
-    report, path = _load(study_path), os.path.relpath(study_path, ROOT)
-    rows += world_rows(report, path)
-    commands[path] = report.get("command")
+  study = _load(study_path) if os.path.exists(study_path) else None
+  if study is not None:
+    path = os.path.relpath(study_path, ROOT)
+    rows += world_rows(study, path)
+    commands[path] = study.get("command")
   recorded = sorted(glob.glob(os.path.join(docs, "recordings", "*", "report.json")))
-  world_decomposed = False
-  for decomposed in (study_path, *recorded):
-    if os.path.exists(decomposed) and "shared_summary" in (report := _load(decomposed)):
+  studies = ([(study_path, study)] if study is not None else []) + [(p, _load(p)) for p in recorded]
+  for decomposed, report in studies:
+    if "shared_summary" in report:
       path = os.path.relpath(decomposed, ROOT)
       rows += shared_rows(report, path)
       commands[path] = report.get("command")
-      world_decomposed |= decomposed == study_path
   emergence = os.path.join(docs, "align", "emergence.json")
   if os.path.exists(emergence):
     report, path = _load(emergence), os.path.relpath(emergence, ROOT)
     # Where the study itself is decomposed, its rows are the final step's; the emergence
     # report adds only whether the isometric part grew.
+    world_decomposed = study is not None and "shared_summary" in study
     rows += [emergence_row(report, path)] if world_decomposed else emergence_rows(report, path)
     commands[path] = report.get("command")
   for folder in sorted(glob.glob(os.path.join(docs, "migrate*"))):
-    seeds = sorted(glob.glob(os.path.join(folder, "seed*", "report.json")))
+    seeds = [(os.path.relpath(p, ROOT), _load(p))
+             for p in sorted(glob.glob(os.path.join(folder, "seed*", "report.json")))]
     if seeds:
-      rows += migration_rows([(os.path.relpath(p, ROOT), _load(p)) for p in seeds])
-      commands[os.path.relpath(seeds[0], ROOT)] = _load(seeds[0]).get("command")
+      rows += migration_rows(seeds)
+      commands[seeds[0][0]] = seeds[0][1].get("command")
   lines = [f"- `{path}`: `{cmd}`" for path, cmd in commands.items() if cmd]
   return "\n".join(rows) + ("\n\nMade by:\n\n" + "\n".join(lines) if lines else "")
 
