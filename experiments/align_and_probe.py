@@ -23,6 +23,7 @@ from absl import flags
 
 from experiments import common
 from sjepa_jax import agents
+from sjepa_jax import data
 from sjepa_jax import figures
 from sjepa_jax import study
 from sjepa_jax import summaries
@@ -41,6 +42,12 @@ _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Most L-BFGS iterations 
                                     "probes (they stop once converged).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "For runs on a dataset: the tfds data "
                                 "directory holding it (default: the one they trained from).")
+_PROBE_FIT = flags.DEFINE_enum("probe_fit", None, list(data.PROBE_FITS), "For runs on a dataset "
+                               "or recording, where the maps and probes are fitted: eval (on "
+                               "--pairs states of its evaluation split, scored on the next "
+                               "--test_pairs) or train (on --pairs of its training split, "
+                               "scored on --test_pairs of the evaluation split); default: the "
+                               "run's eval.probe_fit.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous study's report.json "
                                 "and figures/ in the output folder (default: write to a fresh "
                                 "study_<n> subfolder beside them).")
@@ -214,7 +221,7 @@ def main(argv):
   report, extras = study.run(workdirs, _PAIRS.value, _TEST_PAIRS.value, _SEED.value,
                              _PROBE_STEPS.value, _STEP.value,
                              _DATA_DIR.value and os.path.abspath(
-                                 os.path.expanduser(_DATA_DIR.value)))
+                                 os.path.expanduser(_DATA_DIR.value)), _PROBE_FIT.value)
   report = {"command": common.command_line(), **report}
   out = fresh_out(_OUT.value or workdirs[0], _OVERWRITE.value)
   common.write_json(report, os.path.join(out, "report.json"))

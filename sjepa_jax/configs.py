@@ -143,6 +143,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice("model.compute_dtype", config.model.compute_dtype,
                 ("auto",) + tuple(models.COMPUTE_DTYPES))
   _check_choice("data.flip", config.data.flip, recordings.FLIPS)
+  _check_choice("eval.probe_fit", config.eval.probe_fit, data.PROBE_FITS)
   if not 0 <= config.data.holdout_fraction < 1:
     raise errors.UserError(f"data.holdout_fraction must be in [0, 1), got "
                            f"{config.data.holdout_fraction}.")

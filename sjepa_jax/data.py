@@ -289,6 +289,34 @@ def paired_set(src: Source, key: jax.Array, views: Any, num: int,
                    {"class": loaded.num_classes})
 
 
+# Where probes and maps are fitted (config.eval.probe_fit): "eval", on part of the evaluation
+# split, scored on the rest of it; "train", on the training split, scored on the evaluation
+# split. The world's states are independent draws, so it is the same there.
+PROBE_FITS = ("eval", "train")
+
+
+def fit_and_score_set(src: Source, key: jax.Array, views: Any, n_fit: int, n_test: int,
+                      eval_images: Any, fit_images: Any = None) -> PairedSet:
+  """``n_fit + n_test`` paired states: the first ``n_fit`` fit probes and maps, the rest
+  score them. Without ``fit_images`` all come from ``eval_images`` (``paired_set``: a
+  recording's whole episodes, so the two parts share at most one); with it (a dataset's or a
+  recording's training split), the first ``n_fit`` come from it and the rest from
+  ``eval_images``."""
+  if fit_images is None or eval_images is None:
+    return paired_set(src, key, views, n_fit + n_test, eval_images)
+  k_fit, k_test = jax.random.split(key)
+  fit = paired_set(src, k_fit, views, n_fit, fit_images)
+  test = paired_set(src, k_test, views, n_test, eval_images)
+  # A part's class counts are those it holds, and a label constant in one part is dropped
+  # from it: the set keeps the labels of both, with the larger count.
+  labels = {k: jnp.concatenate([v, test.labels[k]]) for k, v in fit.labels.items()
+            if k in test.labels}
+  num_classes = {k: max(n, test.num_classes[k]) for k, n in fit.num_classes.items()
+                 if k in labels}
+  return PairedSet(jnp.concatenate([fit.obs, test.obs], 1), labels, num_classes,
+                   None if fit.state is None else state_of(labels, num_classes))
+
+
 def overlap_matrix(src: Source, views: Sequence[str], loaded: Any, key: jax.Array
                    ) -> np.ndarray | None:
   """(V, V) pixel overlap of the views (row a: the fraction of a's pixels b also sees):

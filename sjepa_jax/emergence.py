@@ -98,7 +98,7 @@ def run(workdir: str, steps: Sequence[int], n_fit: int = 3000, n_test: int = 100
   used = roles.used()
   config = study.source_config(used, None)
   k_states, k_overlap = jax.random.split(jax.random.key(seed))
-  paired = study.paired_states(config, roles, used, n_fit + n_test, k_states, k_overlap)
+  paired = study.paired_states(config, roles, used, n_fit, n_test, k_states, k_overlap)
   by_step = []
   for step in sorted(steps):
     if step in reuse:

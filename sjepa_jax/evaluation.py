@@ -80,16 +80,15 @@ MLP_PROBED = ("class",)
 
 
 def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.AgentState,
-                 initial: agents.AgentState, probe_set: data.PairedSet, index: np.ndarray,
-                 names: Sequence[str]) -> dict[str, dict[str, float]]:
+                 initial: agents.AgentState, probe_set: data.PairedSet, n_fit: int,
+                 index: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float]]:
   """``probes.evaluate`` of every agent, trained vs random-init vs its view's pixels on their
   top D principal directions (``pixel_pca``, the no-learning floor): each label's held-out
   score (the world's class, shape, size, position and distractors; a recording's labels; a
   dataset's class), the class probe's final gradient norm and, for the trained agents, the
   MLP probe's class accuracy (a diagnostic); agent ``a`` sees the probe states from view
-  ``index[a]`` of ``probe_set``."""
-  n_train = probe_train_size(config, probe_set.obs.shape[1])
-  fit = lambda z, mlp=(): probes.evaluate(z, probe_set.labels, n_train, probe_set.num_classes,
+  ``index[a]`` of ``probe_set``, whose first ``n_fit`` fit the probes."""
+  fit = lambda z, mlp=(): probes.evaluate(z, probe_set.labels, n_fit, probe_set.num_classes,
                                           config.eval.probe_steps, mlp=mlp)[1]
   report = {}
   for name, s in (("trained", state), ("random_init", initial)):
@@ -99,7 +98,7 @@ def probe_report(config: ml_collections.ConfigDict, encode_all, state: agents.Ag
       report.setdefault(view, {}).update({f"{name}/{k}": v for k, v in scores.items()})
   key = jax.random.key(config.eval.seed)
   for a, view in enumerate(names):
-    pixels = compare.pixel_pca(probe_set.obs[index[a]], n_train, config.model.dim, key)
+    pixels = compare.pixel_pca(probe_set.obs[index[a]], n_fit, config.model.dim, key)
     report[view].update({f"pixel_pca/{k}": v for k, v in fit(pixels).items()})
   return report
 

@@ -122,20 +122,26 @@ class PairedStates(NamedTuple):
   source: data.Source
 
 
-def paired_states(config, roles: Roles, used: Sequence[Agent], n: int, k_states, k_overlap
-                  ) -> PairedStates:
+def paired_states(config, roles: Roles, used: Sequence[Agent], n_fit: int, n_test: int,
+                  k_states, k_overlap) -> PairedStates:
+  """The paired states every feature is computed on: the first ``n_fit`` fit, the rest are
+  held out; fitted where ``config.eval.probe_fit`` says (``data.PROBE_FITS``)."""
   src = data.source(config)
   order = data.view_order(src)
   all_views = sorted({a.view for a in used}, key=order.index)
   stacked = data.stack_views(src, all_views)
   sizes = sorted({a.image_size for a in used})
+  on_train = config.eval.get("probe_fit", "eval") == "train"
   obs, paired, eval_images = {}, None, None
   for size in sizes:
     sized = src._replace(image_size=size,
                          options=src.options and src.options._replace(image_size=size))
     if size == sizes[0] or src.kind == data.RECORDING:  # a recording's frames load resized
       eval_images = data.load_images(sized, src.eval_split, all_views)
-    paired = data.paired_set(sized, k_states, stacked, n, eval_images)
+      fit_images = (data.load_images(sized, src.train_split, all_views)
+                    if on_train and src.kind != data.WORLD else None)
+    paired = data.fit_and_score_set(sized, k_states, stacked, n_fit, n_test, eval_images,
+                                    fit_images)
     obs.update({(v, size): paired.obs[i] for i, v in enumerate(all_views)})
   views = sorted({v for group in roles.main.values() for v in group}, key=order.index)
   overlap = data.overlap_matrix(src, views, eval_images, k_overlap)
@@ -247,13 +253,14 @@ def _pair(roles: Roles, spaces: _Spaces, paired: PairedStates, main: dict[str, A
 
 
 def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: int = 4321,
-        probe_steps: int = 500, step: int | None = None, data_dir: str | None = None
-        ) -> tuple[dict[str, Any], dict[str, Any]]:
+        probe_steps: int = 500, step: int | None = None, data_dir: str | None = None,
+        probe_fit: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """The study (see the module docstring) over the runs in ``workdirs``.
 
   ``step`` picks a checkpoint of the first run (the others use their latest). For runs on
-  a dataset, the paired states are images of its evaluation split, read from ``data_dir``
-  (default: where the runs read it).
+  a dataset, the held-out paired states are images of its evaluation split, read from
+  ``data_dir`` (default: where the runs read it); the fitting ones come from where
+  ``probe_fit`` says (``data.PROBE_FITS``; default: the first run's ``eval.probe_fit``).
   Returns (the JSON-ready report, extras: arrays for the figures, the studied agents and
   their fitted maps and probes for ``export``, and the paired states ``obs[(view, size)]``
   with their ``labels``: the first ``n_fit`` fitted everything, the rest are held out).
@@ -261,6 +268,8 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   if n_fit < 8 or n_test < 8:
     raise errors.UserError(f"Need at least 8 fitting and 8 held-out pairs, got n_fit={n_fit}, "
                            f"n_test={n_test}.")
+  if probe_fit is not None and probe_fit not in data.PROBE_FITS:
+    raise errors.UserError(f"Unknown probe_fit {probe_fit!r}; valid: {', '.join(data.PROBE_FITS)}.")
   # Agents and their roles; the paired states every feature is computed on.
   all_agents = [a for i, w in enumerate(workdirs)
                 for a in loading.load_agents(w, step if i == 0 else None)]
@@ -268,8 +277,9 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   used = roles.used()
   logging.info("Agents: %s", ", ".join(a.name for a in used))
   config = source_config(used, data_dir)
+  config.eval.probe_fit = probe_fit or config.eval.get("probe_fit", "eval")
   k_states, k_overlap, k_pca, k_shuffle = jax.random.split(jax.random.key(seed), 4)
-  paired = paired_states(config, roles, used, n_fit + n_test, k_states, k_overlap)
+  paired = paired_states(config, roles, used, n_fit, n_test, k_states, k_overlap)
   spaces = _spaces(roles, used, paired, n_fit, probe_steps, k_pca)
   trained, initial, pca, _ = spaces
 
@@ -307,6 +317,7 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
                                             if k != "class_probe_grad_norm"}
   report = {
       "workdirs": list(workdirs), "seed": seed, "n_fit": n_fit, "n_test": n_test,
+      "probe_fit": config.eval.probe_fit,
       "source": data.describe(paired.source, paired.eval_images, used[0].workdir),
       "chance_acc": chance,
       "agents": {a.name: {"view": a.view, "kind": a.kind, "seed": a.seed,

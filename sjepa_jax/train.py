@@ -255,6 +255,7 @@ class _Source(NamedTuple):
   keys: jax.Array
   pixels: Any  # images (N, H, W, 3), or a recording's recordings.OnDevice; every agent's
   eval_images: Any  # the evaluation split: images.Images or recordings.Recording
+  fit_images: Any  # the training split on the host, where the probes are fitted on it
   described: dict | None  # a recording's parts, as source.json states them
 
 
@@ -267,7 +268,7 @@ def _source(config, roster: agents.Roster) -> _Source:
     described = {"train": train.summary(), "eval": evaluation.summary()}
   return _Source(src, data.stack_views(src, roster.views),
                  agents.agent_keys(roster.seeds, roster.views), data.on_device(train),
-                 evaluation, described)
+                 evaluation, train if config.eval.probe_fit == "train" else None, described)
 
 
 def _restore_or_init(config, workdir: str, roster: agents.Roster,
@@ -300,6 +301,23 @@ def _paired_states(src: data.Source, seed: int, views: Sequence[str], eval_image
     num = min(num, data.num_states(eval_images))
   key = jax.random.fold_in(jax.random.key(seed), which)
   return data.paired_set(src, key, data.stack_views(src, views), num, eval_images)
+
+
+def _probe_states(config, source: _Source, views: Sequence[str]
+                  ) -> tuple[data.PairedSet, int]:
+  """The end-of-run probes' fixed paired states and how many of them fit the probes
+  (``eval.probe_fit``): ``eval.probe_train`` fitting and ``eval.probe_test`` scoring states,
+  each at most what its split holds."""
+  e = config.eval
+  if source.fit_images is None:
+    probe_set = _paired_states(source.source, e.seed, views, source.eval_images, 1,
+                               e.probe_train + e.probe_test)
+    return probe_set, evaluation.probe_train_size(config, probe_set.obs.shape[1])
+  n_fit = min(e.probe_train, data.num_states(source.fit_images))
+  n_test = min(e.probe_test, data.num_states(source.eval_images))
+  key = jax.random.fold_in(jax.random.key(e.seed), 1)
+  return data.fit_and_score_set(source.source, key, data.stack_views(source.source, views),
+                                n_fit, n_test, source.eval_images, source.fit_images), n_fit
 
 
 def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _Source
@@ -370,12 +388,10 @@ def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _
     # The end-of-run probes, trained against random-init.
     report = {}
     if stop == total:
-      e = config.eval
-      probe_set = _paired_states(source.source, config.eval.seed, views, source.eval_images, 1,
-                                 e.probe_train + e.probe_test)
+      probe_set, n_fit = _probe_states(config, source, views)
       report = evaluation.probe_report(
           config, encode_all, state._replace(params=host_local(state.params)), initial,
-          probe_set, view_index, names)
+          probe_set, n_fit, view_index, names)
       writer.write_scalars(total, {f"probe/agent_{v}/{k}": x
                                    for v, r in report.items() for k, x in r.items()})
       if main_process:

@@ -36,7 +36,7 @@ def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_pat
   roles = study.assign_roles(last)
   k_states, k_overlap = jax.random.split(jax.random.key(report["seed"]))
   paired = study.paired_states(study.source_config(roles.used(), None), roles, roles.used(),
-                               96, k_states, k_overlap)
+                               64, 32, k_states, k_overlap)
   z = {a.view: models.encode_chunked(a.model, a.initial_params()["encoder"],
                                      paired.obs[(a.view, a.image_size)]) for a in last}
   d = shared.summary(shared.decompose(z["forest"][:64], z["mountain"][:64],

@@ -179,6 +179,46 @@ def test_the_paired_set_pairs_the_same_step_of_whole_episodes_across_cameras(pla
     data.paired_set(src, jax.random.key(1), data.stack_views(src, views), 8, evaluation)
 
 
+def test_probes_fit_on_the_training_episodes_and_score_on_the_held_out_ones(planted_config):
+  """eval.probe_fit "train": the fitting states are steps of training episodes, the scored
+  ones steps of the evaluation split's; "eval": both from the evaluation split."""
+  views = data.parse_views(planted_config, "front,wrist")
+  src = data.source(planted_config)
+  stacked, key = data.stack_views(src, views), jax.random.key(2)
+  held_out = data.load_images(src, "test", views)
+  on_train = data.fit_and_score_set(src, key, stacked, 9, 6, held_out,
+                                    data.load_images(src, "train", views))
+  chex.assert_shape(on_train.obs, (2, 15, 16, 16, 3))
+  episode, step = decode(on_train.obs[0])
+  assert set(episode[:9]) <= {0, 1, 2, 3} and set(episode[9:]) <= {4, 5}
+  np.testing.assert_array_equal(np.asarray(on_train.labels["where"]), np.stack([episode, step], 1))
+  np.testing.assert_array_equal(np.asarray(on_train.state[:, -2:]), np.stack([episode, step], 1))
+  on_eval = data.fit_and_score_set(src, key, stacked, 5, 2, held_out)
+  assert set(decode(on_eval.obs[0])[0]) <= {4, 5}
+  with pytest.raises(ValueError, match=r"Unknown eval.probe_fit 'test'; valid: eval, train"):
+    planted_config.eval.probe_fit = "test"
+    configs.validate(planted_config)
+
+
+def test_the_end_of_run_probes_fit_where_eval_probe_fit_says(planted_config):
+  """At most eval.probe_train fitting and eval.probe_test scored states, each capped by its
+  split: the training split's 15 steps (its episode 1 is too short for 3 frames) and the
+  test split's 7, or shares of those 7."""
+  views = data.parse_views(planted_config, "front,wrist")
+  src = data.source(planted_config)
+  held_out = data.load_images(src, "test", views)
+  planted_config.eval.update(probe_train=100, probe_test=5)
+  source = train._Source(src, None, None, None, held_out,  # pylint: disable=protected-access
+                         data.load_images(src, "train", views), None)
+  probe_set, n_fit = train._probe_states(planted_config, source, views)  # pylint: disable=protected-access
+  episode, _ = decode(probe_set.obs[0])
+  assert n_fit == 15 and len(episode) == 20
+  assert set(episode[:15]) == {0, 2, 3} and set(episode[15:]) <= {4, 5}
+  probe_set, n_fit = train._probe_states(  # pylint: disable=protected-access
+      planted_config, source._replace(fit_images=None), views)
+  assert n_fit == 6 and set(decode(probe_set.obs[0])[0]) == {4, 5}  # 100/105 of the 7
+
+
 def test_frames_are_resized_by_stretching_and_flipped():
   frame = np.zeros((8, 16, 3), np.uint8)
   frame[:, :2, 0] = 255  # a red left edge, a green right edge

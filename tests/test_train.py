@@ -115,7 +115,7 @@ def test_probe_report_scores_each_agent_on_its_own_latents(config):
   probe_set = data.PairedSet(obs, labels, num_classes={"class": 3})
   state = lambda params: types.SimpleNamespace(params=params)
   report = evaluation.probe_report(config, encode_all, state("trained"), state("initial"),
-                              probe_set, np.array([0, 1]), VIEWS)
+                              probe_set, 48, np.array([0, 1]), VIEWS)
   assert report["mountain"]["trained/class_acc"] == report["forest"]["trained/class_acc"] == 1
   assert report["mountain"]["trained/position_r2"] > 0.99
   assert report["forest"]["trained/position_r2"] < 0.2
