@@ -73,7 +73,8 @@ def learner_from_config(config: ml_collections.ConfigDict) -> agents.Learner:
 
 def _sampler(config: ml_collections.ConfigDict):
   d = config.data
-  return data.sampler(d.dataset, d.batch_size, d.frames, d.image_size, d.min_crop)
+  return data.sampler(d.dataset, d.batch_size, d.frames, d.image_size, d.min_crop,
+                      d.get("stride", 1))
 
 
 def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -> str:
@@ -96,7 +97,8 @@ RANGES = {
     **{k: (1, None, True) for k in (
         "num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints", "model.dim",
         "model.patch", "model.width", "model.predictor_hidden", "objective.sigreg_directions",
-        "objective.mask_block", "data.batch_size", "data.image_size", "eval.probe_train",
+        "objective.mask_block", "data.batch_size", "data.image_size", "data.stride",
+        "eval.probe_train",
         "eval.probe_test", "eval.alignment_pairs", "eval.probe_steps")},
     **{k: (0, None, True) for k in (
         "model.depth", "model.predictor_depth", "optim.warmup_steps", "optim.weight_decay",

@@ -123,17 +123,21 @@ class Source(NamedTuple):
 def recording_options(config: ml_collections.ConfigDict) -> recordings.Options:
   """How the config reads a recording."""
   d = config.data
-  return recordings.Options(d.image_size, d.frames, d.flip, d.labels, d.train_split,
-                            d.eval_split, d.holdout_fraction)
+  return recordings.Options(d.image_size, recordings.span(d.frames, d.get("stride", 1)),
+                            d.flip, d.labels, d.train_split, d.eval_split, d.holdout_fraction)
 
 
 def source(config: ml_collections.ConfigDict) -> Source:
   """The config's source; a dataset is opened here, once (its features only)."""
   d = config.data
+  # Without a data_dir nothing is read: a dataset's images handed over in memory.
+  recording = bool(d.dataset and d.data_dir) and recordings.is_recording(d.dataset, d.data_dir)
+  if d.get("stride", 1) != 1 and not recording:
+    raise errors.UserError(f"data.stride={d.stride} spaces a recording's steps; "
+                           f"{'the world' if not d.dataset else repr(d.dataset)} is not a "
+                           "recording: valid data.stride 1.")
   if not d.dataset:
     return Source(WORLD, d.image_size)
-  # Without a data_dir nothing is read: a dataset's images handed over in memory.
-  recording = bool(d.data_dir) and recordings.is_recording(d.dataset, d.data_dir)
   return Source(RECORDING if recording else IMAGES, d.image_size, d.dataset, d.data_dir,
                 d.train_split, d.eval_split, d.region_size,
                 recordings.layout(d.dataset, d.data_dir) if recording else None,
@@ -244,7 +248,8 @@ def num_states(loaded: images.Images | recordings.Recording) -> int:
   return len(loaded.labels)
 
 
-def sampler(dataset: str, batch_size: int, frames: int, size: int, min_crop: float):
+def sampler(dataset: str, batch_size: int, frames: int, size: int, min_crop: float,
+            stride: int = 1):
   """``sample(key, view, pixels) -> Batch``, one agent's training batch: world rollouts
   without a ``dataset`` (``pixels`` unused); sub-crops of its region of ``pixels``, the
   train split's (N, H, W, 3) uint8 images; or windows of its camera's steps when ``pixels``
@@ -258,17 +263,19 @@ def sampler(dataset: str, batch_size: int, frames: int, size: int, min_crop: flo
                              "train split on the device (data.on_device(data.load_images("
                              "data.source(config), 'train', views))).")
     if isinstance(pixels, recordings.OnDevice):
-      return Batch(*recordings.batch(key, pixels, view, batch_size, frames))
+      return Batch(*recordings.batch(key, pixels, view, batch_size, frames, stride))
     return Batch(*images.region_batch(key, pixels, view, batch_size, frames, size, min_crop))
   return sample
 
 
 def paired_set(src: Source, key: jax.Array, views: Any, num: int,
-               loaded: images.Images | recordings.Recording | None = None) -> PairedSet:
+               loaded: images.Images | recordings.Recording | None = None,
+               spread: bool = False) -> PairedSet:
   """``num`` states seen from every stacked view: random world states; for a dataset,
   ``num`` images drawn without replacement from ``loaded``, each agent seeing its region;
-  for a recording, ``num`` steps of whole episodes of ``loaded`` (``recordings.paired_steps``)
-  seen by each agent's camera, with their labels."""
+  for a recording, ``num`` steps of whole episodes of ``loaded`` (``recordings.paired_steps``;
+  ``spread``: steps drawn from all its episodes) seen by each agent's camera, with their
+  labels."""
   if loaded is None:
     return world_paired_set(key, views, num, src.image_size)
   if num > num_states(loaded):
@@ -278,7 +285,8 @@ def paired_set(src: Source, key: jax.Array, views: Any, num: int,
     raise errors.UserError(f"Asked for {num} paired states, but {where}: lower --pairs and "
                            "--test_pairs (or the eval sizes).")
   if isinstance(loaded, recordings.Recording):
-    steps = recordings.paired_steps(loaded, key, num)
+    steps = (np.sort(np.asarray(jax.random.permutation(key, loaded.num_steps))[:num])
+             if spread else recordings.paired_steps(loaded, key, num))
     labels = {k: jnp.asarray(v[steps]) for k, v in loaded.labels.items()}
     return PairedSet(recordings.paired_obs(loaded, np.asarray(views), steps), labels,
                      dict(loaded.num_classes), state_of(labels, loaded.num_classes))
@@ -300,12 +308,14 @@ def fit_and_score_set(src: Source, key: jax.Array, views: Any, n_fit: int, n_tes
   """``n_fit + n_test`` paired states: the first ``n_fit`` fit probes and maps, the rest
   score them. Without ``fit_images`` all come from ``eval_images`` (``paired_set``: a
   recording's whole episodes, so the two parts share at most one); with it (a dataset's or a
-  recording's training split), the first ``n_fit`` come from it and the rest from
+  recording's training split), the first ``n_fit`` come from it, a recording's drawn from
+  all its episodes (a label that varies mostly between episodes, such as where an object
+  starts, has as many values to fit as there are episodes), and the rest from
   ``eval_images``."""
   if fit_images is None or eval_images is None:
     return paired_set(src, key, views, n_fit + n_test, eval_images)
   k_fit, k_test = jax.random.split(key)
-  fit = paired_set(src, k_fit, views, n_fit, fit_images)
+  fit = paired_set(src, k_fit, views, n_fit, fit_images, spread=True)
   test = paired_set(src, k_test, views, n_test, eval_images)
   # A part's class counts are those it holds, and a label constant in one part is dropped
   # from it: the set keeps the labels of both, with the larger count.

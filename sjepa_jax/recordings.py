@@ -216,7 +216,7 @@ def parts(lay: Layout, train_split: str, eval_split: str, holdout_fraction: floa
 class Options(NamedTuple):
   """How a run reads a recording (from its config's ``data`` fields)."""
   image_size: int
-  frames: int  # steps per training sample: shorter train episodes are skipped
+  frames: int  # steps one training sample covers (``span``): shorter train episodes are skipped
   flip: str = "none"
   labels: str | Sequence[str] = ""  # the fields probes read; empty: every label field
   train_split: str = "train"
@@ -422,15 +422,24 @@ def on_device(recording: Recording) -> OnDevice:
                   jnp.asarray(recording.starts, jnp.int32))
 
 
-def batch(key: jax.Array, source: OnDevice, camera: jax.Array, batch_size: int, frames: int
-          ) -> tuple[jax.Array, jax.Array]:
-  """``batch_size`` random windows of ``frames`` consecutive steps of one episode seen by
-  ``camera`` (an index into ``source.frames``), with the actions between them:
-  obs (B, L, H, W, 3) float32 in [0, 1], actions (B, L - 1, A). Works traced."""
+def batch(key: jax.Array, source: OnDevice, camera: jax.Array, batch_size: int, frames: int,
+          stride: int = 1) -> tuple[jax.Array, jax.Array]:
+  """``batch_size`` random windows of ``frames`` steps of one episode, ``stride`` steps
+  apart, seen by ``camera`` (an index into ``source.frames``), with the action between two
+  of them (the mean of the ``stride`` recorded actions): obs (B, L, H, W, 3) float32 in
+  [0, 1], actions (B, L - 1, A). ``source.starts`` must hold windows of
+  ``span(frames, stride)`` steps. Works traced."""
   pick = jax.random.randint(key, (batch_size,), 0, source.starts.shape[0])
-  steps_BxL = source.starts[pick][:, None] + jnp.arange(frames)
-  obs = source.frames[camera, steps_BxL].astype(jnp.float32) / 255.0
-  return obs, source.actions[steps_BxL[:, :-1]]
+  start_B = source.starts[pick]
+  obs = source.frames[camera, start_B[:, None] + stride * jnp.arange(frames)]
+  acted = source.actions[start_B[:, None] + jnp.arange((frames - 1) * stride)]
+  actions = acted.reshape(batch_size, frames - 1, stride, -1).mean(2)
+  return obs.astype(jnp.float32) / 255.0, actions
+
+
+def span(frames: int, stride: int) -> int:
+  """Steps one training sample covers: ``frames`` frames ``stride`` steps apart."""
+  return (frames - 1) * stride + 1
 
 
 def paired_steps(recording: Recording, key: jax.Array, num: int) -> np.ndarray:

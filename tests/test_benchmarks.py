@@ -88,3 +88,28 @@ def test_rendering_beside_the_step_trains_on_the_same_batches(tmp_path):
                                "beside, two devices"}
   assert all(v > 0 for v in report["ms"].values())
   assert report["same_parameters"] is True  # every feeding trains on the same batches
+
+
+@pytest.mark.slow
+def test_the_sources_benchmark_studies_each_source_beside_its_floors_and_ceiling(tmp_path):
+  """One source (the world, tiny): JEPA on two seeds and an autoencoder, then the study; its
+  report holds every floor, the two-seed ceiling and the wall times, and is reused."""
+  from benchmarks import sources  # pylint: disable=import-outside-toplevel
+  from tests.conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  run = lambda: sources.run_source("world", "", str(tmp_path / "runs"), [0, 1],
+                                   str(tmp_path / "out"), base=tiny_config, pairs=(64, 32))
+  report = run()
+  assert set(report["wall_s"]) == {"jepa", "autoencoder", "study"}
+  by_kind = report["probes_by_view"]["forest"]
+  assert {"jepa", "autoencoder", "pixel_pca", "random_init"} <= set(by_kind)
+  assert by_kind["jepa"]["position_r2"][2] == 2  # both seeds
+  assert "same_view" in report["summary"]["controls"]
+  assert json.loads((tmp_path / "out" / "world" / "report.json").read_text()) == report
+  assert run() == report  # read back: nothing trained or studied again
+  table = sources.rows(report)
+  assert ("forest", "position_r2") in {(v, label) for v, label, *_ in table}
+  with pytest.raises(ValueError, match=r"Not in .*: mujoco_tabletop\. Make them first: "
+                                       r"mujoco_tabletop: python -m experiments.record_mujoco"):
+    sources.check_available(["world", "mujoco_tabletop"], str(tmp_path))
+  with pytest.raises(ValueError, match=r"Unknown source\(s\) moon; valid: world, "):
+    sources.check_available(["moon"], str(tmp_path))

@@ -123,6 +123,27 @@ def test_samples_are_consecutive_steps_of_one_episode_with_their_actions(planted
   np.testing.assert_allclose(np.asarray(wrist) * 255, 200 - np.asarray(obs) * 255, atol=1e-3)
 
 
+def test_a_stride_spaces_the_frames_and_averages_the_actions_between_them(planted_dir):
+  """stride 2, 3 frames: steps t, t + 2, t + 4 of one episode (only episodes of 5 steps or
+  more: 0 and 2), the actions between them the mean of (e, t), (e, t + 1) and of the next
+  two."""
+  part = recordings.load("planted", planted_dir, "train", ["front"],
+                         OPTIONS._replace(frames=recordings.span(3, 2)))
+  obs, actions = jax.jit(recordings.batch, static_argnums=(3, 4, 5))(
+      jax.random.key(0), recordings.on_device(part), 0, 64, 3, 2)
+  chex.assert_shape((obs, actions), ((64, 3, 8, 8, 3), (64, 2, 2)))
+  episode, step = decode(obs)
+  assert (episode == episode[:, :1]).all() and (np.diff(step, axis=1) == 2).all()
+  assert set(episode[:, 0]) == {0, 2}
+  raw = np.asarray(actions) * part.action_std + part.action_mean
+  np.testing.assert_allclose(raw, np.stack([episode[:, :2], step[:, :2] + 0.5], -1), atol=1e-5)
+  c = tiny_config()
+  c.data.stride = 2
+  with pytest.raises(ValueError, match=r"data.stride=2 spaces a recording's steps; the world is "
+                                       r"not a recording: valid data.stride 1\."):
+    data.source(c)
+
+
 def test_actions_are_normalised_with_the_train_statistics(planted_dir):
   part = recordings.load("planted", planted_dir, "train", ["front"], OPTIONS)
   used = np.concatenate([planted_episode(e, n)["action"][:-1] for e, n in ((0, 5), (2, 6), (3, 4))])

@@ -90,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.action_dim = 0  # set from the recording when a run starts (saved); leave 0
   c.data.batch_size = 64
   c.data.frames = 3  # frames per sample: frames - 1 prediction steps
+  # A recording's frames in a sample are stride steps apart, the action between two the mean
+  # of the stride recorded ones: where one step moves things by under a pixel at image_size.
+  c.data.stride = 1
   c.data.image_size = 32
 
   c.optim = ml_collections.ConfigDict()
