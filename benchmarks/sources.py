@@ -54,7 +54,7 @@ SOURCES = {
     "pybullet_pushing": Source(
         "pybullet_pushing", "front,side,top", 4000, 1000, {},
         "python -m experiments.record_pybullet --out=recordings/pushing --episodes=300 "
-        "--steps=40 && python -m experiments.import_episodes --npz='recordings/pushing/ep_*.npz' "
+        "--steps=40 --image_size=64 --cameras=front,side,top && python -m experiments.import_episodes --npz='recordings/pushing/ep_*.npz' "
         "--name=pybullet_pushing --data_dir=<data_dir> --test_episodes=60"),
     "mujoco_tabletop": Source("mujoco_tabletop", "overhead,front,pusher", 4000, 1000, {},
                               _RECORD.format(scene="tabletop")),

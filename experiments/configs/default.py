@@ -106,11 +106,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.probe_train = 4000  # paired held-out states for the end-of-training probe
   c.eval.probe_test = 1000
-  # Where the end-of-run probes (and the study's probes and maps) are fitted: "eval", on the
-  # first probe_train paired states of the evaluation split, scored on the next probe_test
-  # (a split smaller than both: the same shares of it); "train", on probe_train states of
-  # the training split, scored on probe_test of the evaluation split. Same for the world.
-  c.eval.probe_fit = "eval"
+  # Where the end-of-run probes (and the study's probes and maps) are fitted: "train", on
+  # probe_train states of the training split (a recording's drawn from all its episodes),
+  # scored on probe_test of the evaluation split; "eval", on the first probe_train paired
+  # states of the evaluation split, scored on the next probe_test (a split smaller than
+  # both: the same shares of it). The world's states are fresh draws either way.
+  # docs/recordings.md, 'Where probes are fitted', measures both.
+  c.eval.probe_fit = "train"
   c.eval.alignment_pairs = 512  # fixed paired states for the running CKA and ranks (>= 8 D)
   c.eval.probe_steps = 500  # most L-BFGS iterations of the class probe; it stops converged
   c.eval.seed = 1234  # the evaluation states are the same for every run and seed
