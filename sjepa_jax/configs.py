@@ -73,8 +73,7 @@ def learner_from_config(config: ml_collections.ConfigDict) -> agents.Learner:
 
 def _sampler(config: ml_collections.ConfigDict):
   d = config.data
-  return data.sampler(d.dataset, d.batch_size, d.frames, d.image_size, d.min_crop,
-                      d.get("stride", 1))
+  return data.sampler(d.dataset, d.batch_size, d.frames, d.image_size, d.min_crop, d.stride)
 
 
 def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -> str:
@@ -89,6 +88,12 @@ def agent_map(config: ml_collections.ConfigDict, agents_sharded: bool = False) -
   if config.agent_map == "auto":
     return "lax_map" if jax.default_backend() == "cpu" and not agents_sharded else "vmap"
   return config.agent_map
+
+
+# Settings added after runs were saved, with the value that reproduces what those runs did:
+# a saved config without one reads as this (loading.config_from_meta), so it still resumes
+# and is studied as it was.
+ADDED = {"data.stride": 1, "eval.probe_fit": "eval"}
 
 
 # Numeric fields of a training config and the values that mean something: (low, high,

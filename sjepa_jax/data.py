@@ -123,7 +123,7 @@ class Source(NamedTuple):
 def recording_options(config: ml_collections.ConfigDict) -> recordings.Options:
   """How the config reads a recording."""
   d = config.data
-  return recordings.Options(d.image_size, recordings.span(d.frames, d.get("stride", 1)),
+  return recordings.Options(d.image_size, recordings.span(d.frames, d.stride),
                             d.flip, d.labels, d.train_split, d.eval_split, d.holdout_fraction)
 
 
@@ -132,7 +132,7 @@ def source(config: ml_collections.ConfigDict) -> Source:
   d = config.data
   # Without a data_dir nothing is read: a dataset's images handed over in memory.
   recording = bool(d.dataset and d.data_dir) and recordings.is_recording(d.dataset, d.data_dir)
-  if d.get("stride", 1) != 1 and not recording:
+  if d.stride != 1 and not recording:
     raise errors.UserError(f"data.stride={d.stride} spaces a recording's steps; "
                            f"{'the world' if not d.dataset else repr(d.dataset)} is not a "
                            "recording: valid data.stride 1.")

@@ -21,8 +21,14 @@ PyTree = Any
 
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-  """The config a saved run trained with."""
-  return ml_collections.ConfigDict(meta["config"])
+  """The config a saved run trained with; a setting added since reads as what the run did
+  (``configs.ADDED``)."""
+  config = ml_collections.ConfigDict(meta["config"])
+  for field, value in configs.ADDED.items():
+    group, name = field.split(".")
+    if group in config and name not in config[group]:
+      config[group][name] = value
+  return config
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

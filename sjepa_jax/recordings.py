@@ -7,21 +7,18 @@ step holds an ``observation`` dict, an ``action`` vector and optionally ``is_fir
 
 - **Cameras.** Every uint8 (H, W, 3) field of ``observation`` is a camera; an agent's view
   is one camera, named by its key (``--views=image,wrist_image``).
-- **Samples.** An agent's sample is ``frames`` consecutive steps of one episode seen by its
-  camera (every window of every long-enough episode equally likely), with the recorded
-  actions between them: step t's action leads to step t + 1, and the last step's action
-  is never used. Actions are normalised per dimension with the mean and standard deviation
-  of the train split's used actions (a constant dimension is only centred).
+- **Samples.** An agent's sample is ``frames`` steps of one episode, ``stride`` apart, seen
+  by its camera (every window equally likely), with the recorded actions between them
+  (step t's action leads to step t + 1; the last step's is never used), normalised per
+  dimension with the train split's mean and std (a constant dimension is only centred).
 - **Labels:** other observation fields; integer or bool scalars are classes, other numeric
   scalars and vectors values (ridge, R^2); text and higher-rank arrays are not probed.
 - **Splits are by episode, never by step:** the eval split (``test``) when the dataset has
-  it, else the last ``holdout_fraction`` of train's episodes. Paired states are whole
-  episodes in a random order (fitting and held-out rows share at most one episode).
+  it, else the last ``holdout_fraction`` of train's episodes.
 - **Frames** of another size are resized to ``image_size`` x ``image_size`` when loaded
   (PIL bilinear, antialiased), a non-square one stretched (whole field of view, not its
-  aspect ratio). ``flip`` turns frames
-  stored upside down (``upside_down``: rows reversed, as robosuite renders; ``rotate180``:
-  rows and columns, as LIBERO's OpenVLA-era copies are read) the right way up.
+  aspect ratio). ``flip`` turns frames stored upside down (``upside_down``: rows reversed,
+  as robosuite renders; ``rotate180``: rows and columns, as LIBERO's copies) right way up.
 - **On the device** (``OnDevice``) a split is its frames (C, S, size, size, 3) uint8, its
   actions and window starts; the jitted step gathers a batch by index (``batch``). Memory:
   S x C x size^2 x 3 bytes (300 episodes of 50 steps, 3 cameras, 32 x 32: 138 MB).

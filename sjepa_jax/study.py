@@ -131,7 +131,7 @@ def paired_states(config, roles: Roles, used: Sequence[Agent], n_fit: int, n_tes
   all_views = sorted({a.view for a in used}, key=order.index)
   stacked = data.stack_views(src, all_views)
   sizes = sorted({a.image_size for a in used})
-  on_train = config.eval.get("probe_fit", "eval") == "train"
+  on_train = config.eval.probe_fit == "train"
   obs, paired, eval_images = {}, None, None
   for size in sizes:
     sized = src._replace(image_size=size,
@@ -277,7 +277,8 @@ def run(workdirs: Sequence[str], n_fit: int = 4000, n_test: int = 1000, seed: in
   used = roles.used()
   logging.info("Agents: %s", ", ".join(a.name for a in used))
   config = source_config(used, data_dir)
-  config.eval.probe_fit = probe_fit or config.eval.get("probe_fit", "eval")
+  if probe_fit:
+    config.eval.probe_fit = probe_fit
   k_states, k_overlap, k_pca, k_shuffle = jax.random.split(jax.random.key(seed), 4)
   paired = paired_states(config, roles, used, n_fit, n_test, k_states, k_overlap)
   spaces = _spaces(roles, used, paired, n_fit, probe_steps, k_pca)

@@ -366,3 +366,21 @@ def test_an_agent_of_a_sweep_equals_a_run_of_its_own_values(config, tmp_path):
     agents.parse_sweep(["model.dim=32,64"])
   with pytest.raises(ValueError, match="other settings|swept values"):  # resume, other sweep
     train.train_and_evaluate(config, swept, "forest", sweep={"optim.lr": [0.001]})
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_and_reads_as_it_trained(config):
+  """A saved config without data.stride and eval.probe_fit reads them as configs.ADDED
+  says (what such a run did), so resuming it with today's defaults changes nothing; a real
+  change is still refused, by name."""
+  saved = config.to_dict()
+  del saved["data"]["stride"], saved["eval"]["probe_fit"]
+  roster = agents.roster(["mountain"], 0)
+  meta = {"config": saved, "views": roster.views, "seeds": roster.seeds,
+          "hparams": roster.hparams}
+  old = loading.config_from_meta(meta)
+  assert (old.data.stride, old.eval.probe_fit) == (1, "eval")
+  config.eval.probe_fit = "train"  # an evaluation setting: resumable
+  train.check_resumable(meta, config, roster, "w")
+  config.data.stride = 2
+  with pytest.raises(ValueError, match=r"other settings for \['data.stride'\]"):
+    train.check_resumable(meta, config, roster, "w")
