@@ -32,6 +32,7 @@ from experiments.configs import default
 from sjepa_jax import errors
 from sjepa_jax import files
 from sjepa_jax import study
+from sjepa_jax import summaries
 from sjepa_jax import tfds_local
 from sjepa_jax import train
 
@@ -138,33 +139,51 @@ def run_source(name: str, data_dir: str, workdir: str, seeds, out: str,
   return report
 
 
+def label_goal(score: str, jepa: float, pca: float, random_init: float) -> bool | None:
+  """Whether the agents read a label pixel PCA reads (R^2 above ``pixels_read_r2_min``, or
+  accuracy ``pixels_read_acc_margin`` above random init) above pixel PCA by
+  ``control_margin_min`` or by half of what pixel PCA leaves to 1, whichever is less; None
+  where pixel PCA does not read it."""
+  g = summaries.GOALS
+  reads = (pca > g["pixels_read_r2_min"] if score.endswith("_r2") else
+           pca >= random_init + g["pixels_read_acc_margin"])
+  if not reads:
+    return None
+  return bool(jepa >= pca + min(g["control_margin_min"], (1 - pca) / 2))
+
+
 def rows(report: dict) -> list[tuple]:
-  """(camera, label, JEPA mean, std, pixel PCA, random init, autoencoder) per probed label."""
+  """(camera, label, JEPA mean, std, pixel PCA, random init, autoencoder, goal met) per
+  probed label (``label_goal``)."""
   out = []
   for view, kinds in report["probes_by_view"].items():
     jepa = kinds.get("jepa", {})
     for label, (mean, std, _) in jepa.items():
       other = lambda kind: kinds.get(kind, {}).get(label, [np.nan])[0]
-      out.append((view, label, mean, std, other("pixel_pca"), other("random_init"),
-                  other("autoencoder")))
+      pca, rand = other("pixel_pca"), other("random_init")
+      out.append((view, label, mean, std, pca, rand, other("autoencoder"),
+                  label_goal(label, mean, pca, rand)))
   return out
 
 
 def print_table(reports: dict[str, dict]) -> None:
+  verdict = {None: "-", True: "met", False: "missed"}
   print(f"{'source':<20}{'camera':<10}{'label':<26}{'JEPA':>14}{'pixel PCA':>11}"
-        f"{'random':>9}{'autoenc.':>10}")
+        f"{'random':>9}{'autoenc.':>10}  goal")
   for name, report in reports.items():
-    for view, label, mean, std, pca, rand, ae in rows(report):
+    for view, label, mean, std, pca, rand, ae, met in rows(report):
       print(f"{name:<20}{view:<10}{label:<26}{mean:>8.3f} +-{std:.2f}{pca:>11.3f}{rand:>9.3f}"
-            f"{ae:>10.3f}")
-  print(f"\n{'source':<20}{'maps R^2: JEPA':>16}{'pixel PCA':>11}{'same camera':>13}"
-        f"{'wall s (JEPA, AE, study)':>28}")
+            f"{ae:>10.3f}  {verdict[met]}")
+  print(f"\n{'source':<20}{'maps R^2: JEPA':>16}{'pixel PCA':>11}{'same camera':>13}  goal"
+        f"  wall s (JEPA, autoencoder, study)")
   for name, report in reports.items():
     s = report["summary"]
     control = lambda kind: (s.get("controls", {}).get(kind) or {}).get("r2_ridge", np.nan)
     wall = report.get("wall_s", {})
+    met = s["r2_ridge"] >= control("pixel_pca") + summaries.GOALS["control_margin_min"]
     print(f"{name:<20}{s['r2_ridge']:>16.3f}{control('pixel_pca'):>11.3f}"
-          f"{control('same_view'):>13.3f}{str([wall.get(k) for k in ('jepa', 'autoencoder', 'study')]):>28}")
+          f"{control('same_view'):>13.3f}  {verdict[bool(met)]:<8}"
+          f"{', '.join(str(wall.get(k)) for k in ('jepa', 'autoencoder', 'study'))}")
 
 
 def main(argv):

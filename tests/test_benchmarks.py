@@ -108,6 +108,11 @@ def test_the_sources_benchmark_studies_each_source_beside_its_floors_and_ceiling
   assert run() == report  # read back: nothing trained or studied again
   table = sources.rows(report)
   assert ("forest", "position_r2") in {(v, label) for v, label, *_ in table}
+  # The goal: above pixel PCA by 0.1, or by half of what it leaves to 1, where it reads.
+  assert sources.label_goal("x_r2", 0.61, 0.5, 0.0) and not sources.label_goal("x_r2", 0.59, 0.5, 0.0)
+  assert sources.label_goal("x_r2", 0.9, 0.1, 0.0) is None  # pixel PCA does not read it
+  assert sources.label_goal("x_acc", 0.98, 0.95, 0.5) and not sources.label_goal("x_acc", 0.97, 0.95, 0.5)
+  assert sources.label_goal("x_acc", 0.9, 0.52, 0.5) is None
   with pytest.raises(ValueError, match=r"Not in .*: mujoco_tabletop\. Make them first: "
                                        r"mujoco_tabletop: python -m experiments.record_mujoco"):
     sources.check_available(["world", "mujoco_tabletop"], str(tmp_path))
