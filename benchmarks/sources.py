@@ -63,7 +63,8 @@ SOURCES = {
                                  _RECORD.format(scene="distractors")),
     "mnist5k": Source("mnist5k", "left,right", 2000, 1000,
                       {"data.image_size": 28, "data.region_size": 0.6},
-                      "docs/datasets.md, 'MNIST from a wheel'"),
+                      "the commands in docs/datasets.md, 'An example dataset from the "
+                      "package registry'"),
 }
 
 _SOURCES = flags.DEFINE_list("sources", list(SOURCES), f"Which sources: {', '.join(SOURCES)}.")
