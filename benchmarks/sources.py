@@ -145,12 +145,9 @@ def label_goal(score: str, jepa: float, pca: float, random_init: float) -> bool 
   accuracy ``pixels_read_acc_margin`` above random init) above pixel PCA by
   ``control_margin_min`` or by half of what pixel PCA leaves to 1, whichever is less; None
   where pixel PCA does not read it."""
-  g = summaries.GOALS
-  reads = (pca > g["pixels_read_r2_min"] if score.endswith("_r2") else
-           pca >= random_init + g["pixels_read_acc_margin"])
-  if not reads:
+  if not summaries.pixels_read(score, pca, random_init):
     return None
-  return bool(jepa >= pca + min(g["control_margin_min"], (1 - pca) / 2))
+  return bool(jepa >= pca + min(summaries.GOALS["control_margin_min"], (1 - pca) / 2))
 
 
 def rows(report: dict) -> list[tuple]:

@@ -113,16 +113,15 @@ def below_pixels(report: dict[str, dict[str, float]]) -> list[tuple[str, str, fl
   ``GOALS['pixels_read_r2_min']``, or accuracy ``GOALS['pixels_read_acc_margin']`` above the
   random-init encoder's) that the trained agent reads no better: where it learned less
   than its pixels hold."""
-  goals, found = summaries.GOALS, []
+  found = []
   for agent, r in report.items():
     for key, pca in r.items():
       kind, _, score = key.partition("/")
       if kind != "pixel_pca" or not score.endswith(("_acc", "_r2")) or "_mlp_" in score:
         continue
-      reads = (pca > goals["pixels_read_r2_min"] if score.endswith("_r2") else
-               pca >= r[f"random_init/{score}"] + goals["pixels_read_acc_margin"])
       jepa = r[f"trained/{score}"]
-      if reads and jepa <= pca and jepa < READ_FULLY:
+      if (summaries.pixels_read(score, pca, r[f"random_init/{score}"]) and jepa <= pca
+          and jepa < READ_FULLY):
         found.append((agent, score, jepa, pca))
   return found
 

@@ -19,10 +19,8 @@ step holds an ``observation`` dict, an ``action`` vector and optionally ``is_fir
   (PIL bilinear, antialiased), a non-square one stretched (whole field of view, not its
   aspect ratio). ``flip`` turns frames stored upside down (``upside_down``: rows reversed,
   as robosuite renders; ``rotate180``: rows and columns, as LIBERO's copies) right way up.
-- **On the device** (``OnDevice``) a split is its frames (C, S, size, size, 3) uint8, its
-  actions and window starts; the jitted step gathers a batch by index (``batch``). Memory:
-  S x C x size^2 x 3 bytes (300 episodes of 50 steps, 3 cameras, 32 x 32: 138 MB).
-
+- **On the device** (``OnDevice``) a split is its frames (C, S, size, size, 3) uint8
+  (S x C x size^2 x 3 bytes), actions and window starts; ``batch`` gathers by index.
 Read through ``tfds_local``, written by ``recording_writer``; nothing ever downloads.
 
 Shapes: C = cameras, S = steps of a split (its episodes end to end), E = episodes, T = steps
@@ -423,9 +421,8 @@ def batch(key: jax.Array, source: OnDevice, camera: jax.Array, batch_size: int, 
           stride: int = 1) -> tuple[jax.Array, jax.Array]:
   """``batch_size`` random windows of ``frames`` steps of one episode, ``stride`` steps
   apart, seen by ``camera`` (an index into ``source.frames``), with the action between two
-  of them (the mean of the ``stride`` recorded actions): obs (B, L, H, W, 3) float32 in
-  [0, 1], actions (B, L - 1, A). ``source.starts`` must hold windows of
-  ``span(frames, stride)`` steps. Works traced."""
+  of them (their mean): obs (B, L, H, W, 3) float32 in [0, 1], actions (B, L - 1, A);
+  ``source.starts`` hold windows of ``span(frames, stride)`` steps. Works traced."""
   pick = jax.random.randint(key, (batch_size,), 0, source.starts.shape[0])
   start_B = source.starts[pick]
   obs = source.frames[camera, start_B[:, None] + stride * jnp.arange(frames)]

@@ -27,6 +27,16 @@ GOALS = {"r2_min": 0.9, "isometry_gap_max": 0.05, "transfer_fraction_min": 0.95,
          "migration_flops_ratio_max": 0.28, "migration_null_ratio_min": 0.9,
          # A label pixel PCA reads: R^2 above this, or accuracy this far above random init.
          "pixels_read_r2_min": 0.2, "pixels_read_acc_margin": 0.05}
+
+
+def pixels_read(score: str, pca: float, random_init: float) -> bool:
+  """Whether pixel PCA reads a label: R^2 (``score`` ending ``_r2``) above
+  ``pixels_read_r2_min``, or accuracy ``pixels_read_acc_margin`` above random init."""
+  if score.endswith("_r2"):
+    return pca > GOALS["pixels_read_r2_min"]
+  return pca >= random_init + GOALS["pixels_read_acc_margin"]
+
+
 # Pairs where either view sees under this fraction of the other's pixels.
 SCANT_OVERLAP = 0.1
 
