@@ -255,7 +255,6 @@ class _Source(NamedTuple):
   keys: jax.Array
   pixels: Any  # images (N, H, W, 3), or a recording's recordings.OnDevice; every agent's
   eval_images: Any  # the evaluation split: images.Images or recordings.Recording
-  fit_images: Any  # the training split on the host, where the probes are fitted on it
   described: dict | None  # a recording's parts, as source.json states them
 
 
@@ -268,7 +267,7 @@ def _source(config, roster: agents.Roster) -> _Source:
     described = {"train": train.summary(), "eval": evaluation.summary()}
   return _Source(src, data.stack_views(src, roster.views),
                  agents.agent_keys(roster.seeds, roster.views), data.on_device(train),
-                 evaluation, train if config.eval.probe_fit == "train" else None, described)
+                 evaluation, described)
 
 
 def _restore_or_init(config, workdir: str, roster: agents.Roster,
@@ -307,17 +306,19 @@ def _probe_states(config, source: _Source, views: Sequence[str]
                   ) -> tuple[data.PairedSet, int]:
   """The end-of-run probes' fixed paired states and how many of them fit the probes
   (``eval.probe_fit``): ``eval.probe_train`` fitting and ``eval.probe_test`` scoring states,
-  each at most what its split holds."""
-  e = config.eval
-  if source.fit_images is None:
+  each at most what its split holds. The training split is read again here rather than
+  kept on the host through training beside its copy on the device."""
+  e, src = config.eval, source.source
+  if e.probe_fit != "train" or src.kind == data.WORLD:
     probe_set = _paired_states(source.source, e.seed, views, source.eval_images, 1,
                                e.probe_train + e.probe_test)
     return probe_set, evaluation.probe_train_size(config, probe_set.obs.shape[1])
-  n_fit = min(e.probe_train, data.num_states(source.fit_images))
+  fit_images = data.load_images(src, src.train_split, views)
+  n_fit = min(e.probe_train, data.num_states(fit_images))
   n_test = min(e.probe_test, data.num_states(source.eval_images))
   key = jax.random.fold_in(jax.random.key(e.seed), 1)
   return data.fit_and_score_set(source.source, key, data.stack_views(source.source, views),
-                                n_fit, n_test, source.eval_images, source.fit_images), n_fit
+                                n_fit, n_test, source.eval_images, fit_images), n_fit
 
 
 def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _Source

@@ -229,14 +229,13 @@ def test_the_end_of_run_probes_fit_where_eval_probe_fit_says(planted_config):
   src = data.source(planted_config)
   held_out = data.load_images(src, "test", views)
   planted_config.eval.update(probe_train=100, probe_test=5)
-  source = train._Source(src, None, None, None, held_out,  # pylint: disable=protected-access
-                         data.load_images(src, "train", views), None)
+  source = train._Source(src, None, None, None, held_out, None)  # pylint: disable=protected-access
   probe_set, n_fit = train._probe_states(planted_config, source, views)  # pylint: disable=protected-access
   episode, _ = decode(probe_set.obs[0])
   assert n_fit == 15 and len(episode) == 20
   assert set(episode[:15]) == {0, 2, 3} and set(episode[15:]) <= {4, 5}
-  probe_set, n_fit = train._probe_states(  # pylint: disable=protected-access
-      planted_config, source._replace(fit_images=None), views)
+  planted_config.eval.probe_fit = "eval"
+  probe_set, n_fit = train._probe_states(planted_config, source, views)  # pylint: disable=protected-access
   assert n_fit == 6 and set(decode(probe_set.obs[0])[0]) == {4, 5}  # 100/105 of the 7
 
 
