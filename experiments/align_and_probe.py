@@ -24,6 +24,7 @@ from absl import flags
 from experiments import common
 from sjepa_jax import agents
 from sjepa_jax import data
+from sjepa_jax import files
 from sjepa_jax import figures
 from sjepa_jax import study
 from sjepa_jax import summaries
@@ -197,21 +198,6 @@ def print_probes(report: dict) -> None:
           _pm(row[k][0], row[k][1], width) if k in row else f"{'-':>{width}}" for k in scores))
 
 
-def fresh_out(out: str, overwrite: bool) -> str:
-  """``out``, or if it already holds a study's report (and not ``overwrite``), the first free
-  ``<out>/study_<n>``, saying so: a rerun never silently replaces an earlier study."""
-  target = out
-  n = 2
-  while not overwrite and os.path.exists(os.path.join(target, "report.json")):
-    target = os.path.join(out, f"study_{n}")
-    n += 1
-  if target != out:
-    print(f"{os.path.join(out, 'report.json')} holds an earlier study; writing this one to "
-          f"{target} (--overwrite replaces it, --out chooses the folder).")
-  os.makedirs(target, exist_ok=True)
-  return target
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -223,7 +209,7 @@ def main(argv):
                              _DATA_DIR.value and os.path.abspath(
                                  os.path.expanduser(_DATA_DIR.value)), _PROBE_FIT.value)
   report = {"command": common.command_line(), **report}
-  out = fresh_out(_OUT.value or workdirs[0], _OVERWRITE.value)
+  out = files.fresh_folder(_OUT.value or workdirs[0], _OVERWRITE.value)
   common.write_json(report, os.path.join(out, "report.json"))
   paths = figures.write_all(report, extras, os.path.join(out, "figures"))
   print_table(report)

@@ -1,5 +1,6 @@
 """Faults and bad input (issue 14): each test first reproduced the fault on the old code."""
 
+import ast
 import errno
 import json
 import os
@@ -321,12 +322,32 @@ def test_a_control_present_for_one_view_only_says_so_and_is_not_counted_per_pair
 
 
 def test_a_rerun_study_does_not_overwrite_the_previous_report(tmp_path, capsys):
-  from experiments import align_and_probe  # pylint: disable=g-import-not-at-top
   out = str(tmp_path)
-  assert align_and_probe.fresh_out(out, overwrite=False) == out
+  assert files.fresh_folder(out, overwrite=False) == out
   (tmp_path / "report.json").write_text("{}")
-  assert align_and_probe.fresh_out(out, overwrite=False) == str(tmp_path / "study_2")
+  assert files.fresh_folder(out, overwrite=False) == str(tmp_path / "study_2")
   assert "holds an earlier study; writing this one to" in capsys.readouterr().out
   (tmp_path / "study_2" / "report.json").write_text("{}")
-  assert align_and_probe.fresh_out(out, overwrite=False) == str(tmp_path / "study_3")
-  assert align_and_probe.fresh_out(out, overwrite=True) == out
+  assert files.fresh_folder(out, overwrite=False) == str(tmp_path / "study_3")
+  assert files.fresh_folder(out, overwrite=True) == out
+
+
+def test_the_entry_points_the_tests_import_can_share_one_process():
+  """pytest's workers each run many test files, so the absl flags of every entry point a test
+  imports must not clash (two definitions of one flag name fail at import)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  mains = set()
+  for name in os.listdir(os.path.join(root, "tests")):
+    if name.endswith(".py"):
+      with open(os.path.join(root, "tests", name)) as f:
+        mains |= {(node.module, alias.name) for node in ast.walk(ast.parse(f.read()))
+                  if isinstance(node, ast.ImportFrom) and node.module in ("experiments",
+                                                                          "benchmarks")
+                  for alias in node.names}
+  assert ("benchmarks", "sources") in mains
+  code = "import importlib\n" + "".join(
+      f"try:\n  importlib.import_module('{p}.{m}')\nexcept ImportError:\n  pass\n"
+      for p, m in sorted(mains))  # an optional dependency (torch) may be missing
+  run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
