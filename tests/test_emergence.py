@@ -15,6 +15,7 @@ from sjepa_jax import train
 from tests.conftest import tiny_config
 
 
+@pytest.mark.slow
 def test_keep_steps_are_saved_and_never_deleted_and_emergence_reads_them(tmp_path,
                                                                         monkeypatch):
   config = tiny_config()
