@@ -310,15 +310,15 @@ def _probe_states(config, source: _Source, views: Sequence[str]
   kept on the host through training beside its copy on the device."""
   e, src = config.eval, source.source
   if e.probe_fit != "train" or src.kind == data.WORLD:
-    probe_set = _paired_states(source.source, e.seed, views, source.eval_images, 1,
+    probe_set = _paired_states(src, e.seed, views, source.eval_images, 1,
                                e.probe_train + e.probe_test)
     return probe_set, evaluation.probe_train_size(config, probe_set.obs.shape[1])
   fit_images = data.load_images(src, src.train_split, views)
   n_fit = min(e.probe_train, data.num_states(fit_images))
   n_test = min(e.probe_test, data.num_states(source.eval_images))
   key = jax.random.fold_in(jax.random.key(e.seed), 1)
-  return data.fit_and_score_set(source.source, key, data.stack_views(source.source, views),
-                                n_fit, n_test, source.eval_images, fit_images), n_fit
+  return data.fit_and_score_set(src, key, data.stack_views(src, views), n_fit, n_test,
+                                source.eval_images, fit_images), n_fit
 
 
 def _train_and_evaluate(config, workdir, views, roster: agents.Roster, source: _Source
